@@ -1,0 +1,127 @@
+"""Reading data files and cutting them by time: shared by every stage."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from driftloop.config import DataConfig
+from driftloop.errors import DataError
+
+SUPPORTED_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV or Parquet file, raising DataError with one line naming the fault."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DataError(f"{path}: unsupported file type {suffix or '(none)'}; use .csv or .parquet")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+    try:
+        if suffix == ".csv":
+            frame = pd.read_csv(path, encoding="utf-8")
+        else:
+            frame = pd.read_parquet(path)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text; save the CSV as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: file has no columns") from None
+    except pd.errors.ParserError as error:
+        raise DataError(f"{path}: not a valid CSV ({str(error).splitlines()[0]})") from None
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: cannot read as {suffix[1:]} ({str(error).splitlines()[0]})") from None
+    if frame.empty:
+        raise DataError(f"{path}: file has no rows")
+    return frame
+
+
+def missing_columns(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+    """Columns of `columns` that `frame` lacks, in order."""
+    return [c for c in columns if c not in frame.columns]
+
+
+def require_columns(frame: pd.DataFrame, columns: list[str], source: str) -> None:
+    """Raise DataError naming the first missing columns."""
+    missing = missing_columns(frame, columns)
+    if missing:
+        raise DataError(f"{source}: missing column(s) {', '.join(missing)}")
+
+
+def sort_by_time(frame: pd.DataFrame, data: DataConfig) -> pd.DataFrame:
+    """Rows in time order when the config names a timestamp column, else unchanged."""
+    if not data.timestamp or data.timestamp not in frame.columns:
+        return frame.reset_index(drop=True)
+    times = event_times(frame, data)
+    return frame.assign(**{data.timestamp: times}).sort_values(data.timestamp, kind="stable").reset_index(
+        drop=True
+    )
+
+
+def event_times(frame: pd.DataFrame, data: DataConfig) -> pd.Series:
+    """The timestamp column parsed as UTC datetimes."""
+    assert data.timestamp is not None
+    try:
+        return pd.to_datetime(frame[data.timestamp], utc=True)
+    except (ValueError, TypeError):
+        raise DataError(f"column {data.timestamp}: not parseable as timestamps") from None
+
+
+def split_by_fraction(frame: pd.DataFrame, holdout_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split rows (already in time order) into an earlier training part and a later holdout."""
+    cut = int(round(len(frame) * (1 - holdout_fraction)))
+    cut = min(max(cut, 1), len(frame) - 1)
+    return frame.iloc[:cut].reset_index(drop=True), frame.iloc[cut:].reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Window:
+    """One slice of traffic: rows whose timestamp lies in [start, end)."""
+
+    index: int
+    start: pd.Timestamp
+    end: pd.Timestamp
+    frame: pd.DataFrame
+
+
+def time_windows(frame: pd.DataFrame, data: DataConfig, freq: str) -> Iterator[Window]:
+    """Cut time-ordered rows into consecutive windows of length `freq` (e.g. '7D'); skips empty ones."""
+    if not data.timestamp:
+        raise DataError("data.timestamp is not set: time windows need a timestamp column")
+    times = event_times(frame, data)
+    if times.empty:
+        return
+    step = pd.Timedelta(freq)
+    start = times.min().floor("D")
+    last = times.max()
+    index = 0
+    while start <= last:
+        end = start + step
+        mask = (times >= start) & (times < end)
+        if mask.any():
+            yield Window(index, start, end, frame.loc[mask].reset_index(drop=True))
+            index += 1
+        start = end
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """Content hash of a table (values and column names), stable across file formats."""
+    digest = hashlib.sha256()
+    digest.update("\x1f".join(map(str, frame.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def time_range(frame: pd.DataFrame, data: DataConfig) -> tuple[str, str] | None:
+    """ISO first and last timestamps of the rows, when there is a timestamp column."""
+    if not data.timestamp or data.timestamp not in frame.columns or frame.empty:
+        return None
+    times = event_times(frame, data)
+    return times.min().isoformat(), times.max().isoformat()

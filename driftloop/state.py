@@ -1,0 +1,42 @@
+"""Where driftloop keeps its state under `state_dir`: one function per kind of file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from driftloop.config import Config
+
+
+def state_path(config: Config, *parts: str) -> Path:
+    """A path under the state dir, with its parent folder created."""
+    path = Path(config.state_dir).resolve().joinpath(*parts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def reports_dir(config: Config, kind: str) -> Path:
+    """Folder for HTML reports of one kind (validation, drift, summary)."""
+    folder = state_path(config, "reports", kind, "x").parent
+    return folder
+
+
+def quarantine_dir(config: Config) -> Path:
+    """Folder holding batches that failed validation, each with its report."""
+    return state_path(config, "quarantine", "x").parent
+
+
+def prediction_log_path(config: Config) -> Path:
+    """SQLite file of the prediction log."""
+    return state_path(config, "predictions.db")
+
+
+def mlflow_tracking_uri(config: Config) -> str:
+    """The MLflow tracking URI: the config's, or SQLite under the state dir."""
+    if config.registry.tracking_uri:
+        return config.registry.tracking_uri
+    return f"sqlite:///{state_path(config, 'mlflow.db')}"
+
+
+def mlflow_artifact_root(config: Config) -> str:
+    """Where MLflow stores artifacts of a local-store experiment."""
+    return state_path(config, "artifacts", "x").parent.as_uri()
