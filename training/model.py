@@ -1,0 +1,106 @@
+"""The tabular network and its split into pipeline stages that keep the whole model's parameter names."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from driftloop.config import ModelConfig
+from driftloop.errors import TrainingError
+from training.features import FeatureSpec
+
+
+class InputLayer(nn.Module):
+    """Embeds categories, concatenates them with the numbers and projects to the hidden width."""
+
+    def __init__(self, spec: FeatureSpec, config: ModelConfig) -> None:
+        super().__init__()
+        self.numerical = len(spec.numerical)
+        self.embeddings = nn.ModuleList(nn.Embedding(n, config.embedding_dim) for n in spec.cardinalities)
+        width = self.numerical + config.embedding_dim * len(spec.categorical)
+        self.project = nn.Linear(width, config.hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        codes = x[:, self.numerical:].long()
+        parts = [x[:, : self.numerical]] + [emb(codes[:, i]) for i, emb in enumerate(self.embeddings)]
+        return self.project(torch.cat(parts, dim=1))
+
+
+class ResidualBlock(nn.Module):
+    """Pre-norm MLP block; LayerNorm, not BatchNorm, which pipeline shape inference corrupts."""
+
+    def __init__(self, width: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, 2 * width)
+        self.fc2 = nn.Linear(2 * width, width)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(self.dropout(torch.relu(self.fc1(self.norm(x)))))
+
+
+class OutputHead(nn.Module):
+    """Final norm and a single logit (or standardised value for regression)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.norm(x)).squeeze(-1)
+
+
+class TabularNet(nn.Module):
+    """Input layer, residual blocks, head. A pipeline stage is this model with the parts it does not own removed."""
+
+    def __init__(self, spec: FeatureSpec, config: ModelConfig) -> None:
+        super().__init__()
+        self.input: InputLayer | None = InputLayer(spec, config)
+        # A ModuleDict keyed by block number keeps names like "blocks.3.fc1.weight" on every stage.
+        self.blocks = nn.ModuleDict({str(i): ResidualBlock(config.hidden, config.dropout)
+                                     for i in range(config.blocks)})
+        self.head: OutputHead | None = OutputHead(config.hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input is not None:
+            x = self.input(x)
+        for block in self.blocks.values():
+            x = block(x)
+        if self.head is not None:
+            x = self.head(x)
+        return x
+
+
+def build_model(spec: FeatureSpec, config: ModelConfig, seed: int) -> TabularNet:
+    """The whole model with weights drawn from `seed`: every rank builds the same one."""
+    torch.manual_seed(seed)
+    return TabularNet(spec, config)
+
+
+def stage_blocks(blocks: int, stages: int) -> list[range]:
+    """Uniform split of the residual blocks over stages; earlier stages take the remainder."""
+    if stages > blocks:
+        raise TrainingError(f"training.stages ({stages}) exceeds model.blocks ({blocks}): "
+                            "lower training.stages or raise model.blocks")
+    base, extra = divmod(blocks, stages)
+    ranges, start = [], 0
+    for stage in range(stages):
+        size = base + (1 if stage < extra else 0)
+        ranges.append(range(start, start + size))
+        start += size
+    return ranges
+
+
+def cut_stage(model: TabularNet, stage: int, stages: int) -> TabularNet:
+    """Keep only what stage `stage` of `stages` owns, in place; parameter names are unchanged."""
+    owned = stage_blocks(len(model.blocks), stages)[stage]
+    if stage != 0:
+        model.input = None
+    if stage != stages - 1:
+        model.head = None
+    for key in list(model.blocks.keys()):
+        if int(key) not in owned:
+            del model.blocks[key]
+    return model
