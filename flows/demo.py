@@ -1,0 +1,221 @@
+"""`driftloop demo`: the whole loop on the real 2013 NYC flights, with embedded defaults.
+
+Train on the first months, serve the champion over HTTP, replay the later weeks through it, check each
+week for drift, retrain on drift, gate the new model and let the server switch to it without a restart.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import yaml
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from rich.console import Console
+
+from driftloop.config import Config
+from driftloop.data import Window, time_windows
+from driftloop.datasets import load_flights
+from driftloop.errors import DriftloopError
+from driftloop.state import reports_dir, state_path
+from flows.monitoring import monitoring_flow
+from flows.retraining import retraining_flow
+from flows.summary import WindowRow, markdown_table, write_summary
+from flows.training import training_pipeline
+
+console = Console(stderr=True)
+
+
+@dataclass
+class LoopState:
+    """What the replay loop remembers between windows."""
+
+    id_ranges: list[tuple[int, int]] = field(default_factory=list)
+    last_trigger: int | None = None
+    rows: list[WindowRow] = field(default_factory=list)
+
+
+def demo_config(config: Config) -> Config:
+    """The config with its state in a fresh `demo/` folder under state_dir (the demo owns that folder)."""
+    state = (Path(config.state_dir) / "demo").resolve()
+    if state.exists():
+        shutil.rmtree(state)
+    state.mkdir(parents=True)
+    return config.model_copy(update={"state_dir": state})
+
+
+def split_flights(config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Training months and the later traffic to replay, from the bundled data."""
+    flights = load_flights()
+    if config.demo.sample_fraction < 1:
+        flights = flights.sample(frac=config.demo.sample_fraction, random_state=0).sort_index()
+    times = flights["time_hour"]
+    until = pd.Timestamp(config.demo.train_until, tz="UTC")
+    stop = pd.Timestamp(config.demo.replay_until, tz="UTC")
+    return (flights[times < until].reset_index(drop=True),
+            flights[(times >= until) & (times < stop)].reset_index(drop=True))
+
+
+def free_port(host: str) -> int:
+    """A port nobody listens on now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def start_server(config: Config) -> tuple[subprocess.Popen, str]:
+    """`driftloop serve` in a child process on a free port; waits until it serves the champion."""
+    host = config.serving.host
+    port = free_port(host)
+    config_file = state_path(config, "config.yaml")
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    log = state_path(config, "logs", "server.log").open("w")
+    process = subprocess.Popen([sys.executable, "-m", "driftloop.cli", "serve", "--config", str(config_file),
+                                "--host", host, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                               env=os.environ.copy())
+    url = f"http://{host}:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise DriftloopError(f"model server exited with code {process.returncode}; see {log.name}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    process.terminate()
+    raise DriftloopError(f"model server did not become healthy within 120 s; see {log.name}")
+
+
+def request_rows(config: Config, frame: pd.DataFrame) -> list[dict]:
+    """Rows as the client sends them: features, timestamp and the PII column, never the label."""
+    columns = [c for c in frame.columns if c != config.data.target]
+    payload = frame[columns].copy()
+    if config.data.timestamp:
+        payload[config.data.timestamp] = payload[config.data.timestamp].map(pd.Timestamp.isoformat)
+    return payload.astype(object).where(payload.notna(), None).to_dict("records")
+
+
+def replay(client: httpx.Client, config: Config, window: Window) -> tuple[int, int]:
+    """Send a window's rows to /predict, then its labels to /labels (they arrive after the window)."""
+    ids: list[int] = []
+    rows = request_rows(config, window.frame)
+    step = config.demo.request_rows
+    for start in range(0, len(rows), step):
+        response = client.post("/predict", json={"rows": rows[start:start + step]})
+        response.raise_for_status()
+        ids.extend(response.json()["prediction_ids"])
+    labels = window.frame[config.data.target].tolist()
+    client.post("/labels", json={"labels": [{"prediction_id": i, "label": y} for i, y in zip(ids, labels,
+                                                                                          strict=True)]}
+                ).raise_for_status()
+    return ids[0], ids[-1]
+
+
+def served_version(client: httpx.Client) -> str:
+    """The version the server answers with now."""
+    return client.get("/healthz").json()["model_version"]
+
+
+def wait_for_version(client: httpx.Client, version: str, timeout_s: float) -> bool:
+    """Poll /healthz until the server has switched to `version` (no restart)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if served_version(client) == version:
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def should_retrain(config: Config, state: LoopState, index: int, drifted: bool) -> str | None:
+    """None to retrain now, else why not."""
+    if not drifted:
+        return "no drift"
+    if state.last_trigger is not None and index - state.last_trigger <= config.monitoring.cooldown_windows:
+        return "cooldown"
+    if index == 0:
+        return "waiting for labelled history"
+    return None
+
+
+def retrain(client: httpx.Client, config: Config, state: LoopState, index: int) -> str:
+    """Run the retraining flow on the recent labelled windows before `index`, gate on window `index`."""
+    history = state.id_ranges[max(0, index - config.demo.retrain_windows):index]
+    gate_first, gate_last = state.id_ranges[index]
+    outcome = retraining_flow(config, history[0][0], history[-1][1], gate_first, gate_last, progress=False)
+    if outcome["status"] == "quarantined":
+        return f"retrain refused: data quarantined ({outcome['validation']['summary']})"
+    gate, version = outcome["gate"], outcome["train"]["model_version"]
+    figures = f"{gate['metric']} {gate['challenger_score']:.4f} vs champion {gate['champion_score']:.4f}"
+    if not gate["promoted"]:
+        return f"retrained v{version}: kept as challenger ({figures})"
+    switched = wait_for_version(client, version, timeout_s=60)
+    return f"retrained v{version}: PROMOTED ({figures})" + ("; server switched" if switched else "")
+
+
+@flow(name="demo-loop", validate_parameters=False)
+def demo_loop(config: Config) -> list[WindowRow]:
+    """Train, serve, replay week by week, monitor, retrain on drift, summarise."""
+    logger = get_run_logger()
+    train, live = split_flights(config)
+    train_path = state_path(config, "data", "train.parquet")
+    train.to_parquet(train_path, index=False)
+    console.print(f"[bold]1-4.[/] validate → train → register on {len(train):,} flights before "
+                  f"{config.demo.train_until}")
+    first = training_pipeline(config, str(train_path))
+    if "train" not in first:
+        raise DriftloopError(f"training data failed validation: {first['validation']['summary']}")
+    console.print(f"    champion v{first['train']['model_version']}: holdout "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in first["train"]["metrics"].items()))
+    server, url = start_server(config)
+    console.print(f"[bold]5.[/] model server on {url} (/predict, /healthz, /metrics)")
+    state = LoopState()
+    windows = list(time_windows(live, config.data, config.monitoring.window))[: config.demo.max_windows]
+    console.print(f"[bold]6-7.[/] replaying {len(windows)} windows of {config.monitoring.window} "
+                  f"({len(live):,} flights) through the server")
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for window in windows:
+                label = f"w{window.index:02d}-{window.start:%Y-%m-%d}"
+                state.id_ranges.append(replay(client, config, window))
+                version = served_version(client)
+                checked = monitoring_flow(config, *state.id_ranges[-1], label)
+                drifted = checked["drift"]["drift_detected"]
+                reason = should_retrain(config, state, window.index, drifted)
+                event = "" if reason in (None, "no drift") else reason
+                if reason is None:
+                    state.last_trigger = window.index
+                    event = retrain(client, config, state, window.index)
+                row = WindowRow(label, window.start, checked["rows"], checked["drift"]["drift_share"], drifted,
+                                checked["performance"].get("auc"), version, event,
+                                Path(checked["drift"]["report"]).name if checked["drift"]["report"] else "")
+                state.rows.append(row)
+                console.print(row.line())
+                logger.info(row.line())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    create_markdown_artifact(markdown_table(state.rows), key="demo-summary", description="driftloop demo")
+    return state.rows
+
+
+def run_demo(config: Config) -> Path:
+    """Entry point of `driftloop demo`: run the loop and write the summary; returns the HTML path."""
+    started = time.monotonic()
+    config = demo_config(config)
+    console.print(f"[bold]driftloop demo[/] — state in {config.state_dir}")
+    rows = demo_loop(config)
+    html, table = write_summary(rows, reports_dir(config, "summary") / "summary.html", config)
+    console.print(table)
+    console.print(f"[bold]8.[/] summary: {html}   ({time.monotonic() - started:.0f} s)")
+    return html

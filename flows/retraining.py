@@ -1,0 +1,48 @@
+"""The retraining flow: recent labelled traffic → training pipeline → champion/challenger gate."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from driftloop.config import Config
+from driftloop.errors import DataError
+from driftloop.state import prediction_log_path, state_path
+from flows.monitoring import log_to_contract
+from flows.training import training_pipeline
+from registry.gate import GateDecision, apply_gate
+from registry.store import CHAMPION, alias_version
+from serving.prediction_log import PredictionLog
+
+
+def labelled_rows(config: Config, first_id: int, last_id: int):  # noqa: ANN201 - a DataFrame
+    """Logged predictions in the id range whose labels have arrived, in the config's columns."""
+    logged = PredictionLog(prediction_log_path(config)).read(first_id, last_id, labelled_only=True)
+    if logged.empty:
+        raise DataError(f"no labelled predictions between ids {first_id} and {last_id}")
+    return log_to_contract(config, logged)
+
+
+@task(cache_policy=NO_CACHE)
+def gate_version(config: Config, version: str, first_id: int, last_id: int) -> GateDecision:
+    """Champion vs challenger on the most recent labelled window; moves the aliases."""
+    decision = apply_gate(config, version, labelled_rows(config, first_id, last_id))
+    get_run_logger().info("gate: version %s %s: %s", version, "PROMOTED" if decision.promoted else "rejected",
+                          decision.reason)
+    return decision
+
+
+@flow(name="retraining", validate_parameters=False)
+def retraining_flow(config: Config, train_first_id: int, train_last_id: int, gate_first_id: int,
+                    gate_last_id: int, progress: bool = True) -> dict:
+    """Train on labelled predictions `train_*`, gate on the later labelled window `gate_*`."""
+    frame = labelled_rows(config, train_first_id, train_last_id)
+    path = state_path(config, "data", f"retrain-{train_first_id}-{train_last_id}.parquet")
+    frame.to_parquet(path, index=False)
+    champion = alias_version(config, CHAMPION)
+    outcome = training_pipeline(config, str(path), reference_version=champion, progress=progress)
+    if "train" not in outcome:
+        return {"status": "quarantined", "validation": outcome["validation"], "quarantine": outcome["quarantine"]}
+    decision = gate_version(config, outcome["train"]["model_version"], gate_first_id, gate_last_id)
+    return {"status": "promoted" if decision.promoted else "rejected", "train": outcome["train"],
+            "gate": decision.to_json()}

@@ -1,0 +1,105 @@
+"""The loop's summary: a table per window and an HTML page with AUC and drift share over time."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from driftloop.config import Config  # noqa: E402
+
+
+@dataclass(frozen=True)
+class WindowRow:
+    """One monitored window: what came in, what the monitor saw, what the loop did."""
+
+    label: str
+    start: pd.Timestamp
+    rows: int
+    drift_share: float
+    drifted: bool
+    auc: float | None
+    model_version: str
+    event: str
+    report: str
+
+    def line(self) -> str:
+        """One line for the console."""
+        auc = f"{self.auc:.3f}" if self.auc is not None else "  -  "
+        drift = "DRIFT" if self.drifted else "  -  "
+        return (f"{self.label}  rows {self.rows:>6,}  drift share {self.drift_share:.2f} {drift}  "
+                f"AUC {auc}  model v{self.model_version}  {self.event}").rstrip()
+
+
+def rich_table(rows: list[WindowRow]) -> Table:
+    """The per-window table for the terminal."""
+    table = Table(title="driftloop: monitored windows")
+    for column in ("window", "rows", "drift share", "drift", "AUC (live)", "model", "retrain / promotion"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row.label, f"{row.rows:,}", f"{row.drift_share:.2f}", "yes" if row.drifted else "no",
+                      f"{row.auc:.3f}" if row.auc is not None else "-", f"v{row.model_version}", row.event)
+    return table
+
+
+def markdown_table(rows: list[WindowRow]) -> str:
+    """The per-window table as markdown (Prefect artifact)."""
+    lines = ["| window | rows | drift share | drift | AUC | model | event |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        auc = f"{row.auc:.3f}" if row.auc is not None else "-"
+        lines.append(f"| {row.label} | {row.rows} | {row.drift_share:.2f} | {'yes' if row.drifted else 'no'} | "
+                     f"{auc} | v{row.model_version} | {row.event} |")
+    return "\n".join(lines)
+
+
+def plot_png(rows: list[WindowRow]) -> bytes:
+    """AUC of the live model and drift share per window, with retraining events marked."""
+    starts = [row.start for row in rows]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    top.plot(starts, [row.auc if row.auc is not None else float("nan") for row in rows], marker="o")
+    top.set_ylabel("AUC (live model)")
+    bottom.bar(starts, [row.drift_share for row in rows], width=5,
+               color=["tab:red" if row.drifted else "tab:gray" for row in rows])
+    bottom.set_ylabel("drift share")
+    for row in rows:
+        if "PROMOTED" in row.event or "retrained" in row.event:
+            for axis in (top, bottom):
+                axis.axvline(row.start, color="tab:green" if "PROMOTED" in row.event else "tab:orange",
+                             linestyle="--", linewidth=1)
+    top.set_title("green: new champion promoted · orange: retrained, kept as challenger")
+    fig.autofmt_xdate()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_summary(rows: list[WindowRow], path: Path, config: Config) -> tuple[Path, Table]:
+    """Write the HTML summary (plot, table, links to each window's drift report); return it and the table."""
+    image = base64.b64encode(plot_png(rows)).decode() if rows else ""
+    body = []
+    for row in rows:
+        auc = f"{row.auc:.3f}" if row.auc is not None else "-"
+        link = f'<a href="../drift/{html.escape(row.report)}">report</a>' if row.report else ""
+        body.append(f"<tr><td>{html.escape(row.label)}</td><td>{row.rows:,}</td><td>{row.drift_share:.2f}</td>"
+                    f"<td>{'yes' if row.drifted else 'no'}</td><td>{auc}</td><td>v{html.escape(row.model_version)}"
+                    f"</td><td>{html.escape(row.event)}</td><td>{link}</td></tr>")
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>driftloop summary</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head><body>
+<h1>driftloop — {html.escape(config.model.name)}</h1>
+<img alt="AUC and drift share per window" src="data:image/png;base64,{image}">
+<table><tr><th>window</th><th>rows</th><th>drift share</th><th>drift</th><th>AUC (live)</th><th>model</th>
+<th>retrain / promotion</th><th>Evidently</th></tr>
+{''.join(body)}</table></body></html>"""
+    path.write_text(page, encoding="utf-8")
+    return path, rich_table(rows)

@@ -1,0 +1,41 @@
+"""Lineage tags recorded on every run and model version: where the model came from."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+
+import driftloop
+from driftloop.config import Config
+from driftloop.data import fingerprint, time_range
+
+
+def code_version() -> str:
+    """The git commit of the code that trained the model, or the package version outside a checkout."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return f"{commit}{'-dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return f"driftloop-{driftloop.__version__}"
+
+
+def build_lineage(config: Config, frame: pd.DataFrame, validation_success: bool | None,
+                  validation_report: str | None, flow_run_id: str | None) -> dict[str, str]:
+    """Tags naming the data (fingerprint, time range, rows), its validation, the config and the code."""
+    span = time_range(frame, config.data)
+    return {
+        "data.fingerprint": fingerprint(frame),
+        "data.rows": str(len(frame)),
+        "data.start": span[0] if span else "",
+        "data.end": span[1] if span else "",
+        "validation.success": "unknown" if validation_success is None else str(validation_success).lower(),
+        "validation.report": validation_report or "",
+        "config.hash": config.digest(),
+        "code.version": code_version(),
+        "prefect.flow_run_id": flow_run_id or "",
+    }

@@ -1,0 +1,189 @@
+"""MLflow registration, aliases and model loading: the only module that talks to MLflow."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from driftloop.config import Config
+from driftloop.errors import RegistryError
+from driftloop.state import mlflow_artifact_root, mlflow_tracking_uri, state_path
+from training.artifacts import WEIGHTS, LoadedModel, load_model, predict, save_model
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from training.trainer import TrainResult
+
+os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+REFERENCE_ARTIFACT = "reference"
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+PIP_REQUIREMENTS = ["driftloop", "torch", "safetensors", "pandas"]
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A model version just registered."""
+
+    name: str
+    version: str
+    run_id: str
+    champion: bool
+
+
+def mlflow_client(config: Config) -> MlflowClient:
+    """A client on the config's tracking store (SQLite under state_dir by default)."""
+    import mlflow
+
+    uri = mlflow_tracking_uri(config)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(config: Config, client: MlflowClient) -> str:
+    """The config's experiment, created with its artifacts under state_dir when new."""
+    found = client.get_experiment_by_name(config.registry.experiment)
+    if found is not None:
+        return found.experiment_id
+    location = None if config.registry.tracking_uri else mlflow_artifact_root(config)
+    return client.create_experiment(config.registry.experiment, artifact_location=location)
+
+
+def alias_version(config: Config, alias: str = CHAMPION) -> str | None:
+    """The version holding `alias`, or None when there is none (or no model yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client(config).get_model_version_by_alias(config.model.name, alias).version
+    except MlflowException:
+        return None
+
+
+def set_alias(config: Config, alias: str, version: str) -> None:
+    """Point `alias` at `version`."""
+    mlflow_client(config).set_registered_model_alias(config.model.name, alias, version)
+
+
+def tag_version(config: Config, version: str, tags: dict[str, str]) -> None:
+    """Record figures or decisions on a model version."""
+    client = mlflow_client(config)
+    for key, value in tags.items():
+        client.set_model_version_tag(config.model.name, version, key, str(value))
+
+
+def version_tags(config: Config, version: str) -> dict[str, str]:
+    """Tags of a model version (lineage and gate results)."""
+    return dict(mlflow_client(config).get_model_version(config.model.name, version).tags)
+
+
+def _log_training(config: Config, result: TrainResult) -> None:
+    """Parameters, per-step loss and holdout metrics of the active run."""
+    import mlflow
+
+    params = {f"training.{k}": v for k, v in config.training.model_dump().items()}
+    params.update({f"model.{k}": v for k, v in config.model.model_dump().items()})
+    params.update({"training.stages": result.stages, "training.schedule": result.schedule,
+                   "training.microbatches": result.microbatches, "train_rows": result.train_rows,
+                   "holdout_rows": result.holdout_rows})
+    mlflow.log_params(params)
+    for step, loss in enumerate(result.losses):
+        mlflow.log_metric("train_loss", loss, step=step, synchronous=False)
+    mlflow.log_metrics({"final_loss": result.final_loss, "train_seconds": result.seconds,
+                        **{f"holdout_{k}": v for k, v in result.metrics.items()}})
+
+
+def _reference_sample(config: Config, reference: pd.DataFrame) -> pd.DataFrame:
+    """The training rows kept as the monitor's reference: features, target, timestamp; never PII."""
+    keep = [c for c in [*config.data.features, config.data.target, config.data.timestamp] if c in reference]
+    sample = reference[keep]
+    if len(sample) > config.monitoring.reference_max_rows:
+        sample = sample.sample(config.monitoring.reference_max_rows, random_state=0).sort_index()
+    return sample.reset_index(drop=True)
+
+
+def register(config: Config, result: TrainResult, lineage: dict[str, str], reference: pd.DataFrame) -> Registered:
+    """Log a trained model to MLflow, register a version with lineage tags; the first one becomes champion."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    client = mlflow_client(config)
+    exp = experiment_id(config, client)
+    sample = _reference_sample(config, reference)
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(experiment_id=exp) as run:
+        mlflow.set_tags(lineage)
+        _log_training(config, result)
+        folder = save_model(Path(tmp) / "model", result.state, result.spec, config.model)
+        sample.to_parquet(Path(tmp) / "reference.parquet", index=False)
+        mlflow.log_artifact(str(Path(tmp) / "reference.parquet"), REFERENCE_ARTIFACT)
+        example = sample[config.data.features].head(5)
+        signature = infer_signature(example, predict(result.model(), result.spec, example))
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_CODE), artifacts={"model": str(folder)},
+                                       signature=signature, pip_requirements=PIP_REQUIREMENTS)
+        version = mlflow.register_model(info.model_uri, config.model.name, tags=lineage).version
+    first = alias_version(config, CHAMPION) is None
+    if first:
+        set_alias(config, CHAMPION, version)
+        tag_version(config, version, {"gate.decision": "promoted", "gate.reason": "first model"})
+    return Registered(config.model.name, str(version), run.info.run_id, first)
+
+
+def _download(config: Config, version: str) -> Path:
+    """The version's pyfunc folder, cached under state_dir so each version is fetched once."""
+    import mlflow
+
+    target = state_path(config, "cache", config.model.name, version)
+    if not target.exists():
+        mlflow_client(config)
+        staging = Path(tempfile.mkdtemp(dir=target.parent))
+        mlflow.artifacts.download_artifacts(f"models:/{config.model.name}/{version}", dst_path=str(staging))
+        staging.rename(target)  # atomic: a half-downloaded folder is never taken for a model
+    return target
+
+
+def load_version(config: Config, version: str) -> LoadedModel:
+    """Load a registered version (safetensors weights; pickled artifacts are refused)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        folder = _download(config, version)
+    except MlflowException as error:
+        raise RegistryError(f"model {config.model.name} version {version}: {error.message}") from None
+    weights = sorted(folder.rglob(WEIGHTS))
+    if not weights:
+        raise RegistryError(f"model {config.model.name} version {version}: no {WEIGHTS} in its artifacts")
+    return load_model(weights[0].parent, version=version)
+
+
+def load_alias(config: Config, alias: str = CHAMPION) -> LoadedModel:
+    """Load the version holding `alias`."""
+    version = alias_version(config, alias)
+    if version is None:
+        raise RegistryError(f"model {config.model.name} has no '{alias}' yet: run `driftloop train` first")
+    return load_version(config, version)
+
+
+def load_reference(config: Config, version: str) -> pd.DataFrame:
+    """The training rows a version was trained on (the monitor's reference)."""
+    import mlflow
+
+    run_id = mlflow_client(config).get_model_version(config.model.name, version).run_id
+    target = state_path(config, "cache", config.model.name, f"{version}-reference")
+    if not target.exists():
+        staging = Path(tempfile.mkdtemp(dir=target.parent))
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=str(staging))
+        staging.rename(target)
+    files = sorted(target.rglob("*.parquet"))
+    if not files:
+        shutil.rmtree(target, ignore_errors=True)
+        raise RegistryError(f"model {config.model.name} version {version}: no reference data in run {run_id}")
+    return pd.read_parquet(files[0])
