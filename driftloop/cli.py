@@ -83,10 +83,9 @@ def cmd_monitor(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     """Serve the champion over HTTP until interrupted."""
-    from registry.store import alias_version, load_alias
-    from serving.server import serve
+    from serving.server import serve_champion
 
-    serve(config, lambda: load_alias(config), lambda: alias_version(config), host=args.host, port=args.port)
+    serve_champion(config, host=args.host, port=args.port)
     return EXIT_OK
 
 
