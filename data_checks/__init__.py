@@ -1,1 +1,25 @@
-"""driftloop data_checks stage."""
+"""driftloop data_checks stage: the Great Expectations gate in front of training.
+
+`build_suite` turns the config's data contract and a reference profile into a GX suite,
+`validate_frame` / `validate_file` run it with GX and write an HTML report, `quarantine` keeps
+a failed batch aside with its reasons.
+"""
+
+import os
+
+# GX phones home on import unless told not to; there is no network here, so nothing may wait on it.
+os.environ["GX_ANALYTICS_ENABLED"] = "false"
+
+from data_checks.quarantine import list_quarantine, quarantine  # noqa: E402
+from data_checks.suite import build_suite  # noqa: E402
+from data_checks.validate import FailedExpectation, ValidationReport, validate_file, validate_frame  # noqa: E402
+
+__all__ = [
+    "FailedExpectation",
+    "ValidationReport",
+    "build_suite",
+    "list_quarantine",
+    "quarantine",
+    "validate_file",
+    "validate_frame",
+]
