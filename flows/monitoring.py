@@ -17,7 +17,8 @@ from driftloop.errors import RegistryError
 from driftloop.metrics import MonitorMetrics, monitor_metrics
 from driftloop.scoring import score
 from driftloop.state import prediction_log_path, reports_dir, state_path
-from monitoring.drift import DriftResult, check_drift, monitor_files
+from monitoring.cli_monitor import monitor_files
+from monitoring.drift import DriftResult, check_drift
 from monitoring.export import export_drift, export_performance, write_textfile
 from registry.store import CHAMPION, alias_version, load_reference
 from serving.prediction_log import PredictionLog

@@ -64,7 +64,7 @@ def alias_version(config: Config, alias: str = CHAMPION) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return mlflow_client(config).get_model_version_by_alias(config.model.name, alias).version
+        return str(mlflow_client(config).get_model_version_by_alias(config.model.name, alias).version)
     except MlflowException:
         return None
 
@@ -125,10 +125,12 @@ def register(config: Config, result: TrainResult, lineage: dict[str, str], refer
         folder = save_model(Path(tmp) / "model", result.state, result.spec, config.model)
         sample.to_parquet(Path(tmp) / "reference.parquet", index=False)
         mlflow.log_artifact(str(Path(tmp) / "reference.parquet"), REFERENCE_ARTIFACT)
-        example = sample[config.data.features].head(5)
+        # Numbers as float64 in the signature: an integer column could not take a missing value later.
+        example = sample[config.data.features].head(5).astype({c: "float64" for c in config.data.numerical})
         signature = infer_signature(example, predict(result.model(), result.spec, example))
         info = mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_CODE), artifacts={"model": str(folder)},
-                                       signature=signature, pip_requirements=PIP_REQUIREMENTS)
+                                       signature=signature, input_example=example,
+                                       pip_requirements=PIP_REQUIREMENTS)
         version = mlflow.register_model(info.model_uri, config.model.name, tags=lineage).version
     first = alias_version(config, CHAMPION) is None
     if first:

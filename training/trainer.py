@@ -1,0 +1,323 @@
+"""Training a TabularNet: one process, or one process per pipeline stage, with the same loop and the same result."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from driftloop.config import Config, ModelConfig
+from driftloop.data import require_columns, split_by_fraction
+from driftloop.errors import TrainingError
+from training.artifacts import predict
+from training.features import FeatureSpec, encode, encode_target, fit_spec, numeric_column
+from training.launcher import RankSetup, free_port, launch
+from training.model import TabularNet, build_model, cut_stage
+from training.pipeline import PipelineSettings, ScaledLoss, build_schedule, check_settings
+
+DATA = "data.safetensors"
+LOSSES = "losses.json"
+# Test hook: a rank whose number this variable holds raises at its first step (proves a failure cannot hang).
+FAIL_RANK_ENV = "DRIFTLOOP_FAIL_RANK"
+
+StepFn = Callable[[torch.Tensor], float | None]
+Report = Callable[[int, int, float], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A trained model's weights and spec, with the figures of its training run."""
+
+    state: dict[str, torch.Tensor]
+    spec: FeatureSpec
+    final_loss: float
+    losses: list[float]
+    metrics: dict[str, float]
+    stages: int
+    schedule: str
+    microbatches: int
+    train_rows: int
+    holdout_rows: int
+    seconds: float
+    model_config: ModelConfig = field(default_factory=ModelConfig)
+
+    def model(self) -> TabularNet:
+        """The whole model with these weights, in eval mode."""
+        with torch.random.fork_rng(devices=[]):  # build_model seeds the global RNG; keep the caller's
+            net = build_model(self.spec, self.model_config, seed=0)
+        net.load_state_dict(self.state)
+        return net.eval()
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """What the training loop needs, the same in every rank."""
+
+    epochs: int
+    batch_size: int
+    microbatches: int
+    seed: int
+    learning_rate: float
+    weight_decay: float
+
+
+@dataclass(frozen=True)
+class RankJob:
+    """Everything a spawned rank needs; the tensors themselves travel through `folder`, not through pickle."""
+
+    folder: Path
+    spec_json: str
+    model: ModelConfig
+    pipeline: PipelineSettings
+    loop: LoopSettings
+
+
+def loss_module(task: str) -> nn.Module:
+    """BCE on logits for classification, MSE on the standardised target for regression."""
+    return nn.BCEWithLogitsLoss() if task == "classification" else nn.MSELoss()
+
+
+def make_optimizer(module: nn.Module, loop: LoopSettings) -> torch.optim.Optimizer:
+    """AdamW over the parameters this process owns (elementwise, so splitting it over stages changes nothing)."""
+    return torch.optim.AdamW(module.parameters(), lr=loop.learning_rate, weight_decay=loop.weight_decay)
+
+
+def epoch_order(rows: int, seed: int, epoch: int) -> torch.Tensor:
+    """The row order of one epoch: the same in every rank, since it depends only on (seed, epoch)."""
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
+    return torch.randperm(rows, generator=generator)
+
+
+def step_loss(microbatch_losses: list[torch.Tensor]) -> float:
+    """The batch's mean loss: the sum of the microbatch losses, each already divided by the microbatch count."""
+    return float(sum(float(loss.detach()) for loss in microbatch_losses))
+
+
+def run_loop(step: StepFn, rows: int, loop: LoopSettings, report: Report | None = None) -> list[float]:
+    """Run every epoch's full batches through `step`; returns the losses `step` reports (last stage only).
+
+    The last incomplete batch is dropped so that every step has the same static shapes.
+    """
+    steps = rows // loop.batch_size
+    losses: list[float] = []
+    for epoch in range(loop.epochs):
+        order = epoch_order(rows, loop.seed, epoch)
+        for index in range(steps):
+            loss = step(order[index * loop.batch_size:(index + 1) * loop.batch_size])
+            if loss is not None:
+                losses.append(loss)
+                if report is not None:
+                    report(epoch, len(losses), loss)
+    return losses
+
+
+def _single_process(x: torch.Tensor, y: torch.Tensor, spec: FeatureSpec, model_config: ModelConfig,
+                    loop: LoopSettings, threads: int, report: Report | None) -> tuple[dict[str, torch.Tensor],
+                                                                                      list[float]]:
+    """Train the whole model here, accumulating gradients over microbatches exactly as the pipeline does."""
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG as it was
+            model = build_model(spec, model_config, loop.seed).train()
+            optimizer = make_optimizer(model, loop)
+            loss_fn = ScaledLoss(loss_module(spec.task), loop.microbatches)
+
+            def step(rows: torch.Tensor) -> float:
+                optimizer.zero_grad(set_to_none=True)
+                parts = []
+                # tensor_split is how the schedules cut a batch into microbatches.
+                for xb, yb in zip(x[rows].tensor_split(loop.microbatches), y[rows].tensor_split(loop.microbatches),
+                                  strict=True):
+                    loss = loss_fn(model(xb), yb)
+                    loss.backward()
+                    parts.append(loss.detach())
+                optimizer.step()
+                return step_loss(parts)
+
+            losses = run_loop(step, len(x), loop, report)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, losses
+
+
+def _injected_failure(rank: int) -> None:
+    """The test hook behind FAIL_RANK_ENV."""
+    if os.environ.get(FAIL_RANK_ENV, "") == str(rank):
+        raise RuntimeError(f"injected failure ({FAIL_RANK_ENV}={rank})")
+
+
+def pipeline_rank(rank: int, world_size: int, job: RankJob, messages: Any) -> None:
+    """One spawned rank: build the whole model, keep its stage, train it, and save its state to job.folder."""
+    data = load_file(str(job.folder / DATA))
+    x, y = data["x"], data["y"]
+    spec = FeatureSpec.from_json(job.spec_json)
+    # Same seed on every rank: each builds identical whole-model weights, then drops what it does not own.
+    module = cut_stage(build_model(spec, job.model, job.loop.seed), rank, world_size).train()
+    schedule = build_schedule(module, rank, job.pipeline, loss_module(spec.task), width=spec.width,
+                              hidden=job.model.hidden)
+    optimizer = make_optimizer(module, job.loop)
+    first, last = rank == 0, rank == world_size - 1
+
+    def step(rows: torch.Tensor) -> float | None:
+        _injected_failure(rank)
+        optimizer.zero_grad(set_to_none=True)
+        losses: list[torch.Tensor] | None = [] if last else None
+        args = (x[rows],) if first else ()
+        schedule.step(*args, target=y[rows] if last else None, losses=losses, return_outputs=False)
+        optimizer.step()
+        return step_loss(losses) if losses is not None else None
+
+    def report(epoch: int, index: int, loss: float) -> None:
+        messages.put((epoch, index, loss))
+
+    losses = run_loop(step, len(x), job.loop, report if last and messages is not None else None)
+    save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()},
+              str(job.folder / f"stage{rank}.safetensors"))
+    if last:
+        (job.folder / LOSSES).write_text(json.dumps(losses))
+
+
+def merge_stages(folder: Path, stages: int, expected: list[str]) -> dict[str, torch.Tensor]:
+    """The whole model's state from the stages' files; TrainingError if a name is missing, extra or doubled."""
+    state: dict[str, torch.Tensor] = {}
+    for rank in range(stages):
+        part = load_file(str(folder / f"stage{rank}.safetensors"))
+        doubled = sorted(set(part) & set(state))
+        if doubled:
+            raise TrainingError(f"stage {rank} saved parameters another stage also owns: {doubled[:3]}")
+        state.update(part)
+    if sorted(state) != sorted(expected):
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        raise TrainingError(f"merged stage weights do not match the model: missing {missing[:3]}, extra {extra[:3]}")
+    return {name: state[name] for name in expected}
+
+
+def _pipelined(x: torch.Tensor, y: torch.Tensor, spec: FeatureSpec, config: Config, settings: PipelineSettings,
+               loop: LoopSettings, report: Report | None) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """Train with one spawned process per stage and merge their weights."""
+    with tempfile.TemporaryDirectory(prefix="driftloop-train-") as tmp:
+        folder = Path(tmp)
+        save_file({"x": x.contiguous(), "y": y.contiguous()}, str(folder / DATA))
+        job = RankJob(folder, spec.to_json(), config.model, settings, loop)
+        setup = RankSetup(settings.stages, free_port(), config.training.threads_per_rank,
+                          config.training.timeout_s, folder)
+        on_message = (lambda item: report(*item)) if report is not None else None
+        launch(pipeline_rank, job, setup, on_message)
+        with torch.random.fork_rng(devices=[]):
+            expected = list(build_model(spec, config.model, 0).state_dict())
+        state = merge_stages(folder, settings.stages, expected)
+        losses = json.loads((folder / LOSSES).read_text())
+    return state, losses
+
+
+def holdout_metrics(net: TabularNet, spec: FeatureSpec, holdout: pd.DataFrame) -> dict[str, float]:
+    """driftloop.scoring.score on the holdout, plus the training loss there (`holdout_loss`)."""
+    # Imported here: scikit-learn costs each spawned rank most of a second and only the parent scores.
+    from driftloop.scoring import score
+
+    if holdout.empty:
+        return {}
+    metrics = score(numeric_column(holdout, spec.target), predict(net, spec, holdout), spec.task)
+    with torch.inference_mode():
+        loss = loss_module(spec.task)(net(encode(holdout, spec)), encode_target(holdout, spec))
+    return {**metrics, "holdout_loss": float(loss)}
+
+
+class _ProgressView:
+    """A rich progress bar on stderr (stdout stays free for --json); a no-op when quiet."""
+
+    def __init__(self, enabled: bool, total: int, epochs: int, label: str) -> None:
+        self.epochs = epochs
+        self.bar: Progress | None = None
+        if enabled:
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+                                TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
+                                console=Console(stderr=True))
+            self.task = self.bar.add_task(label, total=total, epoch=0, epochs=epochs, loss="-")
+
+    def __enter__(self) -> _ProgressView:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def update(self, epoch: int, index: int, loss: float) -> None:
+        """One training step done."""
+        if self.bar is not None:
+            self.bar.update(self.task, completed=index, epoch=epoch + 1, loss=f"{loss:.4f}")
+
+    @property
+    def report(self) -> Report | None:
+        """The callback to feed, or None when quiet (ranks then send no messages at all)."""
+        return self.update if self.bar is not None else None
+
+
+def fitted_batch_size(batch_size: int, rows: int, microbatches: int) -> int:
+    """training.batch_size, shrunk to the largest multiple of the microbatches that fits a small dataset."""
+    if rows >= batch_size:
+        return batch_size
+    if rows < microbatches:
+        raise TrainingError(f"training data has {rows} rows, fewer than training.microbatches ({microbatches}): "
+                            "train on more rows")
+    return rows // microbatches * microbatches
+
+
+def train(frame: pd.DataFrame, config: Config, holdout: pd.DataFrame | None = None, *, stages: int | None = None,
+          schedule: str | None = None, microbatches: int | None = None, seed: int | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train on time-ordered `frame`; the holdout is `holdout` or else the latest training.holdout_fraction of rows.
+
+    Keyword arguments override config.training. stages == 1 trains in this process; stages >= 2 spawns one
+    process per stage. Every setting is checked before any process starts.
+    """
+    started = time.perf_counter()
+    t = config.training
+    settings = check_settings(config, stages=stages, schedule=schedule, microbatches=microbatches)
+    columns = config.data.features + [config.data.target]
+    require_columns(frame, columns, "training data")
+    if holdout is None:
+        if len(frame) < 2:
+            raise TrainingError(f"training data has {len(frame)} row(s): too few to hold any out")
+        frame, holdout = split_by_fraction(frame, t.holdout_fraction)
+    else:
+        require_columns(holdout, columns, "holdout data")
+    batch_size = fitted_batch_size(t.batch_size, len(frame), settings.microbatches)
+    settings = replace(settings, batch_size=batch_size)
+    loop = LoopSettings(t.epochs, batch_size, settings.microbatches, t.seed if seed is None else seed,
+                        t.learning_rate, t.weight_decay)
+
+    spec = fit_spec(frame, config.data)
+    x, y = encode(frame, spec), encode_target(frame, spec)
+    steps = len(frame) // batch_size * t.epochs
+    label = "training" if settings.stages == 1 else f"training ({settings.stages} stages, {settings.schedule})"
+    with _ProgressView(progress, steps, t.epochs, label) as view:
+        if settings.stages == 1:
+            state, losses = _single_process(x, y, spec, config.model, loop, t.threads_per_rank, view.report)
+        else:
+            state, losses = _pipelined(x, y, spec, config, settings, loop, view.report)
+
+    per_epoch = len(frame) // batch_size
+    final_loss = float(sum(losses[-per_epoch:]) / per_epoch) if losses else math.nan
+    result = TrainResult(state=state, spec=spec, final_loss=final_loss, losses=losses, metrics={},
+                         stages=settings.stages, schedule=settings.schedule, microbatches=settings.microbatches,
+                         train_rows=len(frame), holdout_rows=len(holdout), seconds=0.0, model_config=config.model)
+    metrics = holdout_metrics(result.model(), spec, holdout)
+    return replace(result, metrics=metrics, seconds=time.perf_counter() - started)
