@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -12,6 +13,8 @@ DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_UI_ENABLED": "false",
     "TOKENIZERS_PARALLELISM": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
     # A first start migrates a new SQLite database; on 2 busy cores that can exceed Prefect's 20 s default.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
 }
@@ -24,6 +27,11 @@ def prepare_environment(state_dir: Path | None = None) -> None:
     """
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
+    # Great Expectations announces each temporary docs folder at INFO.
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    if "PREFECT_API_URL" not in os.environ:
+        # Flow logs of the throw-away local API would only repeat on the console what the CLI prints.
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     if state_dir is not None and "PREFECT_HOME" not in os.environ and "PREFECT_API_URL" not in os.environ:
         home = Path(state_dir).resolve() / "prefect"
         home.mkdir(parents=True, exist_ok=True)  # Prefect does not create it and then cannot open its database

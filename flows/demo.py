@@ -32,7 +32,8 @@ from flows.retraining import retraining_flow
 from flows.summary import WindowRow, markdown_table, write_summary
 from flows.training import training_pipeline
 
-console = Console(stderr=True)
+# Logs and CI capture are wider than rich's 80-column fallback for a non-terminal.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 
 @dataclass
@@ -144,23 +145,25 @@ def should_retrain(config: Config, state: LoopState, index: int, drifted: bool) 
     if state.last_trigger is not None and index - state.last_trigger <= config.monitoring.cooldown_windows:
         return "cooldown"
     if index == 0:
-        return "waiting for labelled history"
+        return "no labelled history yet"
     return None
 
 
-def retrain(client: httpx.Client, config: Config, state: LoopState, index: int) -> str:
-    """Run the retraining flow on the recent labelled windows before `index`, gate on window `index`."""
+def retrain(client: httpx.Client, config: Config, state: LoopState, index: int) -> tuple[str, str]:
+    """Retrain on the labelled windows before `index`, gate on window `index`; returns (event, detail)."""
     history = state.id_ranges[max(0, index - config.demo.retrain_windows):index]
     gate_first, gate_last = state.id_ranges[index]
     outcome = retraining_flow(config, history[0][0], history[-1][1], gate_first, gate_last, progress=False)
     if outcome["status"] == "quarantined":
-        return f"retrain refused: data quarantined ({outcome['validation']['summary']})"
+        return "retrain refused", f"data quarantined: {outcome['validation']['summary']}"
     gate, version = outcome["gate"], outcome["train"]["model_version"]
-    figures = f"{gate['metric']} {gate['challenger_score']:.4f} vs champion {gate['champion_score']:.4f}"
+    detail = (f"gate: v{version} {gate['metric']} {gate['challenger_score']:.4f} vs champion "
+              f"v{gate['champion_version']} {gate['champion_score']:.4f} on {gate['window_rows']:,} rows")
     if not gate["promoted"]:
-        return f"retrained v{version}: kept as challenger ({figures})"
+        return f"retrained v{version}, rejected", f"{detail} → kept as challenger"
     switched = wait_for_version(client, version, timeout_s=60)
-    return f"retrained v{version}: PROMOTED ({figures})" + ("; server switched" if switched else "")
+    served = "server switched without restart" if switched else "server has not switched yet"
+    return f"retrained v{version}, PROMOTED", f"{detail} → PROMOTED to champion; {served}"
 
 
 @flow(name="demo-loop", validate_parameters=False)
@@ -176,7 +179,7 @@ def demo_loop(config: Config) -> list[WindowRow]:
     if "train" not in first:
         raise DriftloopError(f"training data failed validation: {first['validation']['summary']}")
     console.print(f"    champion v{first['train']['model_version']}: holdout "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in first["train"]["metrics"].items()))
+                  + ", ".join(f"{k} {v:.3f}" for k, v in first["train"]["metrics"].items()), soft_wrap=True)
     server, url = start_server(config)
     console.print(f"[bold]5.[/] model server on {url} (/predict, /healthz, /metrics)")
     state = LoopState()
@@ -192,16 +195,18 @@ def demo_loop(config: Config) -> list[WindowRow]:
                 checked = monitoring_flow(config, *state.id_ranges[-1], label)
                 drifted = checked["drift"]["drift_detected"]
                 reason = should_retrain(config, state, window.index, drifted)
-                event = "" if reason in (None, "no drift") else reason
+                event, detail = ("" if reason in (None, "no drift") else reason), ""
                 if reason is None:
                     state.last_trigger = window.index
-                    event = retrain(client, config, state, window.index)
+                    event, detail = retrain(client, config, state, window.index)
                 row = WindowRow(label, window.start, checked["rows"], checked["drift"]["drift_share"], drifted,
                                 checked["performance"].get("auc"), version, event,
                                 Path(checked["drift"]["report"]).name if checked["drift"]["report"] else "")
                 state.rows.append(row)
-                console.print(row.line())
-                logger.info(row.line())
+                console.print(row.line(), soft_wrap=True)
+                if detail:
+                    console.print(f"    {detail}", soft_wrap=True)
+                logger.info("%s %s", row.line(), detail)
     finally:
         server.terminate()
         server.wait(timeout=30)

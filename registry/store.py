@@ -18,6 +18,7 @@ from training.artifacts import WEIGHTS, LoadedModel, load_model, predict, save_m
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.models.model import ModelInfo
 
     from training.trainer import TrainResult
 
@@ -111,6 +112,19 @@ def _reference_sample(config: Config, reference: pd.DataFrame) -> pd.DataFrame:
     return sample.reset_index(drop=True)
 
 
+def _new_version(client: MlflowClient, name: str, info: ModelInfo, run_id: str, tags: dict[str, str]) -> str:
+    """Register a logged model as a new version (the client API: the fluent one prints to stderr)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    return str(client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags,
+                                           model_id=info.model_id).version)
+
+
 def register(config: Config, result: TrainResult, lineage: dict[str, str], reference: pd.DataFrame) -> Registered:
     """Log a trained model to MLflow, register a version with lineage tags; the first one becomes champion."""
     import mlflow
@@ -131,12 +145,12 @@ def register(config: Config, result: TrainResult, lineage: dict[str, str], refer
         info = mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_CODE), artifacts={"model": str(folder)},
                                        signature=signature, input_example=example,
                                        pip_requirements=PIP_REQUIREMENTS)
-        version = mlflow.register_model(info.model_uri, config.model.name, tags=lineage).version
+        version = _new_version(client, config.model.name, info, run.info.run_id, lineage)
     first = alias_version(config, CHAMPION) is None
     if first:
         set_alias(config, CHAMPION, version)
         tag_version(config, version, {"gate.decision": "promoted", "gate.reason": "first model"})
-    return Registered(config.model.name, str(version), run.info.run_id, first)
+    return Registered(config.model.name, version, run.info.run_id, first)
 
 
 def _download(config: Config, version: str) -> Path:
