@@ -12,7 +12,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from driftloop.config import Config
-from driftloop.data import read_table
 from driftloop.errors import RegistryError
 from driftloop.metrics import MonitorMetrics, monitor_metrics
 from driftloop.scoring import score
@@ -52,7 +51,6 @@ def monitor_file(config: Config, current: Path, reference: Path | None) -> Drift
     _, frame = champion_reference(config)
     reference_path = state_path(config, "cache", "champion-reference.parquet")
     frame.to_parquet(reference_path, index=False)
-    read_table(current)
     return monitor_files(current, reference_path, config)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -153,17 +154,33 @@ def register(config: Config, result: TrainResult, lineage: dict[str, str], refer
     return Registered(config.model.name, version, run.info.run_id, first)
 
 
+def _fetch_once(target: Path, fetch: Callable[[Path], None]) -> Path:
+    """Fill `target` with `fetch` unless it exists; atomic, so a half-written folder is never used.
+
+    The server and the flows may fetch the same version at once: the second rename loses and is dropped.
+    """
+    if target.exists():
+        return target
+    staging = Path(tempfile.mkdtemp(dir=target.parent))
+    try:
+        fetch(staging)
+        staging.rename(target)
+    except OSError:
+        if not target.exists():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
 def _download(config: Config, version: str) -> Path:
     """The version's pyfunc folder, cached under state_dir so each version is fetched once."""
     import mlflow
 
-    target = state_path(config, "cache", config.model.name, version)
-    if not target.exists():
-        mlflow_client(config)
-        staging = Path(tempfile.mkdtemp(dir=target.parent))
-        mlflow.artifacts.download_artifacts(f"models:/{config.model.name}/{version}", dst_path=str(staging))
-        staging.rename(target)  # atomic: a half-downloaded folder is never taken for a model
-    return target
+    mlflow_client(config)
+    uri = f"models:/{config.model.name}/{version}"
+    return _fetch_once(state_path(config, "cache", config.model.name, version),
+                       lambda staging: mlflow.artifacts.download_artifacts(uri, dst_path=str(staging)))
 
 
 def load_version(config: Config, version: str) -> LoadedModel:
@@ -193,11 +210,9 @@ def load_reference(config: Config, version: str) -> pd.DataFrame:
     import mlflow
 
     run_id = mlflow_client(config).get_model_version(config.model.name, version).run_id
-    target = state_path(config, "cache", config.model.name, f"{version}-reference")
-    if not target.exists():
-        staging = Path(tempfile.mkdtemp(dir=target.parent))
-        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=str(staging))
-        staging.rename(target)
+    target = _fetch_once(state_path(config, "cache", config.model.name, f"{version}-reference"),
+                         lambda staging: mlflow.artifacts.download_artifacts(
+                             run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=str(staging)))
     files = sorted(target.rglob("*.parquet"))
     if not files:
         shutil.rmtree(target, ignore_errors=True)
