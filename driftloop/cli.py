@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from driftloop.config import Config, demo_config_path, load_config
+from driftloop.config import SCHEDULES, Config, demo_config_path, load_config, parse_config
 from driftloop.env import prepare_environment
 from driftloop.errors import DriftloopError
 
@@ -39,28 +39,42 @@ def cmd_validate(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK if report.success else EXIT_FAILED
 
 
+def _training_flags(config: Config, args: argparse.Namespace) -> Config:
+    """`config` with the train flags that train() takes no keyword for (they live in config.training)."""
+    flags = {"stages_per_rank": args.stages_per_rank, "launcher": args.launcher, "partition": args.partition,
+             "device": args.device}
+    updates = {key: value for key, value in flags.items() if value is not None}
+    if not updates:
+        return config
+    raw = config.model_dump()
+    raw["training"].update(updates)
+    return parse_config(raw, "command line")
+
+
 def cmd_train(args: argparse.Namespace, config: Config) -> int:
     """Validate, train pipeline-parallel and register: 0 ok, 2 bad input (including data that fails validation)."""
     from flows.training import prepare_training_data, training_pipeline
     from training.pipeline import check_settings
 
+    config = _training_flags(config, args)
     overrides = {"stages": args.stages, "schedule": args.schedule, "microbatches": args.microbatches,
                  "seed": args.seed}
-    check_settings(config, **overrides)
+    settings = check_settings(config, **overrides)
     data_path = prepare_training_data(config, Path(args.data) if args.data else None)
     outcome = training_pipeline(config, str(data_path), progress=not args.json, **overrides)
     if not outcome["validation"]["success"]:
         _err(f"training refused: {data_path} failed validation: {outcome['validation']['summary']}")
         _err(f"quarantined in {outcome['quarantine']}")
         return EXIT_BAD_INPUT
+    # How the stages were placed: decided by the checked settings, not by the data.
+    train = {**outcome["train"], "stages_per_rank": settings.stages_per_rank, "ranks": settings.ranks}
     if args.json:
-        _print_json(outcome["train"])
+        _print_json(train)
     else:
-        train = outcome["train"]
         figures = ", ".join(f"{k} {v:.4f}" for k, v in train["metrics"].items())
         role = "champion" if outcome["champion"] else "registered (gate decides promotion)"
-        _err(f"trained {train['stages']} stages ({train['schedule']}, {train['microbatches']} microbatches): "
-             f"final loss {train['final_loss']:.4f}; holdout {figures}")
+        _err(f"trained {train['stages']} stages on {train['ranks']} rank(s) ({train['schedule']}, "
+             f"{train['microbatches']} microbatches): final loss {train['final_loss']:.4f}; holdout {figures}")
         _err(f"model {config.model.name} version {train['model_version']}: {role}; run {train['run_id']}")
     return EXIT_OK
 
@@ -117,8 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("train", cmd_train, "validate, train pipeline-parallel and register a model version")
     p.add_argument("--data", help="CSV or Parquet training data (default: the demo's bundled training months)")
-    p.add_argument("--stages", type=int, help="pipeline stages, one process each (overrides training.stages)")
-    p.add_argument("--schedule", help="pipeline schedule: GPipe or 1F1B (overrides training.schedule)")
+    p.add_argument("--stages", type=int, help="pipeline stages; 1 trains in one process (overrides training.stages)")
+    p.add_argument("--schedule", help=f"pipeline schedule: {', '.join(SCHEDULES)} (overrides training.schedule)")
+    p.add_argument("--stages-per-rank", type=int,
+                   help="stages each rank runs (overrides training.stages_per_rank; default: what the schedule needs)")
+    p.add_argument("--launcher", choices=["local", "single_process"],
+                   help="one process per rank, or every stage in this process (overrides training.launcher)")
+    p.add_argument("--partition", choices=["uniform", "parameters", "time"],
+                   help="how blocks are cut into stages (overrides training.partition)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (overrides training.device)")
     p.add_argument("--microbatches", type=int, help="microbatches per batch (overrides training.microbatches)")
     p.add_argument("--seed", type=int, help="random seed (overrides training.seed)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")

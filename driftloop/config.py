@@ -5,14 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from driftloop.errors import ConfigError
 
-SCHEDULES = ("GPipe", "1F1B")
+# Every schedule of torch.distributed.pipelining (torch 2.13); training/pipeline.py holds the rules of each.
+ScheduleName = Literal["GPipe", "1F1B", "Interleaved1F1B", "LoopedBFS", "InterleavedZeroBubble", "ZBVZeroBubble",
+                       "DualPipeV"]
+SCHEDULES: tuple[str, ...] = get_args(ScheduleName)
 
 
 class _Strict(BaseModel):
@@ -66,8 +69,17 @@ class TrainingConfig(_Strict):
     """Pipeline-parallel training settings."""
 
     stages: int = Field(2, ge=1)
-    schedule: Literal["GPipe", "1F1B"] = "1F1B"
+    schedule: ScheduleName = "1F1B"
+    # None: what the schedule needs (1 for GPipe and 1F1B, 2 for the others; all stages with single_process).
+    stages_per_rank: int | None = Field(None, ge=1)
     microbatches: int = Field(4, ge=1)
+    # local: one process per rank on this machine; single_process: every stage in the training process itself
+    # (one GPU, where NCCL refuses two ranks on one device).
+    launcher: Literal["local", "single_process"] = "local"
+    # auto: CUDA when the launcher can give every rank its own GPU, else CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # How blocks are cut into stages: evenly, by parameter count, or by forward+backward time measured once.
+    partition: Literal["uniform", "parameters", "time"] = "uniform"
     batch_size: int = Field(512, ge=1)
     epochs: int = Field(3, ge=1)
     learning_rate: float = Field(2e-3, gt=0)
@@ -88,12 +100,48 @@ class ValidationConfig(_Strict):
 
 
 class MonitoringConfig(_Strict):
-    """Drift monitor settings."""
+    """Drift monitor settings: windows, the calibrated drift decision, performance and the retraining policy."""
 
-    window: str = "7D"
+    # A duration ("7D", "12h": windows by time) or a row count (5000: windows by rows).
+    window: str | int = "7D"
+    # "calibrated": per-column thresholds learned from the reference, false alarms held to
+    # false_alarm_rate per window; "evidently": Evidently's default tests and the drift_share rule.
+    decision: Literal["calibrated", "evidently"] = "calibrated"
+    false_alarm_rate: float = Field(0.01, gt=0, lt=0.5)
+    # Reference windows drawn to learn the thresholds (raised automatically to 2 x columns / rate).
+    calibration_draws: int = Field(4000, ge=100)
+    # Larger windows are checked on a sample of this many rows (at most half the reference).
+    max_window_rows: int = Field(5000, ge=50)
     drift_share: float = Field(0.5, gt=0, le=1)
     reference_max_rows: int = Field(20000, ge=100)
+    # The model's output column (P(positive) for classification) in the reference and the windows.
+    prediction_column: str = "prediction"
+    # Retrain when the policy metric is worse than the reference by more than this (its units)
+    # and the drop is beyond chance at performance_false_alarm_rate.
+    performance_margin: float = Field(0.02, ge=0)
+    performance_false_alarm_rate: float = Field(0.01, gt=0, lt=0.5)
+    # Fewer labelled rows than this: judge the estimated (CBPE) performance instead of the actual.
+    min_labelled_rows: int = Field(100, ge=1)
+    # Retrain on drift alone, without a performance drop (off: drift is reported, not acted on).
+    retrain_on_drift: bool = False
     cooldown_windows: int = Field(2, ge=0)
+
+    @model_validator(mode="after")
+    def _window_is_rows_or_duration(self) -> MonitoringConfig:
+        if isinstance(self.window, int):
+            if self.window < 1:
+                raise ValueError("monitoring.window: a row count must be at least 1")
+            return self
+        import pandas as pd  # only here: the config module is imported by light entry points too
+
+        try:
+            valid = not self.window.strip().isdigit() and pd.Timedelta(self.window) > pd.Timedelta(0)
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ValueError(f"monitoring.window: {self.window!r} is neither a duration such as 7D or 12h "
+                             "nor a row count such as 5000 (unquoted)")
+        return self
 
 
 class ServingConfig(_Strict):

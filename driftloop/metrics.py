@@ -22,6 +22,26 @@ COLUMN_DRIFT_THRESHOLD = "driftloop_column_drift_threshold"
 WINDOW_ROWS = "driftloop_window_rows"
 WINDOW_PERFORMANCE = "driftloop_window_performance"
 LAST_CHECK = "driftloop_monitor_last_check_timestamp_seconds"
+DRIFT_FALSE_ALARM_RATE = "driftloop_drift_false_alarm_rate"
+WINDOW_PERFORMANCE_ESTIMATED = "driftloop_window_performance_estimated"
+REFERENCE_PERFORMANCE = "driftloop_reference_performance"
+WINDOW_LABELLED_ROWS = "driftloop_window_labelled_rows"
+PERFORMANCE_DEGRADED = "driftloop_performance_degraded"
+RETRAIN_RECOMMENDED = "driftloop_retrain_recommended"
+
+# Training (exported by training.telemetry to state_dir/metrics/training.prom)
+TRAINING_INFO = "driftloop_training_info"
+TRAINING_LOSS = "driftloop_training_loss"
+TRAINING_STEP = "driftloop_training_step"
+TRAINING_EPOCH = "driftloop_training_epoch"
+TRAINING_STEP_SECONDS = "driftloop_training_step_seconds"
+TRAINING_SAMPLES_PER_SECOND = "driftloop_training_samples_per_second"
+TRAINING_STAGE_FORWARD = "driftloop_training_stage_forward_seconds"
+TRAINING_STAGE_BACKWARD = "driftloop_training_stage_backward_seconds"
+TRAINING_STAGE_COST = "driftloop_training_stage_cost"
+TRAINING_STAGE_IMBALANCE = "driftloop_training_stage_imbalance"
+TRAINING_BUBBLE = "driftloop_training_bubble_fraction"
+TRAINING_FINISHED = "driftloop_training_finished_timestamp_seconds"
 
 
 @dataclass(frozen=True)
@@ -66,6 +86,12 @@ class MonitorMetrics:
     window_rows: Gauge
     performance: Gauge
     last_check: Gauge
+    false_alarm_rate: Gauge
+    performance_estimated: Gauge
+    reference_performance: Gauge
+    labelled_rows: Gauge
+    performance_degraded: Gauge
+    retrain_recommended: Gauge
 
 
 def monitor_metrics(registry: CollectorRegistry | None = None) -> MonitorMetrics:
@@ -83,4 +109,64 @@ def monitor_metrics(registry: CollectorRegistry | None = None) -> MonitorMetrics
         performance=Gauge(WINDOW_PERFORMANCE, "Live model performance on the last labelled window",
                           ["model", "metric"], registry=registry),
         last_check=Gauge(LAST_CHECK, "Unix time of the last drift check", model, registry=registry),
+        false_alarm_rate=Gauge(DRIFT_FALSE_ALARM_RATE, "Per-window false-alarm rate the drift decision is "
+                               "calibrated for (absent with Evidently's own rule)", model, registry=registry),
+        performance_estimated=Gauge(WINDOW_PERFORMANCE_ESTIMATED, "Estimated (CBPE) model performance on the last "
+                                    "window, before its labels", ["model", "metric"], registry=registry),
+        reference_performance=Gauge(REFERENCE_PERFORMANCE, "Model performance on the reference, the baseline",
+                                    ["model", "metric"], registry=registry),
+        labelled_rows=Gauge(WINDOW_LABELLED_ROWS, "Rows of the last window whose labels have arrived", model,
+                            registry=registry),
+        performance_degraded=Gauge(PERFORMANCE_DEGRADED, "1 if the last window's performance dropped beyond the "
+                                   "margin and beyond chance", model, registry=registry),
+        retrain_recommended=Gauge(RETRAIN_RECOMMENDED, "1 if the retraining policy asked for a retrain after the "
+                                  "last window", model, registry=registry),
+    )
+
+
+@dataclass(frozen=True)
+class TrainingMetrics:
+    """A training run's metrics, bound to one registry."""
+
+    registry: CollectorRegistry
+    info: Gauge
+    loss: Gauge
+    step: Gauge
+    epoch: Gauge
+    step_seconds: Gauge
+    samples_per_second: Gauge
+    stage_forward: Gauge
+    stage_backward: Gauge
+    stage_cost: Gauge
+    imbalance: Gauge
+    bubble: Gauge
+    finished: Gauge
+
+
+def training_metrics(registry: CollectorRegistry | None = None) -> TrainingMetrics:
+    """Create the training metrics in `registry` (a fresh one by default)."""
+    registry = registry or CollectorRegistry()
+    model = ["model"]
+    info = ["model", "schedule", "stages", "stages_per_rank", "ranks", "microbatches", "launcher", "device",
+            "partition"]
+    return TrainingMetrics(
+        registry=registry,
+        info=Gauge(TRAINING_INFO, "1 for the pipeline set-up of the latest training run", info, registry=registry),
+        loss=Gauge(TRAINING_LOSS, "Training loss of the latest step (batch mean)", model, registry=registry),
+        step=Gauge(TRAINING_STEP, "Steps done in the current training run", model, registry=registry),
+        epoch=Gauge(TRAINING_EPOCH, "Epoch of the latest step (from 1)", model, registry=registry),
+        step_seconds=Gauge(TRAINING_STEP_SECONDS, "Wall time of the latest step", model, registry=registry),
+        samples_per_second=Gauge(TRAINING_SAMPLES_PER_SECOND, "Training rows per second (latest step while "
+                                 "running, steady-state mean once done)", model, registry=registry),
+        stage_forward=Gauge(TRAINING_STAGE_FORWARD, "Forward compute time of a stage per step (mean)",
+                            ["model", "stage"], registry=registry),
+        stage_backward=Gauge(TRAINING_STAGE_BACKWARD, "Backward compute time of a stage per step (mean)",
+                             ["model", "stage"], registry=registry),
+        stage_cost=Gauge(TRAINING_STAGE_COST, "Cost of a stage used to partition the blocks (parameters or "
+                         "seconds)", ["model", "stage", "unit"], registry=registry),
+        imbalance=Gauge(TRAINING_STAGE_IMBALANCE, "max / mean of the stage costs (1 is balanced)", model,
+                        registry=registry),
+        bubble=Gauge(TRAINING_BUBBLE, "Measured idle share of a rank's pipeline step", ["model", "rank"],
+                     registry=registry),
+        finished=Gauge(TRAINING_FINISHED, "Unix time the latest training run finished", model, registry=registry),
     )

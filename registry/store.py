@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,20 +91,50 @@ def version_tags(config: Config, version: str) -> dict[str, str]:
     return dict(mlflow_client(config).get_model_version(config.model.name, version).tags)
 
 
+def _training_figures(result: TrainResult) -> dict[str, float]:
+    """The run's summary figures: loss, holdout metrics, stage costs and what the pipeline measured."""
+    figures = {"final_loss": result.final_loss, "train_seconds": result.seconds,
+               **{f"holdout_{k}": v for k, v in result.metrics.items()}}
+    if result.partition is not None:
+        figures["stage_imbalance"] = result.partition.imbalance
+        figures.update({f"stage_{s}_cost": cost for s, cost in enumerate(result.partition.costs)})
+    telemetry = result.telemetry
+    if telemetry is not None:
+        figures.update({"samples_per_second": telemetry.samples_per_second,
+                        "bubble_fraction": telemetry.bubble_fraction,
+                        "measured_stage_imbalance": telemetry.measured_imbalance})
+        for s, (fwd, bwd) in enumerate(zip(telemetry.stage_forward_seconds, telemetry.stage_backward_seconds,
+                                           strict=True)):
+            figures.update({f"stage_{s}_forward_seconds": fwd, f"stage_{s}_backward_seconds": bwd})
+        figures.update({f"rank_{r}_bubble": bubble for r, bubble in enumerate(telemetry.rank_bubble)})
+    return {key: float(value) for key, value in figures.items() if math.isfinite(value)}
+
+
 def _log_training(config: Config, result: TrainResult) -> None:
-    """Parameters, per-step loss and holdout metrics of the active run."""
+    """Parameters, per-step loss and step time, the pipeline's measurements and holdout metrics of the active run."""
     import mlflow
+    from mlflow.entities import Metric
 
     params = {f"training.{k}": v for k, v in config.training.model_dump().items()}
     params.update({f"model.{k}": v for k, v in config.model.model_dump().items()})
     params.update({"training.stages": result.stages, "training.schedule": result.schedule,
-                   "training.microbatches": result.microbatches, "train_rows": result.train_rows,
+                   "training.microbatches": result.microbatches, "training.stages_per_rank": result.stages_per_rank,
+                   "training.ranks": result.ranks, "training.launcher": result.launcher,
+                   "training.device": result.device, "train_rows": result.train_rows,
                    "holdout_rows": result.holdout_rows})
+    if result.partition is not None:
+        params["training.stage_blocks"] = json.dumps([list(blocks) for blocks in result.partition.blocks])
     mlflow.log_params(params)
-    for step, loss in enumerate(result.losses):
-        mlflow.log_metric("train_loss", loss, step=step, synchronous=False)
-    mlflow.log_metrics({"final_loss": result.final_loss, "train_seconds": result.seconds,
-                        **{f"holdout_{k}": v for k, v in result.metrics.items()}})
+    now = int(time.time() * 1000)
+    series = [Metric("train_loss", loss, now, step) for step, loss in enumerate(result.losses)]
+    if result.telemetry is not None:
+        series += [Metric("step_seconds", seconds, now, step)
+                   for step, seconds in enumerate(result.telemetry.step_seconds)]
+    run_id = mlflow.active_run().info.run_id
+    client = mlflow_client(config)
+    for start in range(0, len(series), 1000):  # MLflow takes at most 1000 metrics per batch
+        client.log_batch(run_id, metrics=series[start:start + 1000])
+    mlflow.log_metrics(_training_figures(result))
 
 
 def _reference_sample(config: Config, reference: pd.DataFrame) -> pd.DataFrame:

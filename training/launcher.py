@@ -1,4 +1,5 @@
-"""Starting one process per pipeline stage on this machine, and making sure a failing rank cannot hang the run."""
+"""Starting the ranks of a pipeline: one process each on this machine (local), or the only rank in this process
+(single_process), and making sure a failing rank cannot hang the run."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,10 @@ from driftloop.errors import TrainingError
 # Entry point of a rank: fn(rank, world_size, payload, messages); `messages` is None when nobody listens.
 RankFn = Callable[[int, int, Any, Any], None]
 POLL_S = 0.1
+# forkserver: one server process imports torch and the rank's module once, then forks each rank from it. With
+# spawn every rank re-imported torch (~2.5 s of CPU each here), at every launch. The server starts clean (it is
+# not a fork of this process), so threads, CUDA and process groups of the parent never leak into ranks.
+START_METHOD = "forkserver"
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,9 @@ class RankSetup:
     threads: int
     timeout_s: float
     folder: Path
+    backend: str = "gloo"  # "nccl" when each rank has a GPU of its own
+    # The parent's environment at launch: the fork server's own is the one it started with.
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
 def free_port() -> int:
@@ -60,13 +68,17 @@ def _record_error(folder: Path, rank: int, error: BaseException) -> None:
 
 
 def _rank_main(rank: int, fn: RankFn, payload: Any, setup: RankSetup, messages: Any) -> None:
-    """Runs in each spawned process: join the gloo group, run `fn`, and leave any error for the parent."""
+    """Runs in each rank's process: join the group, run `fn`, and leave any error for the parent."""
     try:
+        os.environ.clear()
+        os.environ.update(setup.env)
         torch.set_num_threads(setup.threads)
         os.environ["MASTER_ADDR"] = "127.0.0.1"
         os.environ["MASTER_PORT"] = str(setup.port)
+        if setup.backend == "nccl":
+            torch.cuda.set_device(rank)
         # A bounded timeout: a rank waiting on a dead peer fails instead of waiting forever.
-        dist.init_process_group("gloo", rank=rank, world_size=setup.world_size,
+        dist.init_process_group(setup.backend, rank=rank, world_size=setup.world_size,
                                 timeout=timedelta(seconds=setup.timeout_s))
         fn(rank, setup.world_size, payload, messages)
         # Only on success: after a failure the process exits anyway, and tearing down a broken group may block.
@@ -81,7 +93,7 @@ def _rank_main(rank: int, fn: RankFn, payload: Any, setup: RankSetup, messages: 
 
 @contextmanager
 def _without_main_reimport() -> Iterator[None]:
-    """Stop spawn from re-running the parent's __main__ script in every rank.
+    """Stop spawn and forkserver from re-running the parent's __main__ script in every rank.
 
     The rank function lives in an importable module, so ranks need nothing from __main__; re-running it would
     import whatever the calling script imports (the whole CLI, say) once more per rank, and a script without an
@@ -133,11 +145,13 @@ def launch(fn: RankFn, payload: Any, setup: RankSetup, on_message: Callable[[Any
     Raises TrainingError naming the failed rank and its error as soon as one rank dies; the others are
     terminated rather than left waiting on it.
     """
-    context = mp.get_context("spawn")
+    context = mp.get_context(START_METHOD)
+    # Only takes effect when the server starts (the first launch in this process).
+    context.set_forkserver_preload([fn.__module__])
     messages = context.Queue() if on_message is not None else None
     with _without_main_reimport():
         procs = mp.start_processes(_rank_main, args=(fn, payload, setup, messages), nprocs=setup.world_size,
-                                   join=False, daemon=True, start_method="spawn")
+                                   join=False, daemon=True, start_method=START_METHOD)
     try:
         while True:
             _drain(messages, on_message)
@@ -172,3 +186,37 @@ def _failure(setup: RankSetup, error: ProcessException) -> TrainingError:
     # No record: the rank died without raising (killed by a signal, out of memory, os._exit).
     detail = str(error).strip().splitlines()[-1] if str(error).strip() else "no error recorded"
     return TrainingError(f"training rank {error.error_index} of {setup.world_size} died: {detail}")
+
+
+class _Direct:
+    """A message queue that hands each message straight to the listener (the rank runs in this process)."""
+
+    def __init__(self, on_message: Callable[[Any], None]) -> None:
+        self.on_message = on_message
+
+    def put(self, item: Any) -> None:
+        self.on_message(item)
+
+
+def run_here(fn: RankFn, payload: Any, setup: RankSetup, on_message: Callable[[Any], None] | None = None) -> None:
+    """Run fn(0, 1, payload, messages) in this process, as the only rank of a process group of its own.
+
+    torch's pipeline stages need a process group even when every stage is local; a world of one sends nothing,
+    so any device works with gloo here. The caller's thread count and CPU random state are restored.
+    """
+    if setup.world_size != 1:
+        raise TrainingError(f"training.launcher single_process runs one rank, not {setup.world_size}")
+    if dist.is_initialized():
+        raise TrainingError("training.launcher single_process needs a process without a torch.distributed process "
+                            "group, and this one has one: use training.launcher local")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(setup.threads)
+    # A HashStore: nobody else joins, so no port is opened.
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1,
+                            timeout=timedelta(seconds=setup.timeout_s))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            fn(0, 1, payload, _Direct(on_message) if on_message is not None else None)
+    finally:
+        dist.destroy_process_group()
+        torch.set_num_threads(previous)

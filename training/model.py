@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -93,9 +95,12 @@ def stage_blocks(blocks: int, stages: int) -> list[range]:
     return ranges
 
 
-def cut_stage(model: TabularNet, stage: int, stages: int) -> TabularNet:
-    """Keep only what stage `stage` of `stages` owns, in place; parameter names are unchanged."""
-    owned = stage_blocks(len(model.blocks), stages)[stage]
+def cut_stage(model: TabularNet, stage: int, stages: int, blocks: Sequence[range] | None = None) -> TabularNet:
+    """Keep only what stage `stage` of `stages` owns, in place; parameter names are unchanged.
+
+    `blocks` is each stage's range of residual blocks (training.partition); by default the uniform split.
+    """
+    owned = (stage_blocks(len(model.blocks), stages) if blocks is None else blocks)[stage]
     if stage != 0:
         model.input = None
     if stage != stages - 1:

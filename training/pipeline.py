@@ -1,40 +1,99 @@
-"""Everything about torch.distributed.pipelining: the settings it needs, the stage and the schedule of one rank.
+"""Everything about torch.distributed.pipelining: the settings and rules of each schedule, which stages each rank
+runs, the timed stages and the schedule of one rank.
 
 Pitfalls this file guards against (see DESIGN.md, "Pipeline schedules"):
 - schedules are built with `scale_grads=False` and the loss is divided by the microbatch count here, because
   torch's own gradient scaling is wrong under gradient accumulation (torchtitan #1733);
 - stages are given static example shapes, so no stage runs shape inference on real data;
-- every stage keeps the whole model's parameter names (training.model.cut_stage).
+- every stage keeps the whole model's parameter names (training.model.cut_stage);
+- each schedule's rules (read from torch 2.13's schedules.py, and checked against its constructors by
+  tests/test_training.py) are checked in the parent, before any process starts.
+
+The zero-bubble schedules (InterleavedZeroBubble, ZBVZeroBubble, DualPipeV) split each backward into an input-grad
+and a weight-grad step (torch's stage_backward_input / stage_backward_weight, which walk the autograd graph). That
+needs: a stage input that requires grad (the static examples below say so; otherwise nothing reaches earlier
+stages), no torch.compile on the stage module (torch refuses it), and stage outputs that are not views (torch
+detaches them in place). The first stage has no input gradient to compute: torch runs its whole backward at the
+weight-grad step.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+from torch.distributed.pipelining import (
+    PipelineStage,
+    Schedule1F1B,
+    ScheduleDualPipeV,
+    ScheduleGPipe,
+    ScheduleInterleaved1F1B,
+    ScheduleInterleavedZeroBubble,
+    ScheduleLoopedBFS,
+    ScheduleZBVZeroBubble,
+)
+from torch.distributed.pipelining.schedules import _PipelineSchedule
 
 from driftloop.config import SCHEDULES, Config
 from driftloop.errors import TrainingError
+from training.telemetry import StageClock
 
-_SCHEDULE_CLASSES = {"GPipe": ScheduleGPipe, "1F1B": Schedule1F1B}
+SCHEDULE_CLASSES: dict[str, type[_PipelineSchedule]] = {
+    "GPipe": ScheduleGPipe,
+    "1F1B": Schedule1F1B,
+    "Interleaved1F1B": ScheduleInterleaved1F1B,
+    "LoopedBFS": ScheduleLoopedBFS,
+    "InterleavedZeroBubble": ScheduleInterleavedZeroBubble,
+    "ZBVZeroBubble": ScheduleZBVZeroBubble,
+    "DualPipeV": ScheduleDualPipeV,
+}
+# torch's PipelineScheduleSingle: exactly one stage per rank.
+SINGLE_STAGE = frozenset({"GPipe", "1F1B"})
+# Exactly two stages per rank, placed in a V: rank r runs stages r and 2 * ranks - 1 - r.
+V_SHAPED = frozenset({"ZBVZeroBubble", "DualPipeV"})
+# Their number of microbatches must be a multiple of max(1, microbatches // ranks) ("rounds").
+ROUNDS = frozenset({"Interleaved1F1B", "InterleavedZeroBubble"})
+# The multi-stage schedule that runs each single-stage schedule's order over several stages per rank.
+MULTI_STAGE_TWIN = {"GPipe": "LoopedBFS", "1F1B": "Interleaved1F1B"}
 
 
 @dataclass(frozen=True)
 class PipelineSettings:
-    """The settings that decide how a batch flows through the stages."""
+    """The settings that decide how a batch flows through the stages and where each stage runs."""
 
     stages: int
     schedule: str
     microbatches: int
     batch_size: int
     blocks: int
+    stages_per_rank: int = 1
+    launcher: str = "local"
+    device: str = "cpu"  # resolved: "cpu" or "cuda"
+    partition: str = "uniform"
 
     @property
     def microbatch_size(self) -> int:
         """Rows per microbatch."""
         return self.batch_size // self.microbatches
+
+    @property
+    def ranks(self) -> int:
+        """Processes of the pipeline group (1 for single_process and for stages == 1)."""
+        return self.stages // self.stages_per_rank
+
+    def stage_rank(self, stage: int) -> int:
+        """The rank that runs `stage`: round-robin ("loop"), or a V for ZBVZeroBubble and DualPipeV."""
+        if self.schedule in V_SHAPED and self.stages > 1:
+            return stage if stage < self.ranks else 2 * self.ranks - 1 - stage
+        return stage % self.ranks
+
+    def rank_stages(self, rank: int) -> list[int]:
+        """The stages `rank` runs, in order."""
+        return [stage for stage in range(self.stages) if self.stage_rank(stage) == rank]
 
 
 def schedule_name(name: str) -> str:
@@ -43,6 +102,61 @@ def schedule_name(name: str) -> str:
         if name.lower() == known.lower():
             return known
     raise TrainingError(f"training.schedule ({name!r}) is not a known schedule: use one of {', '.join(SCHEDULES)}")
+
+
+def derive_stages_per_rank(stages: int, schedule: str, launcher: str, requested: int | None) -> int:
+    """training.stages_per_rank, or what the schedule and launcher need when it is unset.
+
+    One stage trains without a pipeline, so the setting does not apply there.
+    """
+    if stages == 1:
+        return 1
+    if requested is not None:
+        return requested
+    if launcher == "single_process":
+        return stages
+    if schedule in SINGLE_STAGE:
+        return 1
+    if schedule in V_SHAPED:
+        return 2
+    # Looped schedules gain from several stages per rank; two keeps a rank per pair of stages.
+    return 2 if stages % 2 == 0 else 1
+
+
+def gpu_count() -> int:
+    """CUDA devices torch can use here (0 on a CPU build)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_device(requested: str, launcher: str, ranks: int) -> str:
+    """training.device as "cpu" or "cuda"; auto takes CUDA only when every rank gets a GPU of its own."""
+    needed = 1 if launcher == "single_process" else ranks
+    gpus = gpu_count()
+    if requested == "cpu":
+        return "cpu"
+    if requested == "cuda":
+        if gpus == 0:
+            raise TrainingError("training.device is cuda but torch sees no CUDA device: set training.device cpu "
+                                "or auto")
+        if gpus < needed:
+            raise TrainingError(f"training.launcher local runs one rank per GPU (NCCL refuses two ranks on one "
+                                f"device): {needed} ranks need {needed} GPUs, torch sees {gpus}: use training.launcher "
+                                "single_process, fewer ranks (training.stages / training.stages_per_rank) or "
+                                "training.device cpu")
+        return "cuda"
+    return "cuda" if 0 < gpus and needed <= gpus else "cpu"
+
+
+def _rounds_fit(microbatches: int, ranks: int) -> bool:
+    """The interleaved schedules' rule: microbatches is a multiple of max(1, microbatches // ranks)."""
+    return microbatches % max(1, microbatches // ranks) == 0
+
+
+def _nearest_rounds_microbatches(microbatches: int, ranks: int, batch_size: int) -> int:
+    """The microbatch count nearest `microbatches` that the interleaved schedules accept and that divides the batch
+    (ties go to the larger count); the batch size itself always qualifies."""
+    fits = [m for m in range(1, batch_size + 1) if batch_size % m == 0 and _rounds_fit(m, ranks)]
+    return min(fits, key=lambda m: (abs(m - microbatches), -m))
 
 
 def check_pipeline(settings: PipelineSettings) -> None:
@@ -59,9 +173,51 @@ def check_pipeline(settings: PipelineSettings) -> None:
         raise TrainingError(f"training.batch_size ({s.batch_size}) must be divisible by training.microbatches "
                             f"({s.microbatches}) so that all microbatches have one static shape: change "
                             "training.batch_size or training.microbatches")
-    if schedule_name(s.schedule) == "1F1B" and s.microbatches < s.stages:
+    if s.stages == 1:
+        return  # one process, no schedule
+    _check_placement(s)
+    _check_microbatches(s)
+
+
+def _check_placement(s: PipelineSettings) -> None:
+    """Stages per rank: a divisor of the stages, and what the schedule and the launcher allow."""
+    one_process = s.launcher == "single_process"
+    if s.stages % s.stages_per_rank:
+        raise TrainingError(f"training.stages ({s.stages}) is not a multiple of training.stages_per_rank "
+                            f"({s.stages_per_rank}): every rank runs as many stages; change one of them")
+    if one_process and s.ranks != 1:
+        raise TrainingError(f"training.launcher single_process runs every stage in one process: leave "
+                            f"training.stages_per_rank unset or set it to training.stages ({s.stages})")
+    if s.schedule in SINGLE_STAGE and s.stages_per_rank != 1:
+        twin = MULTI_STAGE_TWIN[s.schedule]
+        if one_process:
+            raise TrainingError(f"training.schedule {s.schedule} runs one stage per process, so it cannot run "
+                                f"{s.stages} stages with training.launcher single_process: use training.schedule "
+                                f"{twin} (the same order over several local stages) or training.launcher local")
+        raise TrainingError(f"training.schedule {s.schedule} runs one stage per rank but training.stages_per_rank is "
+                            f"{s.stages_per_rank}: set training.stages_per_rank 1, or use training.schedule {twin}")
+    if s.schedule in V_SHAPED and s.stages_per_rank != 2:
+        if one_process:
+            raise TrainingError(f"training.schedule {s.schedule} runs exactly 2 stages per rank, so with "
+                                f"training.launcher single_process training.stages must be 2, not {s.stages}")
+        raise TrainingError(f"training.schedule {s.schedule} runs exactly 2 stages per rank (a V): set "
+                            f"training.stages_per_rank 2 or leave it unset (it is {s.stages_per_rank})")
+
+
+def _check_microbatches(s: PipelineSettings) -> None:
+    """The microbatch rules of each schedule (torch 2.13)."""
+    if s.schedule in ("1F1B", "DualPipeV") and s.microbatches < s.stages:
+        alternative = "GPipe" if s.schedule == "1F1B" else "ZBVZeroBubble"
         raise TrainingError(f"training.microbatches ({s.microbatches}) must be >= training.stages ({s.stages}) for "
-                            "1F1B: raise training.microbatches (or use training.schedule GPipe)")
+                            f"{s.schedule}: raise training.microbatches, lower training.stages, or use "
+                            f"training.schedule {alternative}")
+    if s.schedule in ROUNDS and not _rounds_fit(s.microbatches, s.ranks):
+        rounds = max(1, s.microbatches // s.ranks)
+        valid = _nearest_rounds_microbatches(s.microbatches, s.ranks, s.batch_size)
+        raise TrainingError(f"training.microbatches ({s.microbatches}) must be a multiple of max(1, "
+                            f"microbatches // ranks) = {rounds} for {s.schedule} on {s.ranks} ranks: set "
+                            f"training.microbatches to {valid} (it divides training.batch_size {s.batch_size}; "
+                            f"multiples of {s.ranks} always fit the schedule)")
 
 
 def check_settings(config: Config, *, stages: int | None = None, schedule: str | None = None,
@@ -71,12 +227,27 @@ def check_settings(config: Config, *, stages: int | None = None, schedule: str |
     `seed` is accepted so that callers can pass train()'s overrides unchanged; every seed is valid.
     """
     t = config.training
-    settings = PipelineSettings(stages=t.stages if stages is None else stages,
-                                schedule=schedule_name(t.schedule if schedule is None else schedule),
+    stages = t.stages if stages is None else stages
+    name = schedule_name(t.schedule if schedule is None else schedule)
+    per_rank = derive_stages_per_rank(stages, name, t.launcher, t.stages_per_rank)
+    settings = PipelineSettings(stages=stages, schedule=name,
                                 microbatches=t.microbatches if microbatches is None else microbatches,
-                                batch_size=t.batch_size, blocks=config.model.blocks)
+                                batch_size=t.batch_size, blocks=config.model.blocks, stages_per_rank=per_rank,
+                                launcher=t.launcher, partition=t.partition)
     check_pipeline(settings)
-    return settings
+    if stages == 1:  # the whole model trains in this process, whatever the launcher
+        settings = replace(settings, launcher="single_process")
+    launcher = "single_process" if settings.ranks == 1 else settings.launcher
+    return replace(settings, device=resolve_device(t.device, launcher, settings.ranks))
+
+
+def rank_device(settings: PipelineSettings, rank: int) -> torch.device:
+    """Where `rank` computes: the CPU, its own GPU (local launcher), or the current GPU (one process)."""
+    if settings.device == "cpu":
+        return torch.device("cpu")
+    if settings.launcher == "single_process" or settings.ranks == 1:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cuda", rank)
 
 
 class ScaledLoss(nn.Module):
@@ -107,12 +278,45 @@ def example_shapes(settings: PipelineSettings, stage: int, width: int, hidden: i
     return inputs, outputs
 
 
-def build_schedule(module: nn.Module, stage: int, settings: PipelineSettings, loss: nn.Module, *, width: int,
-                   hidden: int) -> ScheduleGPipe | Schedule1F1B:
-    """The schedule that runs this rank's stage; needs an initialised default process group."""
-    inputs, outputs = example_shapes(settings, stage, width, hidden)
-    pipeline_stage = PipelineStage(module, stage, settings.stages, torch.device("cpu"),
-                                   input_args=inputs, output_args=outputs)
-    cls = _SCHEDULE_CLASSES[schedule_name(settings.schedule)]
-    return cls(pipeline_stage, n_microbatches=settings.microbatches,
-               loss_fn=ScaledLoss(loss, settings.microbatches), scale_grads=False)
+class TimedStage(PipelineStage):
+    """A PipelineStage that reports the time of each forward, backward and weight-grad call to a StageClock.
+
+    The spans cover the stage's compute only: the schedule waits for activations and gradients outside these
+    calls, so a rank's idle share of a step (its bubble) is what the spans leave uncovered.
+    """
+
+    def __init__(self, *args: Any, clock: StageClock, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.clock = clock
+
+    @contextmanager
+    def _span(self, kind: str) -> Iterator[None]:
+        with self.clock.span(self.stage_index, kind):
+            yield
+
+    def forward_one_chunk(self, *args: Any, **kwargs: Any) -> Any:
+        with self._span("forward"):
+            return super().forward_one_chunk(*args, **kwargs)
+
+    def backward_one_chunk(self, *args: Any, **kwargs: Any) -> None:
+        with self._span("backward"):
+            super().backward_one_chunk(*args, **kwargs)
+
+    def backward_weight_one_chunk(self, *args: Any, **kwargs: Any) -> None:
+        with self._span("backward"):
+            super().backward_weight_one_chunk(*args, **kwargs)
+
+
+def build_schedule(modules: Mapping[int, nn.Module], settings: PipelineSettings, loss: nn.Module, *, width: int,
+                   hidden: int, device: torch.device, clock: StageClock) -> _PipelineSchedule:
+    """The schedule that runs this rank's stages (`modules`: stage index -> module); needs a process group."""
+    stages = []
+    for index in sorted(modules):
+        inputs, outputs = example_shapes(settings, index, width, hidden)
+        stages.append(TimedStage(modules[index], index, settings.stages, device, input_args=inputs,
+                                 output_args=outputs, clock=clock))
+    cls = SCHEDULE_CLASSES[settings.schedule]
+    loss_fn = ScaledLoss(loss, settings.microbatches)
+    if settings.schedule in SINGLE_STAGE:
+        return cls(stages[0], n_microbatches=settings.microbatches, loss_fn=loss_fn, scale_grads=False)
+    return cls(stages, n_microbatches=settings.microbatches, loss_fn=loss_fn, scale_grads=False)

@@ -1,4 +1,4 @@
-"""Training a TabularNet: one process, or one process per pipeline stage, with the same loop and the same result."""
+"""Training a TabularNet: one process, or a pipeline of stages over ranks, with the same loop and the same result."""
 
 from __future__ import annotations
 
@@ -22,19 +22,25 @@ from torch import nn
 from driftloop.config import Config, ModelConfig
 from driftloop.data import require_columns, split_by_fraction
 from driftloop.errors import TrainingError
+from driftloop.state import state_path
 from training.artifacts import predict
 from training.features import FeatureSpec, encode, encode_target, fit_spec, numeric_column
-from training.launcher import RankSetup, free_port, launch
+from training.launcher import RankSetup, free_port, launch, run_here
 from training.model import TabularNet, build_model, cut_stage
-from training.pipeline import PipelineSettings, ScaledLoss, build_schedule, check_settings
+from training.partition import Partition, plan_partition
+from training.pipeline import PipelineSettings, ScaledLoss, build_schedule, check_settings, rank_device
+from training.telemetry import StageClock, Telemetry, TrainingExporter, summarize
 
 DATA = "data.safetensors"
 LOSSES = "losses.json"
+METRICS_FILE = ("metrics", "training.prom")  # under state_dir
 # Test hook: a rank whose number this variable holds raises at its first step (proves a failure cannot hang).
 FAIL_RANK_ENV = "DRIFTLOOP_FAIL_RANK"
 
 StepFn = Callable[[torch.Tensor], float | None]
 Report = Callable[[int, int, float], None]
+# What the rank holding the last stage reports after each step: (epoch, step number from 1, loss, step seconds).
+StepReport = Callable[[int, int, float, float], None]
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,12 @@ class TrainResult:
     holdout_rows: int
     seconds: float
     model_config: ModelConfig = field(default_factory=ModelConfig)
+    stages_per_rank: int = 1
+    ranks: int = 1
+    launcher: str = "local"
+    device: str = "cpu"
+    partition: Partition | None = None  # blocks and cost of each stage, and their imbalance
+    telemetry: Telemetry | None = None  # per-step times, per-stage compute, measured bubble
 
     def model(self) -> TabularNet:
         """The whole model with these weights, in eval mode."""
@@ -76,13 +88,14 @@ class LoopSettings:
 
 @dataclass(frozen=True)
 class RankJob:
-    """Everything a spawned rank needs; the tensors themselves travel through `folder`, not through pickle."""
+    """Everything a rank needs; the tensors themselves travel through `folder`, not through pickle."""
 
     folder: Path
     spec_json: str
     model: ModelConfig
     pipeline: PipelineSettings
     loop: LoopSettings
+    blocks: tuple[tuple[int, int], ...]  # per stage: its residual blocks (training.partition)
 
 
 def loss_module(task: str) -> nn.Module:
@@ -125,33 +138,46 @@ def run_loop(step: StepFn, rows: int, loop: LoopSettings, report: Report | None 
 
 
 def _single_process(x: torch.Tensor, y: torch.Tensor, spec: FeatureSpec, model_config: ModelConfig,
-                    loop: LoopSettings, threads: int, report: Report | None) -> tuple[dict[str, torch.Tensor],
-                                                                                      list[float]]:
+                    loop: LoopSettings, threads: int, device: torch.device,
+                    on_step: StepReport | None) -> tuple[dict[str, torch.Tensor], list[float], dict[str, Any]]:
     """Train the whole model here, accumulating gradients over microbatches exactly as the pipeline does."""
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    clock = StageClock([0], device)
+    x, y = x.to(device), y.to(device)
     try:
         with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG as it was
-            model = build_model(spec, model_config, loop.seed).train()
+            model = build_model(spec, model_config, loop.seed).to(device).train()
             optimizer = make_optimizer(model, loop)
             loss_fn = ScaledLoss(loss_module(spec.task), loop.microbatches)
 
             def step(rows: torch.Tensor) -> float:
+                started = clock.now()
                 optimizer.zero_grad(set_to_none=True)
+                rows = rows.to(device)
                 parts = []
                 # tensor_split is how the schedules cut a batch into microbatches.
                 for xb, yb in zip(x[rows].tensor_split(loop.microbatches), y[rows].tensor_split(loop.microbatches),
                                   strict=True):
-                    loss = loss_fn(model(xb), yb)
-                    loss.backward()
+                    with clock.span(0, "forward"):
+                        out = model(xb)
+                    loss = loss_fn(out, yb)
+                    with clock.span(0, "backward"):
+                        loss.backward()
                     parts.append(loss.detach())
+                accumulated = clock.now()
                 optimizer.step()
+                clock.step_done(accumulated - started, clock.now() - started)
                 return step_loss(parts)
+
+            def report(epoch: int, index: int, loss: float) -> None:
+                if on_step is not None:
+                    on_step(epoch, index, loss, clock.steps[-1].seconds)
 
             losses = run_loop(step, len(x), loop, report)
     finally:
         torch.set_num_threads(previous_threads)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}, losses
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, losses, clock.to_json()
 
 
 def _injected_failure(rank: int) -> None:
@@ -161,44 +187,56 @@ def _injected_failure(rank: int) -> None:
 
 
 def pipeline_rank(rank: int, world_size: int, job: RankJob, messages: Any) -> None:
-    """One spawned rank: build the whole model, keep its stage, train it, and save its state to job.folder."""
+    """One rank: build the whole model once per local stage, keep what each stage owns, train them with the
+    schedule, and leave the rank's weights, timings (and the losses, on the last stage's rank) in job.folder."""
+    settings = job.pipeline
+    device = rank_device(settings, rank)
     data = load_file(str(job.folder / DATA))
-    x, y = data["x"], data["y"]
+    x, y = data["x"].to(device), data["y"].to(device)
     spec = FeatureSpec.from_json(job.spec_json)
-    # Same seed on every rank: each builds identical whole-model weights, then drops what it does not own.
-    module = cut_stage(build_model(spec, job.model, job.loop.seed), rank, world_size).train()
-    schedule = build_schedule(module, rank, job.pipeline, loss_module(spec.task), width=spec.width,
-                              hidden=job.model.hidden)
-    optimizer = make_optimizer(module, job.loop)
-    first, last = rank == 0, rank == world_size - 1
+    local = settings.rank_stages(rank)
+    ranges = [range(start, stop) for start, stop in job.blocks]
+    # Same seed everywhere: every stage starts from identical whole-model weights, then drops what it does not own.
+    modules = {stage: cut_stage(build_model(spec, job.model, job.loop.seed), stage, settings.stages, ranges)
+               .to(device).train() for stage in local}
+    clock = StageClock(local, device)
+    schedule = build_schedule(modules, settings, loss_module(spec.task), width=spec.width, hidden=job.model.hidden,
+                              device=device, clock=clock)
+    optimizer = make_optimizer(nn.ModuleList(modules[s] for s in local), job.loop)
+    first, last = 0 in modules, settings.stages - 1 in modules
 
     def step(rows: torch.Tensor) -> float | None:
         _injected_failure(rank)
+        started = clock.now()
         optimizer.zero_grad(set_to_none=True)
+        rows = rows.to(device)
         losses: list[torch.Tensor] | None = [] if last else None
         args = (x[rows],) if first else ()
         schedule.step(*args, target=y[rows] if last else None, losses=losses, return_outputs=False)
+        scheduled = clock.now()
         optimizer.step()
+        clock.step_done(scheduled - started, clock.now() - started)
         return step_loss(losses) if losses is not None else None
 
     def report(epoch: int, index: int, loss: float) -> None:
-        messages.put((epoch, index, loss))
+        messages.put((epoch, index, loss, clock.steps[-1].seconds))
 
     losses = run_loop(step, len(x), job.loop, report if last and messages is not None else None)
-    save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()},
-              str(job.folder / f"stage{rank}.safetensors"))
+    state = {k: v.detach().cpu().contiguous() for s in local for k, v in modules[s].state_dict().items()}
+    save_file(state, str(job.folder / f"rank{rank}.safetensors"))
+    (job.folder / f"telemetry{rank}.json").write_text(json.dumps(clock.to_json()))
     if last:
         (job.folder / LOSSES).write_text(json.dumps(losses))
 
 
-def merge_stages(folder: Path, stages: int, expected: list[str]) -> dict[str, torch.Tensor]:
-    """The whole model's state from the stages' files; TrainingError if a name is missing, extra or doubled."""
+def merge_ranks(folder: Path, ranks: int, expected: list[str]) -> dict[str, torch.Tensor]:
+    """The whole model's state from the ranks' files; TrainingError if a name is missing, extra or doubled."""
     state: dict[str, torch.Tensor] = {}
-    for rank in range(stages):
-        part = load_file(str(folder / f"stage{rank}.safetensors"))
+    for rank in range(ranks):
+        part = load_file(str(folder / f"rank{rank}.safetensors"))
         doubled = sorted(set(part) & set(state))
         if doubled:
-            raise TrainingError(f"stage {rank} saved parameters another stage also owns: {doubled[:3]}")
+            raise TrainingError(f"rank {rank} saved parameters another rank also owns: {doubled[:3]}")
         state.update(part)
     if sorted(state) != sorted(expected):
         missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
@@ -207,21 +245,24 @@ def merge_stages(folder: Path, stages: int, expected: list[str]) -> dict[str, to
 
 
 def _pipelined(x: torch.Tensor, y: torch.Tensor, spec: FeatureSpec, config: Config, settings: PipelineSettings,
-               loop: LoopSettings, report: Report | None) -> tuple[dict[str, torch.Tensor], list[float]]:
-    """Train with one spawned process per stage and merge their weights."""
+               partition: Partition, loop: LoopSettings,
+               on_step: StepReport) -> tuple[dict[str, torch.Tensor], list[float], list[dict[str, Any]]]:
+    """Train the stages on their ranks (processes here, or this process) and merge their weights and timings."""
     with tempfile.TemporaryDirectory(prefix="driftloop-train-") as tmp:
         folder = Path(tmp)
         save_file({"x": x.contiguous(), "y": y.contiguous()}, str(folder / DATA))
-        job = RankJob(folder, spec.to_json(), config.model, settings, loop)
-        setup = RankSetup(settings.stages, free_port(), config.training.threads_per_rank,
-                          config.training.timeout_s, folder)
-        on_message = (lambda item: report(*item)) if report is not None else None
-        launch(pipeline_rank, job, setup, on_message)
+        job = RankJob(folder, spec.to_json(), config.model, settings, loop, partition.blocks)
+        backend = "nccl" if settings.device == "cuda" and settings.launcher == "local" else "gloo"
+        setup = RankSetup(settings.ranks, free_port(), config.training.threads_per_rank, config.training.timeout_s,
+                          folder, backend)
+        start = run_here if settings.launcher == "single_process" else launch
+        start(pipeline_rank, job, setup, lambda item: on_step(*item))
         with torch.random.fork_rng(devices=[]):
             expected = list(build_model(spec, config.model, 0).state_dict())
-        state = merge_stages(folder, settings.stages, expected)
+        state = merge_ranks(folder, settings.ranks, expected)
         losses = json.loads((folder / LOSSES).read_text())
-    return state, losses
+        timings = [json.loads((folder / f"telemetry{rank}.json").read_text()) for rank in range(settings.ranks)]
+    return state, losses, timings
 
 
 def holdout_metrics(net: TabularNet, spec: FeatureSpec, holdout: pd.DataFrame) -> dict[str, float]:
@@ -240,15 +281,16 @@ def holdout_metrics(net: TabularNet, spec: FeatureSpec, holdout: pd.DataFrame) -
 class _ProgressView:
     """A rich progress bar on stderr (stdout stays free for --json); a no-op when quiet."""
 
-    def __init__(self, enabled: bool, total: int, epochs: int, label: str) -> None:
+    def __init__(self, enabled: bool, total: int, epochs: int, label: str, batch_size: int) -> None:
         self.epochs = epochs
+        self.batch_size = batch_size
         self.bar: Progress | None = None
         if enabled:
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
-                                TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
-                                console=Console(stderr=True))
-            self.task = self.bar.add_task(label, total=total, epoch=0, epochs=epochs, loss="-")
+                                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} rows/s"),
+                                TimeElapsedColumn(), console=Console(stderr=True))
+            self.task = self.bar.add_task(label, total=total, epoch=0, epochs=epochs, loss="-", rate="-")
 
     def __enter__(self) -> _ProgressView:
         if self.bar is not None:
@@ -259,15 +301,11 @@ class _ProgressView:
         if self.bar is not None:
             self.bar.stop()
 
-    def update(self, epoch: int, index: int, loss: float) -> None:
+    def update(self, epoch: int, index: int, loss: float, seconds: float) -> None:
         """One training step done."""
         if self.bar is not None:
-            self.bar.update(self.task, completed=index, epoch=epoch + 1, loss=f"{loss:.4f}")
-
-    @property
-    def report(self) -> Report | None:
-        """The callback to feed, or None when quiet (ranks then send no messages at all)."""
-        return self.update if self.bar is not None else None
+            rate = f"{self.batch_size / seconds:,.0f}" if seconds > 0 else "-"
+            self.bar.update(self.task, completed=index, epoch=epoch + 1, loss=f"{loss:.4f}", rate=rate)
 
 
 def fitted_batch_size(batch_size: int, rows: int, microbatches: int) -> int:
@@ -280,13 +318,40 @@ def fitted_batch_size(batch_size: int, rows: int, microbatches: int) -> int:
     return rows // microbatches * microbatches
 
 
+def _partition(settings: PipelineSettings, spec: FeatureSpec, config: Config, x: torch.Tensor, y: torch.Tensor,
+               loop: LoopSettings) -> Partition:
+    """Each stage's blocks by training.partition; "time" profiles the first microbatch once, here."""
+    rows = epoch_order(len(x), loop.seed, 0)[:settings.microbatch_size]
+    device = rank_device(settings, 0)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.training.threads_per_rank)  # time each unit as a rank will run it
+    try:
+        with torch.random.fork_rng(devices=[]):  # building and profiling draw random numbers: not the caller's
+            model = build_model(spec, config.model, loop.seed).to(device).train()
+            return plan_partition(settings.partition, model, settings.stages,
+                                  (x[rows].to(device), y[rows].to(device)), loss_module(spec.task))
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _exporter(config: Config, settings: PipelineSettings) -> TrainingExporter:
+    """The Prometheus textfile of this run under state_dir, described by its pipeline set-up."""
+    exporter = TrainingExporter(state_path(config, *METRICS_FILE), config.model.name, settings.batch_size)
+    exporter.start({"schedule": settings.schedule, "stages": str(settings.stages),
+                    "stages_per_rank": str(settings.stages_per_rank), "ranks": str(settings.ranks),
+                    "microbatches": str(settings.microbatches), "launcher": settings.launcher,
+                    "device": settings.device, "partition": settings.partition})
+    return exporter
+
+
 def train(frame: pd.DataFrame, config: Config, holdout: pd.DataFrame | None = None, *, stages: int | None = None,
           schedule: str | None = None, microbatches: int | None = None, seed: int | None = None,
           progress: bool = True) -> TrainResult:
     """Train on time-ordered `frame`; the holdout is `holdout` or else the latest training.holdout_fraction of rows.
 
-    Keyword arguments override config.training. stages == 1 trains in this process; stages >= 2 spawns one
-    process per stage. Every setting is checked before any process starts.
+    Keyword arguments override config.training. stages == 1 trains the whole model in this process; more stages
+    run torch's pipeline schedule over training.launcher's ranks. Every setting is checked before any process
+    starts. Measurements go to TrainResult.telemetry and to state_dir/metrics/training.prom.
     """
     started = time.perf_counter()
     t = config.training
@@ -306,18 +371,32 @@ def train(frame: pd.DataFrame, config: Config, holdout: pd.DataFrame | None = No
 
     spec = fit_spec(frame, config.data)
     x, y = encode(frame, spec), encode_target(frame, spec)
+    partition = _partition(settings, spec, config, x, y, loop)
     steps = len(frame) // batch_size * t.epochs
     label = "training" if settings.stages == 1 else f"training ({settings.stages} stages, {settings.schedule})"
-    with _ProgressView(progress, steps, t.epochs, label) as view:
+    exporter = _exporter(config, settings)
+    with _ProgressView(progress, steps, t.epochs, label, batch_size) as view:
+
+        def on_step(epoch: int, index: int, loss: float, seconds: float) -> None:
+            view.update(epoch, index, loss, seconds)
+            exporter.step(epoch, index, loss, seconds)
+
         if settings.stages == 1:
-            state, losses = _single_process(x, y, spec, config.model, loop, t.threads_per_rank, view.report)
+            state, losses, timing = _single_process(x, y, spec, config.model, loop, t.threads_per_rank,
+                                                    rank_device(settings, 0), on_step)
+            timings = [timing]
         else:
-            state, losses = _pipelined(x, y, spec, config, settings, loop, view.report)
+            state, losses, timings = _pipelined(x, y, spec, config, settings, partition, loop, on_step)
+    telemetry = summarize(timings, settings.stages, batch_size)
+    exporter.finish(telemetry, partition.costs, partition.unit, partition.imbalance)
 
     per_epoch = len(frame) // batch_size
     final_loss = float(sum(losses[-per_epoch:]) / per_epoch) if losses else math.nan
     result = TrainResult(state=state, spec=spec, final_loss=final_loss, losses=losses, metrics={},
                          stages=settings.stages, schedule=settings.schedule, microbatches=settings.microbatches,
-                         train_rows=len(frame), holdout_rows=len(holdout), seconds=0.0, model_config=config.model)
+                         train_rows=len(frame), holdout_rows=len(holdout), seconds=0.0, model_config=config.model,
+                         stages_per_rank=settings.stages_per_rank, ranks=settings.ranks,
+                         launcher=settings.launcher, device=settings.device, partition=partition,
+                         telemetry=telemetry)
     metrics = holdout_metrics(result.model(), spec, holdout)
     return replace(result, metrics=metrics, seconds=time.perf_counter() - started)
