@@ -59,15 +59,14 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
     config = _training_flags(config, args)
     overrides = {"stages": args.stages, "schedule": args.schedule, "microbatches": args.microbatches,
                  "seed": args.seed}
-    settings = check_settings(config, **overrides)
+    check_settings(config, **overrides)
     data_path = prepare_training_data(config, Path(args.data) if args.data else None)
     outcome = training_pipeline(config, str(data_path), progress=not args.json, **overrides)
     if not outcome["validation"]["success"]:
         _err(f"training refused: {data_path} failed validation: {outcome['validation']['summary']}")
         _err(f"quarantined in {outcome['quarantine']}")
         return EXIT_BAD_INPUT
-    # How the stages were placed: decided by the checked settings, not by the data.
-    train = {**outcome["train"], "stages_per_rank": settings.stages_per_rank, "ranks": settings.ranks}
+    train = outcome["train"]
     if args.json:
         _print_json(train)
     else:
