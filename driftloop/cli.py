@@ -42,7 +42,7 @@ def cmd_validate(args: argparse.Namespace, config: Config) -> int:
 def _training_flags(config: Config, args: argparse.Namespace) -> Config:
     """`config` with the train flags that train() takes no keyword for (they live in config.training)."""
     flags = {"stages_per_rank": args.stages_per_rank, "launcher": args.launcher, "partition": args.partition,
-             "device": args.device}
+             "device": args.device, "checkpoint_every": args.checkpoint_every, "resume": args.resume}
     updates = {key: value for key, value in flags.items() if value is not None}
     if not updates:
         return config
@@ -51,8 +51,42 @@ def _training_flags(config: Config, args: argparse.Namespace) -> Config:
     return parse_config(raw, "command line")
 
 
+def _print_torchrun(config: Config, data_path: Path, overrides: dict, as_json: bool) -> int:
+    """training.launcher torchrun: write the effective config where every node reads it and print the torchrun
+    command(s) to run (the same everywhere with c10d; one per node with the static backend)."""
+    import shlex
+
+    import yaml
+
+    from driftloop.state import state_path
+    from training.launcher import torchrun_commands
+    from training.pipeline import check_settings
+
+    settings = check_settings(config, **overrides)
+    t = config.training
+    config_path = state_path(config, "torchrun", t.rdzv_id, "config.yaml")
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    entry = ["--config", str(config_path), "--data", str(data_path.resolve())]
+    entry += [part for key, value in overrides.items() if value is not None for part in (f"--{key}", str(value))]
+    commands = torchrun_commands(settings.ranks, nnodes=t.nnodes, nproc_per_node=t.nproc_per_node,
+                                 rdzv_backend=t.rdzv_backend, rdzv_endpoint=t.rdzv_endpoint, rdzv_id=t.rdzv_id,
+                                 node_rank=t.node_rank, entry_args=entry)
+    lines = [shlex.join(command) for command in commands]
+    if as_json:
+        _print_json({"torchrun": lines, "config": str(config_path), "ranks": settings.ranks})
+        return EXIT_OK
+    where = "on every node" if len(lines) == 1 else "on node"
+    _err(f"{settings.ranks} ranks over {t.nnodes} node(s); the paths below must exist on every node. Run {where}:")
+    for node, line in enumerate(lines):
+        sys.stdout.write(("" if len(lines) == 1 else f"# node {t.node_rank if t.node_rank is not None else node}\n")
+                         + line + "\n")
+    return EXIT_OK
+
+
 def cmd_train(args: argparse.Namespace, config: Config) -> int:
-    """Validate, train pipeline-parallel and register: 0 ok, 2 bad input (including data that fails validation)."""
+    """Validate, train pipeline-parallel and register: 0 ok, 2 bad input (including data that fails validation).
+
+    With training.launcher torchrun it prints the torchrun command(s) to run instead."""
     from flows.training import prepare_training_data, training_pipeline
     from training.pipeline import check_settings
 
@@ -61,6 +95,8 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
                  "seed": args.seed}
     check_settings(config, **overrides)
     data_path = prepare_training_data(config, Path(args.data) if args.data else None)
+    if config.training.launcher == "torchrun":
+        return _print_torchrun(config, Path(data_path), overrides, args.json)
     outcome = training_pipeline(config, str(data_path), progress=not args.json, **overrides)
     if not outcome["validation"]["success"]:
         _err(f"training refused: {data_path} failed validation: {outcome['validation']['summary']}")
@@ -75,6 +111,50 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
         _err(f"trained {train['stages']} stages on {train['ranks']} rank(s) ({train['schedule']}, "
              f"{train['microbatches']} microbatches): final loss {train['final_loss']:.4f}; holdout {figures}")
         _err(f"model {config.model.name} version {train['model_version']}: {role}; run {train['run_id']}")
+    return EXIT_OK
+
+
+def cmd_tune_pipeline(args: argparse.Namespace, config: Config) -> int:
+    """Pipeline sweep: train a grid of set-ups for a few steps, print the table, record it in MLflow: 0 ok, 2 bad
+    input."""
+    from rich.console import Console
+
+    from driftloop.data import read_table, sort_by_time
+    from registry.sweep_log import log_sweep
+    from training import sweep as sweeps
+
+    stages = sweeps.parse_grid(args.stages, sweeps.DEFAULT_STAGES, int, "--stages")
+    schedules = sweeps.parse_grid(args.schedules, sweeps.DEFAULT_SCHEDULES, str, "--schedules")
+    microbatches = sweeps.parse_grid(args.microbatches, sweeps.DEFAULT_MICROBATCHES, int, "--microbatches")
+    if args.data:
+        frame = read_table(Path(args.data))
+    else:
+        from flows.training import prepare_training_data
+
+        frame = read_table(prepare_training_data(config, None))
+    frame = sort_by_time(frame, config.data)
+    progress = Console(stderr=True)
+
+    def on_row(row: sweeps.SweepRow) -> None:
+        figure = f"{row.samples_per_second:,.0f} samples/s" if row.ok else f"{row.status}: {row.reason}"
+        progress.print(f"  stages {row.stages} {row.schedule} m={row.microbatches}: {figure}", highlight=False)
+
+    result = sweeps.run_sweep(frame, config, stages=stages, schedules=schedules, microbatches=microbatches,
+                              steps=args.steps, on_row=None if args.json else on_row)
+    run_id = log_sweep(config, result)
+    if args.json:
+        _print_json({**result.to_json(), "run_id": run_id})
+    else:
+        console = Console()
+        if not console.is_terminal:  # a pipe or a file: the table's full width, not 80 columns
+            console = Console(width=160)
+        console.print(sweeps.sweep_table(result))
+        for note in sweeps.sweep_notes(result):
+            _err(note)
+        best = result.best
+        if best is not None:
+            _err(f"best: --stages {best.stages} --schedule {best.schedule} --microbatches {best.microbatches} "
+                 f"({best.samples_per_second:,.0f} samples/s, efficiency {best.efficiency:.2f}); MLflow run {run_id}")
     return EXIT_OK
 
 
@@ -134,13 +214,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", help=f"pipeline schedule: {', '.join(SCHEDULES)} (overrides training.schedule)")
     p.add_argument("--stages-per-rank", type=int,
                    help="stages each rank runs (overrides training.stages_per_rank; default: what the schedule needs)")
-    p.add_argument("--launcher", choices=["local", "single_process"],
-                   help="one process per rank, or every stage in this process (overrides training.launcher)")
+    p.add_argument("--launcher", choices=["local", "single_process", "torchrun"],
+                   help="one process per rank, every stage in this process, or print the torchrun command for "
+                        "several machines (overrides training.launcher)")
     p.add_argument("--partition", choices=["uniform", "parameters", "time"],
                    help="how blocks are cut into stages (overrides training.partition)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (overrides training.device)")
     p.add_argument("--microbatches", type=int, help="microbatches per batch (overrides training.microbatches)")
     p.add_argument("--seed", type=int, help="random seed (overrides training.seed)")
+    p.add_argument("--checkpoint-every", type=int,
+                   help="save a checkpoint every N steps, 0 = never (overrides training.checkpoint_every)")
+    p.add_argument("--resume", choices=["auto", "never"],
+                   help="auto: resume from this run's last checkpoint if any; never: start afresh "
+                        "(overrides training.resume)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    p = command("tune-pipeline", cmd_tune_pipeline,
+                "train a grid of pipeline set-ups for a few steps each; print and record throughput and efficiency")
+    p.add_argument("--data", help="CSV or Parquet training data (default: the demo's bundled training months)")
+    p.add_argument("--stages", help="comma-separated stage counts (default: 2,4; 1 is always measured)")
+    p.add_argument("--schedules", help="comma-separated schedules (default: GPipe,1F1B,Interleaved1F1B)")
+    p.add_argument("--microbatches", help="comma-separated microbatch counts (default: 4,8)")
+    p.add_argument("--steps", type=int, default=4, help="training steps per set-up, the first a warm-up (default 4)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     p = command("monitor", cmd_monitor, "drift check of one window against the reference")

@@ -74,8 +74,17 @@ class TrainingConfig(_Strict):
     stages_per_rank: int | None = Field(None, ge=1)
     microbatches: int = Field(4, ge=1)
     # local: one process per rank on this machine; single_process: every stage in the training process itself
-    # (one GPU, where NCCL refuses two ranks on one device).
-    launcher: Literal["local", "single_process"] = "local"
+    # (one GPU, where NCCL refuses two ranks on one device); torchrun: ranks on several machines, started by
+    # torchrun (`driftloop train --launcher torchrun` prints the command for each node).
+    launcher: Literal["local", "single_process", "torchrun"] = "local"
+    # torchrun's rendezvous: where the nodes meet (host:port of node 0), the backend, the job's id, the node count,
+    # the ranks per node (default: all ranks over nnodes) and, for the static backend only, this node's rank.
+    rdzv_endpoint: str = "127.0.0.1:29500"
+    rdzv_backend: Literal["c10d", "static"] = "c10d"
+    rdzv_id: str = "driftloop"
+    nnodes: int = Field(1, ge=1)
+    nproc_per_node: int | None = Field(None, ge=1)
+    node_rank: int | None = Field(None, ge=0)
     # auto: CUDA when the launcher can give every rank its own GPU, else CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # How blocks are cut into stages: evenly, by parameter count, or by forward+backward time measured once.
@@ -88,6 +97,11 @@ class TrainingConfig(_Strict):
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     threads_per_rank: int = Field(1, ge=1)
     timeout_s: float = Field(300.0, gt=0)
+    # Save a checkpoint (torch.distributed.checkpoint) every this many optimizer steps under
+    # state_dir/checkpoints/<run key>/; 0 = never.
+    checkpoint_every: int = Field(0, ge=0)
+    # auto: resume from the run's last complete checkpoint when there is one; never: start afresh (and drop them).
+    resume: Literal["auto", "never"] = "auto"
 
 
 class ValidationConfig(_Strict):
@@ -108,8 +122,8 @@ class MonitoringConfig(_Strict):
     # false_alarm_rate per window; "evidently": Evidently's default tests and the drift_share rule.
     decision: Literal["calibrated", "evidently"] = "calibrated"
     false_alarm_rate: float = Field(0.01, gt=0, lt=0.5)
-    # Reference windows drawn to learn the thresholds (raised automatically to 2 x columns / rate).
-    calibration_draws: int = Field(4000, ge=100)
+    # Reference windows drawn to learn the thresholds (raised automatically to (2 x columns + 5) / rate).
+    calibration_draws: int = Field(8000, ge=100)
     # Larger windows are checked on a sample of this many rows (at most half the reference).
     max_window_rows: int = Field(5000, ge=50)
     drift_share: float = Field(0.5, gt=0, le=1)

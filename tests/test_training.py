@@ -32,7 +32,7 @@ from tests.conftest import make_config
 from training import trainer
 from training.artifacts import predict
 from training.features import fit_spec
-from training.model import build_model, cut_stage, stage_blocks
+from training.model import build_model, build_stage, cut_stage, stage_blocks
 from training.partition import balanced_blocks, plan_partition, unit_parameters
 from training.pipeline import (
     SCHEDULE_CLASSES,
@@ -47,6 +47,8 @@ from training.telemetry import summarize
 from training.trainer import FAIL_RANK_ENV, METRICS_FILE, TrainResult, epoch_order, fitted_batch_size, train
 
 TOLERANCE = 1e-5
+# benchmarks/gpu_check.sh runs the one-process exactness tests with this set to cuda (or cpu to check the script).
+TEST_DEVICE_ENV = "DRIFTLOOP_TEST_DEVICE"
 MULTI_STAGE = [s for s in SCHEDULES if s not in SINGLE_STAGE]
 
 
@@ -75,7 +77,11 @@ def single(flights_jan: pd.DataFrame, small_config: Config) -> TrainResult:
 
 
 def tiny_config(state_dir: Path, **training: object) -> Config:
-    """A tiny network (hidden 8, 4 blocks) and 6 steps of 64 rows in 4 microbatches: the exactness matrix."""
+    """A tiny network (hidden 8, 4 blocks) and 6 steps of 64 rows in 4 microbatches: the exactness matrix.
+
+    DRIFTLOOP_TEST_DEVICE, when set, pins training.device (benchmarks/gpu_check.sh: cuda)."""
+    if os.environ.get(TEST_DEVICE_ENV):
+        training = {"device": os.environ[TEST_DEVICE_ENV], **training}
     return make_config(state_dir, model={"hidden": 8, "blocks": 4},
                        training={"epochs": 1, "batch_size": 64, "microbatches": 4, **training})
 
@@ -265,6 +271,20 @@ def test_stages_keep_the_whole_models_parameter_names(flights_jan: pd.DataFrame,
         assert all(name in whole for part in parts for name in part)
 
 
+def test_a_rank_builds_only_its_stage_with_the_whole_models_weights(flights_jan: pd.DataFrame,
+                                                                    config: Config) -> None:
+    """Memory per rank: build_stage allocates only the stage's parameters, equal to the whole model's init."""
+    spec = fit_spec(flights_jan, config.data)
+    whole = build_model(spec, config.model, 7).state_dict()
+    for blocks in (None, [range(0, 1), range(1, 2), range(2, 4)]):
+        for stage in range(3):
+            built = build_stage(spec, config.model, 7, stage, 3, blocks)
+            expected = cut_stage(build_model(spec, config.model, 7), stage, 3, blocks).state_dict()
+            state = built.state_dict()
+            assert list(state) == list(expected)
+            assert all(not t.is_meta and torch.equal(t, whole[name]) for name, t in state.items())
+
+
 def _worst_stage(costs: list[float], cuts: tuple[int, ...], first: float, last: float) -> float:
     """The costliest stage when blocks are cut before each index in `cuts` (brute-force reference)."""
     bounds = [0, *cuts, len(costs)]
@@ -339,6 +359,8 @@ def test_one_process_runs_every_stage_and_reproduces_one_process(tiny_single: Tr
     threads, state = torch.get_num_threads(), torch.random.get_rng_state()
     piped = train(tiny_rows, config, stages=stages, schedule=schedule, seed=3, progress=False)
     assert (piped.ranks, piped.stages_per_rank, piped.launcher) == (1, stages, "single_process")
+    if os.environ.get(TEST_DEVICE_ENV):  # the GPU check: both really ran on the device asked for
+        assert piped.device == tiny_single.device == os.environ[TEST_DEVICE_ENV]
     assert_reproduces(piped, tiny_single)
     assert_measured(piped)
     # The caller's process is left as it was: no process group, same threads and random state.
@@ -506,3 +528,145 @@ def test_cli_pipeline_matches_one_stage(tiny_rows: pd.DataFrame, tmp_path: Path)
     assert (piped["stages_per_rank"], piped["ranks"]) == (2, 2)
     assert (one["stages"], one["stages_per_rank"], one["ranks"]) == (1, 1, 1)
     assert piped["final_loss"] == pytest.approx(one["final_loss"], abs=1e-4)
+
+
+# --- torchrun: several machines ------------------------------------------------------------------------------------
+
+
+def test_torchrun_commands_follow_the_rendezvous_settings() -> None:
+    from training.launcher import torchrun_commands
+
+    entry = ["--config", "/shared/c.yaml", "--data", "/shared/d.csv"]
+    (c10d,) = torchrun_commands(4, nnodes=2, nproc_per_node=None, rdzv_backend="c10d", rdzv_endpoint="node0:29400",
+                                rdzv_id="job7", node_rank=None, entry_args=entry)
+    assert c10d == ["torchrun", "--nnodes=2", "--nproc-per-node=2", "--rdzv-backend=c10d",
+                    "--rdzv-endpoint=node0:29400", "--rdzv-id=job7", "-m", "training.torchrun_entry", *entry]
+    static = torchrun_commands(4, nnodes=2, nproc_per_node=2, rdzv_backend="static", rdzv_endpoint="node0:29400",
+                               rdzv_id="job7", node_rank=None, entry_args=entry)
+    assert [c[6] for c in static] == ["--node-rank=0", "--node-rank=1"]
+    with pytest.raises(TrainingError, match="training.nproc_per_node"):
+        torchrun_commands(4, nnodes=3, nproc_per_node=None, rdzv_backend="c10d", rdzv_endpoint="h:1", rdzv_id="j",
+                          node_rank=None, entry_args=entry)
+
+
+def test_torchrun_launcher_outside_torchrun_says_how_to_start_it(tiny_rows: pd.DataFrame, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(TrainingError, match="driftloop train --launcher torchrun"):
+        train(tiny_rows, tiny_config(tmp_path, launcher="torchrun"), stages=2, progress=False)
+
+
+@pytest.mark.slow
+def test_torchrun_trains_the_same_model_as_the_local_launcher(tiny_rows: pd.DataFrame, tmp_path: Path) -> None:
+    """`torchrun --standalone --nproc-per-node 2 -m training.torchrun_entry` on this machine (gloo): the merged
+    weights rank 0 saves equal the local launcher's on the same file, config and seed."""
+    from safetensors.torch import load_file
+
+    from driftloop.data import read_table, sort_by_time
+    from training.artifacts import WEIGHTS
+
+    data = tmp_path / "rows.csv"
+    tiny_rows.to_csv(data, index=False)
+    config = tiny_config(tmp_path / "state", launcher="torchrun")
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    worker = subprocess.Popen(
+        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "training.torchrun_entry",
+         "--config", str(config_path), "--data", str(data), "--stages", "2", "--seed", "3",
+         "--output", str(tmp_path / "out")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The local run trains meanwhile: the two share the 2 cores, but each waits mostly on imports.
+    frame = sort_by_time(read_table(data), config.data)
+    local = train(frame, tiny_config(tmp_path / "local"), stages=2, seed=3, progress=False)
+    out, err = worker.communicate(timeout=120)
+    assert worker.returncode == 0, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert (summary["launcher"], summary["ranks"], summary["stages"]) == ("torchrun", 2, 2)
+    assert summary["losses"] == pytest.approx(local.losses, abs=TOLERANCE)
+    weights = load_file(str(tmp_path / "out" / WEIGHTS))
+    assert sorted(weights) == sorted(local.state)
+    assert max(float((weights[k] - local.state[k]).abs().max()) for k in weights) < TOLERANCE
+
+
+# --- the pipeline sweep --------------------------------------------------------------------------------------------
+
+
+def test_the_ideal_step_is_the_bubble_of_p_stages_and_m_microbatches() -> None:
+    from training.sweep import ideal_seconds, parse_grid
+
+    assert ideal_seconds(260, 2, 8) == pytest.approx(146.25)  # DESIGN.md's measured example: 260 x 9 / 16
+    assert ideal_seconds(1.0, 1, 4) == 1.0
+    assert parse_grid("1, 2,4", (2,), int, "--stages") == [1, 2, 4] and parse_grid(None, (2,), int, "-") == [2]
+    with pytest.raises(TrainingError, match="--microbatches"):
+        parse_grid("4,x", (4,), int, "--microbatches")
+
+
+@pytest.mark.slow
+def test_tune_pipeline_prints_the_grid_and_records_it_in_mlflow(tiny_rows: pd.DataFrame, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A 2 x 2 grid (stages 2, 4 x microbatches 2, 4; 1F1B) of 2 steps each, through the CLI in this process:
+    the one-process rows, three measured pipelines, 1F1B at 4 stages and 2 microbatches skipped with the reason."""
+    from driftloop.cli import main
+    from registry.store import mlflow_client
+    from registry.sweep_log import KIND_TAG, SWEEP_KIND, TABLE_ARTIFACT
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))  # nothing here may point Prefect elsewhere
+    data = tmp_path / "rows.csv"
+    tiny_rows.to_csv(data, index=False)
+    config = tiny_config(tmp_path / "state")
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
+    argv = ["tune-pipeline", "--config", str(config_path), "--data", str(data), "--stages", "2,4", "--schedules",
+            "1F1B", "--microbatches", "2,4", "--steps", "2", "--json"]
+    assert main(argv) == 0
+    payload = json.loads(capsys.readouterr().out)
+    rows = {(r["stages"], r["schedule"], r["microbatches"]): r for r in payload["rows"]}
+    assert set(rows) == {(1, "-", 2), (1, "-", 4), (2, "1F1B", 2), (2, "1F1B", 4), (4, "1F1B", 2), (4, "1F1B", 4)}
+    skipped = rows[(4, "1F1B", 2)]
+    assert skipped["status"] == "skipped" and "training.microbatches" in skipped["reason"]
+    for key in [(2, "1F1B", 2), (2, "1F1B", 4), (4, "1F1B", 4)]:
+        row = rows[key]
+        assert row["status"] == "ok" and row["samples_per_second"] > 0 and 0 < row["efficiency"] < 2
+        assert row["ideal_seconds"] > 0 and 0 <= row["bubble"] <= 1 and row["imbalance"] >= 1
+        # A stage holds part of the model: less state than the one process.
+        assert 0 < row["peak_state_bytes"] < rows[(1, "-", key[2])]["peak_state_bytes"]
+    best = payload["best"]
+    assert best["stages"] > 1 and best["samples_per_second"] == max(
+        rows[k]["samples_per_second"] for k in rows if k[0] > 1 and rows[k]["status"] == "ok")
+    client = mlflow_client(config)
+    run = client.get_run(payload["run_id"])
+    assert run.data.tags[KIND_TAG] == SWEEP_KIND
+    assert run.data.params["best.stages"] == str(best["stages"])
+    assert run.data.params["best.microbatches"] == str(best["microbatches"])
+    assert "p2.1F1B.m2.samples_per_second" in run.data.metrics
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, TABLE_ARTIFACT, str(tmp_path))).read_text())
+    assert len(table["rows"]) == 6
+    assert not (tmp_path / "state" / "metrics").exists()  # the trial runs kept their state to themselves
+
+
+@pytest.mark.slow
+def test_train_with_the_torchrun_launcher_prints_the_command_for_each_node(tiny_rows: pd.DataFrame, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`driftloop train --launcher torchrun` trains nothing here: it writes the effective config where the nodes
+    read it and prints the torchrun line(s) that run training.torchrun_entry with it."""
+    from driftloop.cli import main
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    data = tmp_path / "rows.csv"
+    tiny_rows.to_csv(data, index=False)
+    config = tiny_config(tmp_path / "state", nnodes=2, rdzv_backend="static", rdzv_endpoint="node0:29400")
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
+    argv = ["train", "--config", str(config_path), "--data", str(data), "--launcher", "torchrun", "--stages", "4",
+            "--partition", "parameters", "--json"]
+    assert main(argv) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["ranks"] == 4 and len(payload["torchrun"]) == 2
+    assert "--node-rank=1" in payload["torchrun"][1] and "--nproc-per-node=2" in payload["torchrun"][0]
+    assert f"--data {data}" in payload["torchrun"][0] and "--stages 4" in payload["torchrun"][0]
+    written = yaml.safe_load(Path(payload["config"]).read_text())
+    assert written["training"]["partition"] == "parameters" and written["training"]["launcher"] == "torchrun"

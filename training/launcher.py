@@ -7,6 +7,7 @@ import gc
 import json
 import os
 import queue
+import signal
 import socket
 import sys
 import time
@@ -15,19 +16,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from multiprocessing import connection
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.multiprocessing.spawn import ProcessException
 
 from driftloop.errors import TrainingError
 
 # Entry point of a rank: fn(rank, world_size, payload, messages); `messages` is None when nobody listens.
 RankFn = Callable[[int, int, Any, Any], None]
 POLL_S = 0.1
+TERMINATE_GRACE_S = 5.0  # after SIGTERM, before SIGKILL
 # forkserver: one server process imports torch and the rank's module once, then forks each rank from it. With
 # spawn every rank re-imported torch (~2.5 s of CPU each here), at every launch. The server starts clean (it is
 # not a fork of this process), so threads, CUDA and process groups of the parent never leak into ranks.
@@ -143,7 +145,8 @@ def launch(fn: RankFn, payload: Any, setup: RankSetup, on_message: Callable[[Any
     """Run fn(rank, world_size, payload, messages) in `setup.world_size` spawned processes and wait for all.
 
     Raises TrainingError naming the failed rank and its error as soon as one rank dies; the others are
-    terminated rather than left waiting on it.
+    terminated rather than left waiting on it. The exit codes are read before anything is terminated, so that a
+    rank killed from outside (SIGKILL, the OOM killer) is named as the cause, not a peer that then lost it.
     """
     context = mp.get_context(START_METHOD)
     # Only takes effect when the server starts (the first launch in this process).
@@ -155,26 +158,38 @@ def launch(fn: RankFn, payload: Any, setup: RankSetup, on_message: Callable[[Any
     try:
         while True:
             _drain(messages, on_message)
-            try:
-                # join() terminates the other ranks itself when one exits with an error.
-                if procs.join(timeout=POLL_S):
-                    break
-            except ProcessException as error:
-                raise _failure(setup, error) from None
+            codes = [process.exitcode for process in procs.processes]
+            if any(code not in (None, 0) for code in codes):
+                raise _failure(setup, codes)
+            if all(code == 0 for code in codes):
+                break
+            connection.wait([p.sentinel for p in procs.processes if p.exitcode is None], timeout=POLL_S)
         _drain(messages, on_message)
     finally:
         for process in procs.processes:
             if process.is_alive():
                 process.terminate()
-                process.join(timeout=10)
+        for process in procs.processes:
+            process.join(timeout=TERMINATE_GRACE_S)
+            if process.is_alive():  # stuck in C++ (a collective), where SIGTERM is never handled
+                process.kill()
+                process.join()
         if messages is not None:
             messages.close()
             # Ranks are gone; do not wait on a feeder thread that may never flush.
             messages.cancel_join_thread()
 
 
-def _failure(setup: RankSetup, error: ProcessException) -> TrainingError:
-    """A TrainingError naming the rank that failed first and its own message."""
+def _failure(setup: RankSetup, codes: list[int | None]) -> TrainingError:
+    """A TrainingError naming the rank that failed first and its own message.
+
+    `codes`: the ranks' exit codes before the launcher terminated anyone. A rank ended by a signal left no record
+    and is the cause: its peers' records only say that they lost it.
+    """
+    for rank, code in enumerate(codes):
+        if code is not None and code < 0 and not error_path(setup.folder, rank).is_file():
+            return TrainingError(f"training rank {rank} of {setup.world_size} died: terminated with signal "
+                                 f"{_signal_name(-code)} (killed from outside: out of memory, or a lost machine?)")
     record = _first_failure(setup.folder, setup.world_size)
     if record is not None:
         lines = str(record["message"]).strip().splitlines() or [""]
@@ -183,9 +198,18 @@ def _failure(setup: RankSetup, error: ProcessException) -> TrainingError:
         # The message stays one line for the CLI; a developer's traceback display shows the rank's own traceback.
         failure.add_note(f"traceback of rank {record['rank']}:\n{record['traceback']}")
         return failure
-    # No record: the rank died without raising (killed by a signal, out of memory, os._exit).
-    detail = str(error).strip().splitlines()[-1] if str(error).strip() else "no error recorded"
-    return TrainingError(f"training rank {error.error_index} of {setup.world_size} died: {detail}")
+    # No record: the rank exited without raising (os._exit, a crash in C++).
+    rank = next(rank for rank, code in enumerate(codes) if code not in (None, 0))
+    return TrainingError(f"training rank {rank} of {setup.world_size} died: exit code {codes[rank]}, no error "
+                         "recorded")
+
+
+def _signal_name(number: int) -> str:
+    """SIGKILL for 9; the number itself for a signal Python does not know."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 class _Direct:
@@ -220,3 +244,61 @@ def run_here(fn: RankFn, payload: Any, setup: RankSetup, on_message: Callable[[A
     finally:
         dist.destroy_process_group()
         torch.set_num_threads(previous)
+
+
+# --- torchrun: ranks on several machines ---------------------------------------------------------------------------
+
+TORCHRUN_ENTRY = "training.torchrun_entry"  # the module every torchrun worker runs
+
+
+def under_torchrun() -> bool:
+    """Whether torchrun started this process (it sets these for every worker)."""
+    return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def join_torchrun(ranks: int, backend: str, threads: int, timeout_s: float) -> bool:
+    """Join the process group of the workers torchrun started; True when this call created it (the caller then
+    destroys it). The rendezvous already happened in torchrun: env:// reads its address from the environment."""
+    if not under_torchrun():
+        raise TrainingError("training.launcher torchrun: this process was not started by torchrun; "
+                            "`driftloop train --launcher torchrun` prints the command to run on each node")
+    world = int(os.environ["WORLD_SIZE"])
+    if world != ranks:
+        raise TrainingError(f"torchrun started {world} ranks but the pipeline has {ranks} (training.stages / "
+                            f"training.stages_per_rank): start nnodes x nproc_per_node = {ranks} workers")
+    torch.set_num_threads(threads)
+    if dist.is_initialized():
+        return False
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    # A bounded timeout, as with the local launcher: a worker waiting on a dead peer fails instead of hanging.
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    return True
+
+
+def per_node(ranks: int, nnodes: int, nproc_per_node: int | None) -> int:
+    """Ranks per node: training.nproc_per_node, or the ranks spread evenly over training.nnodes."""
+    nproc = nproc_per_node if nproc_per_node is not None else ranks // nnodes
+    if nproc < 1 or nproc * nnodes != ranks:
+        raise TrainingError(f"the pipeline has {ranks} ranks (training.stages / training.stages_per_rank), but "
+                            f"training.nnodes ({nnodes}) x training.nproc_per_node ({nproc_per_node or nproc}) is "
+                            f"{nnodes * nproc}: change training.nnodes or training.nproc_per_node, or the stages")
+    return nproc
+
+
+def torchrun_commands(ranks: int, *, nnodes: int, nproc_per_node: int | None, rdzv_backend: str,
+                      rdzv_endpoint: str, rdzv_id: str, node_rank: int | None,
+                      entry_args: list[str]) -> list[list[str]]:
+    """The torchrun command line(s) to run: one for every node with c10d (it numbers the nodes as they join),
+    one per node with the static backend (training.node_rank picks one)."""
+    nproc = per_node(ranks, nnodes, nproc_per_node)
+    base = ["torchrun", f"--nnodes={nnodes}", f"--nproc-per-node={nproc}", f"--rdzv-backend={rdzv_backend}",
+            f"--rdzv-endpoint={rdzv_endpoint}", f"--rdzv-id={rdzv_id}"]
+    tail = ["-m", TORCHRUN_ENTRY, *entry_args]
+    if rdzv_backend != "static":
+        return [base + tail]
+    nodes = range(nnodes) if node_rank is None else [node_rank]
+    if node_rank is not None and node_rank >= nnodes:
+        raise TrainingError(f"training.node_rank ({node_rank}) must be below training.nnodes ({nnodes})")
+    # The static backend meets at the endpoint (node 0's host:port) and needs each node's rank.
+    return [base + [f"--node-rank={node}"] + tail for node in nodes]

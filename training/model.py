@@ -81,6 +81,34 @@ def build_model(spec: FeatureSpec, config: ModelConfig, seed: int) -> TabularNet
     return TabularNet(spec, config)
 
 
+def build_stage(spec: FeatureSpec, config: ModelConfig, seed: int, stage: int, stages: int,
+                blocks: Sequence[range] | None = None) -> TabularNet:
+    """Stage `stage` of the model build_model(spec, config, seed) would give, without building the rest.
+
+    Bit for bit the whole model's weights: the parts are initialised one by one in the whole model's order from
+    the same seed, so the random numbers each part draws are the same; a part before the stage is built only to
+    advance the generator and dropped at once, and nothing after the stage is built at all. A rank's memory is
+    its own stage's parameters plus, briefly, the largest part before it.
+    """
+    with torch.device("meta"):  # the skeleton: names and structure, no storage, no random numbers drawn
+        net = cut_stage(TabularNet(spec, config), stage, stages, blocks)
+    owned = [int(key) for key in net.blocks]
+    last_owned = owned[-1]
+    torch.manual_seed(seed)
+    # The order of TabularNet.__init__: input layer, blocks 0..n-1, head.
+    first_part = InputLayer(spec, config)
+    if net.input is not None:
+        net.input = first_part
+    del first_part
+    for index in range(last_owned + 1):
+        block = ResidualBlock(config.hidden, config.dropout)
+        if index in owned:
+            net.blocks[str(index)] = block
+    if net.head is not None:
+        net.head = OutputHead(config.hidden)
+    return net
+
+
 def stage_blocks(blocks: int, stages: int) -> list[range]:
     """Uniform split of the residual blocks over stages; earlier stages take the remainder."""
     if stages > blocks:

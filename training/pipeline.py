@@ -19,6 +19,7 @@ weight-grad step.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -128,9 +129,18 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def local_ranks(launcher: str, ranks: int) -> int:
+    """Ranks on this machine: all of them (local), one (single_process), torchrun's ranks per node."""
+    if launcher == "single_process":
+        return 1
+    if launcher == "torchrun":
+        return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return ranks
+
+
 def resolve_device(requested: str, launcher: str, ranks: int) -> str:
     """training.device as "cpu" or "cuda"; auto takes CUDA only when every rank gets a GPU of its own."""
-    needed = 1 if launcher == "single_process" else ranks
+    needed = local_ranks(launcher, ranks)
     gpus = gpu_count()
     if requested == "cpu":
         return "cpu"
@@ -247,6 +257,8 @@ def rank_device(settings: PipelineSettings, rank: int) -> torch.device:
         return torch.device("cpu")
     if settings.launcher == "single_process" or settings.ranks == 1:
         return torch.device("cuda", torch.cuda.current_device())
+    if settings.launcher == "torchrun":  # torchrun numbers the ranks of each node from 0
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return torch.device("cuda", rank)
 
 

@@ -84,7 +84,7 @@ class StageClock:
 
     def to_json(self) -> dict[str, Any]:
         """What the rank hands to the parent."""
-        return {"stages": self.stages, "steps": [asdict(step) for step in self.steps]}
+        return {"stages": self.stages, "steps": [asdict(step) for step in self.steps], "max_rss_bytes": max_rss_bytes()}
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,7 @@ class Telemetry:
     rank_bubble: list[float]  # per rank: share of its schedule step spent not computing
     warmup_steps: int = 0
     rank_stages: list[list[int]] = field(default_factory=list)  # the stages each rank ran
+    rank_max_rss_bytes: list[int] = field(default_factory=list)  # per rank: its process's peak resident memory
 
     @property
     def bubble_fraction(self) -> float:
@@ -150,7 +151,16 @@ def summarize(timings: Sequence[dict[str, Any]], stages: int, batch_size: int) -
         bubbles.append(_mean([min(1.0, max(0.0, 1 - step["busy_seconds"] / step["schedule_seconds"]))
                               for step in kept if step["schedule_seconds"] > 0]))
     return Telemetry(step_seconds, samples_per_second, forward, backward, bubbles, warmup,
-                     [list(t["stages"]) for t in timings])
+                     [list(t["stages"]) for t in timings], [int(t.get("max_rss_bytes", 0)) for t in timings])
+
+
+def max_rss_bytes() -> int:
+    """This process's peak resident memory (Linux reports ru_maxrss in KiB); 0 where unknown."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return 0
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 class TrainingExporter:

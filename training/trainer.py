@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from safetensors.torch import load_file, save_file
@@ -23,10 +25,12 @@ from driftloop.config import Config, ModelConfig
 from driftloop.data import require_columns, split_by_fraction
 from driftloop.errors import TrainingError
 from driftloop.state import state_path
+from training import checkpoint
 from training.artifacts import predict
+from training.checkpoint import CheckpointJob
 from training.features import FeatureSpec, encode, encode_target, fit_spec, numeric_column
-from training.launcher import RankSetup, free_port, launch, run_here
-from training.model import TabularNet, build_model, cut_stage
+from training.launcher import RankSetup, free_port, join_torchrun, launch, run_here
+from training.model import TabularNet, build_model, build_stage
 from training.partition import Partition, plan_partition
 from training.pipeline import PipelineSettings, ScaledLoss, build_schedule, check_settings, rank_device
 from training.telemetry import StageClock, Telemetry, TrainingExporter, summarize
@@ -39,6 +43,8 @@ FAIL_RANK_ENV = "DRIFTLOOP_FAIL_RANK"
 
 StepFn = Callable[[torch.Tensor], float | None]
 Report = Callable[[int, int, float], None]
+# Called after each optimizer step with (epoch, global step number from 1); checkpoints hang here.
+AfterStep = Callable[[int, int], None]
 # What the rank holding the last stage reports after each step: (epoch, step number from 1, loss, step seconds).
 StepReport = Callable[[int, int, float, float], None]
 
@@ -64,7 +70,8 @@ class TrainResult:
     launcher: str = "local"
     device: str = "cpu"
     partition: Partition | None = None  # blocks and cost of each stage, and their imbalance
-    telemetry: Telemetry | None = None  # per-step times, per-stage compute, measured bubble
+    telemetry: Telemetry | None = None  # per-step times, per-stage compute, measured bubble (this run's steps)
+    resumed_from: int = 0  # the global step of the checkpoint this run resumed from (0: from scratch)
 
     def model(self) -> TabularNet:
         """The whole model with these weights, in eval mode."""
@@ -96,6 +103,7 @@ class RankJob:
     pipeline: PipelineSettings
     loop: LoopSettings
     blocks: tuple[tuple[int, int], ...]  # per stage: its residual blocks (training.partition)
+    checkpoint: CheckpointJob | None = None
 
 
 def loss_module(task: str) -> nn.Module:
@@ -119,27 +127,41 @@ def step_loss(microbatch_losses: list[torch.Tensor]) -> float:
     return float(sum(float(loss.detach()) for loss in microbatch_losses))
 
 
-def run_loop(step: StepFn, rows: int, loop: LoopSettings, report: Report | None = None) -> list[float]:
-    """Run every epoch's full batches through `step`; returns the losses `step` reports (last stage only).
+def total_steps(rows: int, loop: LoopSettings) -> int:
+    """Optimizer steps of the whole run."""
+    return rows // loop.batch_size * loop.epochs
 
-    The last incomplete batch is dropped so that every step has the same static shapes.
+
+def run_loop(step: StepFn, rows: int, loop: LoopSettings, report: Report | None = None, start: int = 0,
+             after_step: AfterStep | None = None, losses: list[float] | None = None) -> list[float]:
+    """Run every epoch's full batches through `step` from global step `start` (a resumed run); returns the losses
+    `step` reports (last stage only), appended to `losses` (a resumed run's earlier ones) when given.
+
+    The last incomplete batch is dropped so that every step has the same static shapes. The position is all a
+    resumed run needs: each epoch's order depends only on (seed, epoch).
     """
     steps = rows // loop.batch_size
-    losses: list[float] = []
-    for epoch in range(loop.epochs):
+    losses = [] if losses is None else losses
+    if steps == 0:
+        return losses
+    for epoch in range(start // steps, loop.epochs):
         order = epoch_order(rows, loop.seed, epoch)
-        for index in range(steps):
+        for index in range(start - epoch * steps if epoch == start // steps else 0, steps):
             loss = step(order[index * loop.batch_size:(index + 1) * loop.batch_size])
+            done = epoch * steps + index + 1
             if loss is not None:
                 losses.append(loss)
                 if report is not None:
-                    report(epoch, len(losses), loss)
+                    report(epoch, done, loss)
+            if after_step is not None:
+                after_step(epoch, done)
     return losses
 
 
 def _single_process(x: torch.Tensor, y: torch.Tensor, spec: FeatureSpec, model_config: ModelConfig,
-                    loop: LoopSettings, threads: int, device: torch.device,
-                    on_step: StepReport | None) -> tuple[dict[str, torch.Tensor], list[float], dict[str, Any]]:
+                    loop: LoopSettings, threads: int, device: torch.device, on_step: StepReport | None,
+                    saving: CheckpointJob | None = None) -> tuple[dict[str, torch.Tensor], list[float],
+                                                                  dict[str, Any]]:
     """Train the whole model here, accumulating gradients over microbatches exactly as the pipeline does."""
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -174,7 +196,16 @@ def _single_process(x: torch.Tensor, y: torch.Tensor, spec: FeatureSpec, model_c
                 if on_step is not None:
                     on_step(epoch, index, loss, clock.steps[-1].seconds)
 
-            losses = run_loop(step, len(x), loop, report)
+            # No process group here (nor needed): DCP reads and writes as a world of one.
+            past, start = _resume({0: model}, optimizer, saving, last=True, distributed=False)
+            total = total_steps(len(x), loop)
+
+            def after_step(epoch: int, done: int) -> None:
+                if saving is not None and saving.due(done, total):
+                    checkpoint.save(saving, done, checkpoint.rank_state({0: model}, optimizer, past),
+                                    rank=0, stages=1, distributed=False)
+
+            losses = run_loop(step, len(x), loop, report, start, after_step, losses=past)
     finally:
         torch.set_num_threads(previous_threads)
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, losses, clock.to_json()
@@ -186,9 +217,19 @@ def _injected_failure(rank: int) -> None:
         raise RuntimeError(f"injected failure ({FAIL_RANK_ENV}={rank})")
 
 
+def _resume(modules: dict[int, nn.Module], optimizer: torch.optim.Optimizer, saving: CheckpointJob | None, *,
+            last: bool, distributed: bool) -> tuple[list[float], int]:
+    """Load the checkpoint to resume from, if any: (the losses before it, on the last stage's rank; its step)."""
+    if saving is None or saving.resume is None:
+        return [], 0
+    losses = checkpoint.load(saving.resume, modules, optimizer, with_losses=last, distributed=distributed)
+    return losses, saving.resume.step
+
+
 def pipeline_rank(rank: int, world_size: int, job: RankJob, messages: Any) -> None:
-    """One rank: build the whole model once per local stage, keep what each stage owns, train them with the
-    schedule, and leave the rank's weights, timings (and the losses, on the last stage's rank) in job.folder."""
+    """One rank: build only the stages it owns (with the whole model's initial weights), resume them from a
+    checkpoint if there is one, train them with the schedule, save checkpoints on the way, and leave the rank's
+    weights, timings (and the losses, on the last stage's rank) in job.folder."""
     settings = job.pipeline
     device = rank_device(settings, rank)
     data = load_file(str(job.folder / DATA))
@@ -196,17 +237,23 @@ def pipeline_rank(rank: int, world_size: int, job: RankJob, messages: Any) -> No
     spec = FeatureSpec.from_json(job.spec_json)
     local = settings.rank_stages(rank)
     ranges = [range(start, stop) for start, stop in job.blocks]
-    # Same seed everywhere: every stage starts from identical whole-model weights, then drops what it does not own.
-    modules = {stage: cut_stage(build_model(spec, job.model, job.loop.seed), stage, settings.stages, ranges)
-               .to(device).train() for stage in local}
+    # Same seed everywhere: each stage gets exactly the whole model's initial weights, built for itself alone.
+    modules = {stage: build_stage(spec, job.model, job.loop.seed, stage, settings.stages, ranges).to(device).train()
+               for stage in local}
     clock = StageClock(local, device)
     schedule = build_schedule(modules, settings, loss_module(spec.task), width=spec.width, hidden=job.model.hidden,
                               device=device, clock=clock)
     optimizer = make_optimizer(nn.ModuleList(modules[s] for s in local), job.loop)
     first, last = 0 in modules, settings.stages - 1 in modules
+    saving = job.checkpoint
+    past, start = _resume(modules, optimizer, saving, last=last, distributed=True)
+    total = total_steps(len(x), job.loop)
+    position = [start]  # global steps done so far (the kill hook's clock)
 
     def step(rows: torch.Tensor) -> float | None:
         _injected_failure(rank)
+        checkpoint.injected_kill(rank, position[0] + 1)
+        position[0] += 1
         started = clock.now()
         optimizer.zero_grad(set_to_none=True)
         rows = rows.to(device)
@@ -221,7 +268,14 @@ def pipeline_rank(rank: int, world_size: int, job: RankJob, messages: Any) -> No
     def report(epoch: int, index: int, loss: float) -> None:
         messages.put((epoch, index, loss, clock.steps[-1].seconds))
 
-    losses = run_loop(step, len(x), job.loop, report if last and messages is not None else None)
+    def after_step(epoch: int, done: int) -> None:
+        if saving is not None and saving.due(done, total):
+            state = checkpoint.rank_state(modules, optimizer, past if last else None)
+            checkpoint.save(saving, done, state, rank=rank, stages=settings.stages, distributed=True)
+
+    # `past` grows with this run's losses: a checkpoint holds every loss since the first step.
+    losses = run_loop(step, len(x), job.loop, report if last and messages is not None else None, start, after_step,
+                      losses=past)
     state = {k: v.detach().cpu().contiguous() for s in local for k, v in modules[s].state_dict().items()}
     save_file(state, str(job.folder / f"rank{rank}.safetensors"))
     (job.folder / f"telemetry{rank}.json").write_text(json.dumps(clock.to_json()))
@@ -231,9 +285,14 @@ def pipeline_rank(rank: int, world_size: int, job: RankJob, messages: Any) -> No
 
 def merge_ranks(folder: Path, ranks: int, expected: list[str]) -> dict[str, torch.Tensor]:
     """The whole model's state from the ranks' files; TrainingError if a name is missing, extra or doubled."""
+    return merge_parts([load_file(str(folder / f"rank{rank}.safetensors")) for rank in range(ranks)], expected)
+
+
+def merge_parts(parts: list[dict[str, torch.Tensor]], expected: list[str]) -> dict[str, torch.Tensor]:
+    """The whole model's state from each rank's part (in rank order); TrainingError if a name is missing, extra
+    or doubled."""
     state: dict[str, torch.Tensor] = {}
-    for rank in range(ranks):
-        part = load_file(str(folder / f"rank{rank}.safetensors"))
+    for rank, part in enumerate(parts):
         doubled = sorted(set(part) & set(state))
         if doubled:
             raise TrainingError(f"rank {rank} saved parameters another rank also owns: {doubled[:3]}")
@@ -245,13 +304,14 @@ def merge_ranks(folder: Path, ranks: int, expected: list[str]) -> dict[str, torc
 
 
 def _pipelined(x: torch.Tensor, y: torch.Tensor, spec: FeatureSpec, config: Config, settings: PipelineSettings,
-               partition: Partition, loop: LoopSettings,
-               on_step: StepReport) -> tuple[dict[str, torch.Tensor], list[float], list[dict[str, Any]]]:
+               partition: Partition, loop: LoopSettings, on_step: StepReport,
+               saving: CheckpointJob | None = None) -> tuple[dict[str, torch.Tensor], list[float],
+                                                             list[dict[str, Any]]]:
     """Train the stages on their ranks (processes here, or this process) and merge their weights and timings."""
     with tempfile.TemporaryDirectory(prefix="driftloop-train-") as tmp:
         folder = Path(tmp)
         save_file({"x": x.contiguous(), "y": y.contiguous()}, str(folder / DATA))
-        job = RankJob(folder, spec.to_json(), config.model, settings, loop, partition.blocks)
+        job = RankJob(folder, spec.to_json(), config.model, settings, loop, partition.blocks, saving)
         backend = "nccl" if settings.device == "cuda" and settings.launcher == "local" else "gloo"
         setup = RankSetup(settings.ranks, free_port(), config.training.threads_per_rank, config.training.timeout_s,
                           folder, backend)
@@ -263,6 +323,42 @@ def _pipelined(x: torch.Tensor, y: torch.Tensor, spec: FeatureSpec, config: Conf
         losses = json.loads((folder / LOSSES).read_text())
         timings = [json.loads((folder / f"telemetry{rank}.json").read_text()) for rank in range(settings.ranks)]
     return state, losses, timings
+
+
+def _torchrun(x: torch.Tensor, y: torch.Tensor, spec: FeatureSpec, config: Config, settings: PipelineSettings,
+              partition: Partition, loop: LoopSettings,
+              saving: CheckpointJob) -> tuple[dict[str, torch.Tensor], list[float], list[dict[str, Any]], Partition,
+                                              CheckpointJob]:
+    """This worker's rank of the pipeline torchrun started (training.launcher torchrun); every worker returns the
+    whole run: merged weights, losses, timings, and rank 0's partition and checkpoint, which all ranks used."""
+    t = config.training
+    created = join_torchrun(settings.ranks, "nccl" if settings.device == "cuda" else "gloo", t.threads_per_rank,
+                            t.timeout_s)
+    try:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        # Rank 0 decides: a measured ("time") partition differs from machine to machine, and so could the view of
+        # the checkpoint folder while another node writes.
+        agreed: list[Any] = [partition, saving]
+        dist.broadcast_object_list(agreed, src=0)
+        partition, saving = agreed
+        with tempfile.TemporaryDirectory(prefix="driftloop-torchrun-") as tmp:
+            folder = Path(tmp)
+            save_file({"x": x.contiguous(), "y": y.contiguous()}, str(folder / DATA))
+            job = RankJob(folder, spec.to_json(), config.model, settings, loop, partition.blocks, saving)
+            pipeline_rank(rank, world, job, None)
+            mine = (load_file(str(folder / f"rank{rank}.safetensors")),
+                    json.loads((folder / f"telemetry{rank}.json").read_text()),
+                    json.loads((folder / LOSSES).read_text()) if (folder / LOSSES).is_file() else None)
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, mine)
+    finally:
+        if created:
+            dist.destroy_process_group()
+    with torch.random.fork_rng(devices=[]):
+        expected = list(build_model(spec, config.model, 0).state_dict())
+    state = merge_parts([part for part, _, _ in gathered], expected)
+    losses = next(found for _, _, found in gathered if found is not None)
+    return state, losses, [timing for _, timing, _ in gathered], partition, saving
 
 
 def holdout_metrics(net: TabularNet, spec: FeatureSpec, holdout: pd.DataFrame) -> dict[str, float]:
@@ -344,6 +440,16 @@ def _exporter(config: Config, settings: PipelineSettings) -> TrainingExporter:
     return exporter
 
 
+def checkpoint_job(config: Config, spec: FeatureSpec, loop: LoopSettings, x: torch.Tensor,
+                   y: torch.Tensor) -> CheckpointJob:
+    """This run's checkpoint folder and interval, and the checkpoint to resume from (training.resume)."""
+    trajectory = {"batch_size": loop.batch_size, "seed": loop.seed, "learning_rate": loop.learning_rate,
+                  "weight_decay": loop.weight_decay}
+    key = checkpoint.run_key(spec.to_json(), config.model.model_dump_json(), trajectory, x, y)
+    folder = state_path(config, "checkpoints", key, "x").parent
+    return CheckpointJob(folder, config.training.checkpoint_every, checkpoint.prepare(folder, config.training.resume))
+
+
 def train(frame: pd.DataFrame, config: Config, holdout: pd.DataFrame | None = None, *, stages: int | None = None,
           schedule: str | None = None, microbatches: int | None = None, seed: int | None = None,
           progress: bool = True) -> TrainResult:
@@ -352,6 +458,10 @@ def train(frame: pd.DataFrame, config: Config, holdout: pd.DataFrame | None = No
     Keyword arguments override config.training. stages == 1 trains the whole model in this process; more stages
     run torch's pipeline schedule over training.launcher's ranks. Every setting is checked before any process
     starts. Measurements go to TrainResult.telemetry and to state_dir/metrics/training.prom.
+
+    With training.checkpoint_every, checkpoints go to state_dir/checkpoints/<run key>/; a run started again on
+    the same data and settings resumes from its last one (training.resume auto), with any number of stages.
+    The checkpoints are deleted once the run has finished.
     """
     started = time.perf_counter()
     t = config.training
@@ -372,7 +482,11 @@ def train(frame: pd.DataFrame, config: Config, holdout: pd.DataFrame | None = No
     spec = fit_spec(frame, config.data)
     x, y = encode(frame, spec), encode_target(frame, spec)
     partition = _partition(settings, spec, config, x, y, loop)
-    steps = len(frame) // batch_size * t.epochs
+    saving = checkpoint_job(config, spec, loop, x, y)
+    steps = total_steps(len(frame), loop)
+    if saving.resume is not None and saving.resume.step > steps:
+        raise TrainingError(f"the checkpoint in {saving.resume.path} is past the end of this run ({steps} steps): "
+                            "raise training.epochs, or set training.resume never to start afresh")
     label = "training" if settings.stages == 1 else f"training ({settings.stages} stages, {settings.schedule})"
     exporter = _exporter(config, settings)
     with _ProgressView(progress, steps, t.epochs, label, batch_size) as view:
@@ -383,10 +497,14 @@ def train(frame: pd.DataFrame, config: Config, holdout: pd.DataFrame | None = No
 
         if settings.stages == 1:
             state, losses, timing = _single_process(x, y, spec, config.model, loop, t.threads_per_rank,
-                                                    rank_device(settings, 0), on_step)
+                                                    rank_device(settings, 0), on_step, saving)
             timings = [timing]
+        elif settings.launcher == "torchrun":
+            state, losses, timings, partition, saving = _torchrun(x, y, spec, config, settings, partition, loop,
+                                                                  saving)
         else:
-            state, losses, timings = _pipelined(x, y, spec, config, settings, partition, loop, on_step)
+            state, losses, timings = _pipelined(x, y, spec, config, settings, partition, loop, on_step, saving)
+    shutil.rmtree(saving.folder, ignore_errors=True)  # finished: nothing left to resume
     telemetry = summarize(timings, settings.stages, batch_size)
     exporter.finish(telemetry, partition.costs, partition.unit, partition.imbalance)
 
@@ -397,6 +515,6 @@ def train(frame: pd.DataFrame, config: Config, holdout: pd.DataFrame | None = No
                          train_rows=len(frame), holdout_rows=len(holdout), seconds=0.0, model_config=config.model,
                          stages_per_rank=settings.stages_per_rank, ranks=settings.ranks,
                          launcher=settings.launcher, device=settings.device, partition=partition,
-                         telemetry=telemetry)
+                         telemetry=telemetry, resumed_from=saving.resume.step if saving.resume else 0)
     metrics = holdout_metrics(result.model(), spec, holdout)
     return replace(result, metrics=metrics, seconds=time.perf_counter() - started)
