@@ -70,7 +70,8 @@ def train_payload(result: TrainResult, registered: Registered) -> dict:
     """The `driftloop train --json` object."""
     return {"run_id": registered.run_id, "model_version": registered.version, "final_loss": result.final_loss,
             "stages": result.stages, "schedule": result.schedule, "microbatches": result.microbatches,
-            "stages_per_rank": result.stages_per_rank, "ranks": result.ranks, "metrics": result.metrics}
+            "stages_per_rank": result.stages_per_rank, "ranks": result.ranks, "resumed_from": result.resumed_from,
+            "metrics": result.metrics}
 
 
 @flow(name="training-pipeline", validate_parameters=False)

@@ -120,7 +120,8 @@ def _log_training(config: Config, result: TrainResult) -> None:
     params.update({"training.stages": result.stages, "training.schedule": result.schedule,
                    "training.microbatches": result.microbatches, "training.stages_per_rank": result.stages_per_rank,
                    "training.ranks": result.ranks, "training.launcher": result.launcher,
-                   "training.device": result.device, "train_rows": result.train_rows,
+                   "training.device": result.device, "training.resumed_from": result.resumed_from,
+                   "train_rows": result.train_rows,
                    "holdout_rows": result.holdout_rows})
     if result.partition is not None:
         params["training.stage_blocks"] = json.dumps([list(blocks) for blocks in result.partition.blocks])
