@@ -10,11 +10,12 @@ from driftloop.data import read_table
 from driftloop.metrics import monitor_metrics
 from driftloop.state import reports_dir, state_path
 from monitoring.drift import DriftResult, check_drift, validate_window
-from monitoring.export import export_drift, write_textfile
+from monitoring.export import export_window, write_textfile
 
 
 def monitor_files(current_path: Path, reference_path: Path, config: Config) -> DriftResult:
-    """Drift of the window in `current_path` against `reference_path`; writes the HTML report and the gauges.
+    """Drift (and performance, when the files hold the model output) of the window in `current_path` against
+    `reference_path`; writes the HTML report and the gauges.
 
     Bad input raises DataError with one line naming the file and column.
     """
@@ -25,7 +26,7 @@ def monitor_files(current_path: Path, reference_path: Path, config: Config) -> D
     validate_window(reference, config, str(reference_path))
     result = check_drift(reference, current, config, report_path=drift_report_path(config, current_path))
     metrics = monitor_metrics()
-    export_drift(result, metrics, config.model.name)
+    export_window(result, None, metrics, config.model.name, config.monitoring.prediction_column)
     write_textfile(metrics, monitor_textfile_path(config))
     return result
 

@@ -1,4 +1,18 @@
-"""Drift check of one window: Evidently's per-column tests and the share-of-drifted-columns rule."""
+"""Drift check of one window: Evidently's per-column statistics, decided with calibrated thresholds.
+
+Two decisions (monitoring.decision):
+
+- "calibrated" (default): each column (and the model's output, when both sides have it) is scored by
+  Evidently with a fixed method (normed Wasserstein for numbers, Jensen-Shannon for categories) and
+  judged against a threshold learned from the reference for this window size (monitoring.calibration);
+  the window drifts when any column does, and the thresholds hold that to
+  monitoring.false_alarm_rate per window on windows without drift;
+- "evidently": Evidently's default tests and thresholds, and drift when the share of drifted feature
+  columns is at least monitoring.drift_share (known to over-alarm on small windows and to miss a
+  shift in one column of many; kept for comparison).
+
+Either way the window's performance (actual and estimated) is measured when it has the model output.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +33,16 @@ from evidently.presets import DataDriftPreset  # noqa: E402
 
 from driftloop.config import Config  # noqa: E402
 from driftloop.data import missing_columns  # noqa: E402
-from driftloop.errors import DataError  # noqa: E402
+from driftloop.errors import ConfigError, DataError  # noqa: E402
+from monitoring.calibration import Calibration, cached_calibration, calibration_rows  # noqa: E402
+from monitoring.performance import Performance, measure_performance  # noqa: E402
+from monitoring.statistics import DISPLAY_NAMES  # noqa: E402
 
 # The reference is sampled with a fixed seed: the same reference always gives the same rows, so
-# every window of a run is compared against the same sample.
+# every window of a run is compared against the same sample (and its calibration is reused).
 REFERENCE_SAMPLE_SEED = 0
+# Windows above the size limit are sampled with a fixed seed too: a check is reproducible.
+WINDOW_SAMPLE_SEED = 0
 # How Evidently tags a ValueDrift result and its pass/fail test in `Snapshot.dict()`.
 VALUE_DRIFT_TYPE = "evidently:metric_v2:ValueDrift"
 VALUE_DRIFT_TEST = "drift"
@@ -32,7 +51,7 @@ TEST_FAILED = "FAIL"
 
 @dataclass(frozen=True)
 class ColumnDrift:
-    """Evidently's drift test of one column, as Evidently computed it.
+    """Evidently's drift test of one column, as Evidently computed it (with the calibrated threshold, if any).
 
     `score` is a p-value for tests whose `method` ends in "p_value" (drift when the score is below
     `threshold`) and a distance otherwise (drift when it is at or above `threshold`). `drifted` is
@@ -51,23 +70,43 @@ class ColumnDrift:
 
 @dataclass(frozen=True)
 class DriftResult:
-    """Drift of one window: per-column tests and the dataset verdict."""
+    """Drift of one window: per-column tests, the model output's test, the dataset verdict, performance."""
 
     drift_detected: bool
-    drift_share: float
+    drift_share: float  # share of drifted feature columns
     rows: int
-    columns: dict[str, ColumnDrift]
+    columns: dict[str, ColumnDrift]  # the feature columns, in config order
     report: Path | None
+    prediction: ColumnDrift | None = None  # drift of the model output, when both sides have it
+    # The per-window false-alarm rate the decision is calibrated for; None for Evidently's own rule.
+    false_alarm_rate: float | None = None
+    rows_checked: int | None = None  # rows the drift tests used (a sample of large windows)
+    performance: Performance | None = None
+    calibration: Calibration | None = None  # the thresholds' provenance (calibrated decision only)
 
     def to_json(self) -> dict:
-        """The `driftloop monitor --json` object."""
+        """The `driftloop monitor --json` object: the DESIGN.md keys, then the calibration and performance."""
         return {
             "drift_detected": self.drift_detected,
             "drift_share": self.drift_share,
             "rows": self.rows,
             "columns": {name: column.to_json() for name, column in self.columns.items()},
             "report": str(self.report) if self.report is not None else None,
+            "decision": "evidently" if self.false_alarm_rate is None else "calibrated",
+            "false_alarm_rate": self.false_alarm_rate,
+            "rows_checked": self.rows_checked if self.rows_checked is not None else self.rows,
+            "prediction_drift": self.prediction.to_json() if self.prediction is not None else None,
+            "performance": self.performance.to_json() if self.performance is not None else None,
+            "calibration": _calibration_json(self.calibration),
         }
+
+
+def _calibration_json(calibration: Calibration | None) -> dict | None:
+    """What the thresholds were learned for and what they promise (not the thresholds: they are per column)."""
+    if calibration is None:
+        return None
+    return {"window_rows": calibration.window_rows, "draws": calibration.draws, "rank": calibration.rank,
+            "expected_rate": calibration.expected_rate, "rate_bound": calibration.rate_bound}
 
 
 def validate_window(frame: pd.DataFrame, config: Config, source: str) -> None:
@@ -91,17 +130,71 @@ def validate_window(frame: pd.DataFrame, config: Config, source: str) -> None:
 
 def check_drift(reference: pd.DataFrame, current: pd.DataFrame, config: Config,
                 report_path: Path | None = None) -> DriftResult:
-    """Evidently drift of the config's feature columns (config.data.numerical + categorical; never pii, never
-    target) of `current` against `reference`; dataset drift when the share of drifted columns >=
-    config.monitoring.drift_share. Saves the Evidently HTML report to report_path when given."""
+    """Drift of the config's feature columns (never pii, never the target) and of the model output of
+    `current` against `reference`, decided as monitoring.decision says, with the window's performance.
+
+    Saves the Evidently HTML report to report_path when given. Calibrations are cached under state_dir.
+    """
     validate_window(reference, config, "reference")
     validate_window(current, config, "current window")
-    snapshot = _run_report(
-        _features(_sample_reference(reference, config), config),
-        _features(current, config),
-        config,
-        with_report=report_path is not None,
+    sample = _sample_reference(reference, config)
+    performance = measure_performance(sample, current, config)
+    if config.monitoring.decision == "evidently":
+        return _evidently_defaults(sample, current, config, report_path, performance)
+    kinds = monitored_kinds(sample, current, config)
+    window_rows = calibration_rows(len(current), len(sample), config)
+    window = _sample_window(current, window_rows)
+    reference_columns = typed_columns(sample, config, kinds)
+    calibration = cached_calibration(reference_columns, kinds, window_rows, config)
+    snapshot = _run_report(reference_columns, typed_columns(window, config, kinds), config, report_path is not None,
+                           calibration)
+    tested = _column_drifts(snapshot, list(kinds))
+    columns = {name: tested[name] for name in config.data.features}
+    prediction = tested.get(config.monitoring.prediction_column)
+    if report_path is not None:
+        report_path = _save_report(snapshot, Path(report_path))
+    return DriftResult(
+        drift_detected=any(column.drifted for column in tested.values()),
+        drift_share=sum(column.drifted for column in columns.values()) / len(columns),
+        rows=len(current),
+        columns=columns,
+        report=report_path,
+        prediction=prediction,
+        false_alarm_rate=calibration.false_alarm_rate,
+        rows_checked=len(window),
+        performance=performance,
+        calibration=calibration,
     )
+
+
+def feature_kinds(config: Config) -> dict[str, str]:
+    """The feature columns in config order, each "numerical" or "categorical"."""
+    return {**{name: "numerical" for name in config.data.numerical},
+            **{name: "categorical" for name in config.data.categorical}}
+
+
+def monitored_kinds(reference: pd.DataFrame, current: pd.DataFrame, config: Config) -> dict[str, str]:
+    """Every monitored column and its kind: the features, then the model output when both sides have it."""
+    kinds = feature_kinds(config)
+    output = config.monitoring.prediction_column
+    if output in kinds:
+        raise ConfigError(f"monitoring.prediction_column {output!r} is also a feature column; name the model "
+                          "output column differently")
+    if all(output in frame and frame[output].notna().any() for frame in (reference, current)):
+        for frame, source in ((reference, "reference"), (current, "current window")):
+            if not pd.api.types.is_numeric_dtype(frame[output]) or pd.api.types.is_bool_dtype(frame[output]):
+                raise DataError(f"{source}: model output column {output} holds non-numeric values such as "
+                                f"{_non_numeric_example(frame[output])!r}")
+        kinds[output] = "numerical"
+    return kinds
+
+
+def _evidently_defaults(reference: pd.DataFrame, current: pd.DataFrame, config: Config, report_path: Path | None,
+                        performance: Performance | None) -> DriftResult:
+    """Evidently's default tests on the features, and the share-of-drifted-columns rule."""
+    kinds = feature_kinds(config)
+    snapshot = _run_report(typed_columns(reference, config, kinds), typed_columns(current, config, kinds), config,
+                           report_path is not None, None)
     columns = _column_drifts(snapshot, config.data.features)
     share = sum(column.drifted for column in columns.values()) / len(columns)
     if report_path is not None:
@@ -112,6 +205,8 @@ def check_drift(reference: pd.DataFrame, current: pd.DataFrame, config: Config,
         rows=len(current),
         columns=columns,
         report=report_path,
+        rows_checked=len(current),
+        performance=performance,
     )
 
 
@@ -130,12 +225,19 @@ def _sample_reference(reference: pd.DataFrame, config: Config) -> pd.DataFrame:
     return reference.sample(n=limit, random_state=REFERENCE_SAMPLE_SEED)
 
 
-def _features(frame: pd.DataFrame, config: Config) -> pd.DataFrame:
-    """Only the feature columns (pii and target never reach Evidently or the report), typed by the config."""
-    data = config.data
-    numbers = frame[data.numerical].astype("float64")
-    labels = pd.DataFrame({name: _labels(frame[name]) for name in data.categorical}, index=frame.index)
-    return pd.concat([numbers, labels], axis=1).reset_index(drop=True)
+def _sample_window(current: pd.DataFrame, rows: int) -> pd.DataFrame:
+    """The window itself, or `rows` of its rows (always the same ones) when it is larger than that."""
+    if len(current) <= rows:
+        return current
+    return current.sample(n=rows, random_state=WINDOW_SAMPLE_SEED)
+
+
+def typed_columns(frame: pd.DataFrame, config: Config, kinds: dict[str, str]) -> pd.DataFrame:
+    """Only the monitored columns (pii and target never reach Evidently or the report), typed as `kinds` says."""
+    numbers = frame[[name for name, kind in kinds.items() if kind == "numerical"]].astype("float64")
+    labels = pd.DataFrame({name: _labels(frame[name]) for name, kind in kinds.items() if kind == "categorical"},
+                          index=frame.index)
+    return pd.concat([numbers, labels], axis=1)[list(kinds)].reset_index(drop=True)
 
 
 def _labels(column: pd.Series) -> pd.Series:
@@ -151,15 +253,26 @@ def _labels(column: pd.Series) -> pd.Series:
     return column.astype(str).where(column.notna())
 
 
-def _run_report(reference: pd.DataFrame, current: pd.DataFrame, config: Config, with_report: bool) -> Snapshot:
-    """Run Evidently's drift metrics, the column types declared from the config, not inferred."""
-    definition = DataDefinition(numerical_columns=config.data.numerical, categorical_columns=config.data.categorical)
+def _run_report(reference: pd.DataFrame, current: pd.DataFrame, config: Config, with_report: bool,
+                calibration: Calibration | None) -> Snapshot:
+    """Run Evidently's drift metrics, the column types declared, not inferred; with the calibrated methods and
+    thresholds when given, else Evidently's defaults."""
+    columns = list(reference.columns)
+    categorical = [name for name in columns if name in config.data.categorical]
+    definition = DataDefinition(numerical_columns=[name for name in columns if name not in categorical],
+                                categorical_columns=categorical)
+    methods = calibration.methods if calibration else {}
+    thresholds = calibration.thresholds if calibration else {}
     if with_report:
-        # The preset adds the dataset summary and the per-column table that make the HTML report.
-        metrics = [DataDriftPreset(columns=config.data.features, drift_share=config.monitoring.drift_share)]
+        # The preset adds the dataset summary and the per-column table that make the HTML report. Calibrated,
+        # one drifted column is a drifted window: its summary then agrees with our verdict.
+        share = 1 / len(columns) if calibration else config.monitoring.drift_share
+        metrics = [DataDriftPreset(columns=columns, drift_share=share, per_column_method=methods or None,
+                                   per_column_threshold=thresholds or None)]
     else:
         # The same per-column ValueDrift metrics the preset runs, without its table: about half the time.
-        metrics = [ValueDrift(column=name) for name in config.data.features]
+        metrics = [ValueDrift(column=name, method=methods.get(name), threshold=thresholds.get(name))
+                   for name in columns]
     # include_tests gives each ValueDrift Evidently's pass/fail verdict.
     report = Report(metrics, include_tests=True)
     with warnings.catch_warnings():
@@ -173,7 +286,7 @@ def _run_report(reference: pd.DataFrame, current: pd.DataFrame, config: Config, 
 
 
 def _column_drifts(snapshot: Snapshot, features: list[str]) -> dict[str, ColumnDrift]:
-    """Score, threshold, method and verdict of every feature, read from Evidently's results."""
+    """Score, threshold, method and verdict of every monitored column, read from Evidently's results."""
     results = snapshot.dict()
     verdicts = {test["metric_config"]["metric_id"]: test["status"]
                 for test in results["tests"] if test["id"] == VALUE_DRIFT_TEST}
@@ -185,7 +298,8 @@ def _column_drifts(snapshot: Snapshot, features: list[str]) -> dict[str, ColumnD
         columns[params["column"]] = ColumnDrift(
             score=float(metric["value"]),
             threshold=float(params["threshold"]),
-            method=str(params["method"]),
+            # Evidently keeps a method it was given by its short name: show its display name, as for its own.
+            method=DISPLAY_NAMES.get(str(params["method"]), str(params["method"])),
             drifted=verdicts[metric["id"]] == TEST_FAILED,
         )
     return {name: columns[name] for name in features}
