@@ -7,12 +7,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from driftloop.config import DataConfig
+from driftloop.config import Config, DataConfig
 from driftloop.errors import DataError
 
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".pq")
+# The reference sample is drawn with a fixed seed: one training set, one reference, in every process.
+REFERENCE_SEED = 0
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -125,3 +128,24 @@ def time_range(frame: pd.DataFrame, data: DataConfig) -> tuple[str, str] | None:
         return None
     times = event_times(frame, data)
     return times.min().isoformat(), times.max().isoformat()
+
+
+def reference_frame(training: pd.DataFrame, config: Config, predictions: np.ndarray | pd.Series | None = None
+                    ) -> pd.DataFrame:
+    """The monitor's reference from a champion's training rows: features, target, timestamp and, when given,
+    the champion's outputs on those rows (for output drift and performance); never pii; at most
+    monitoring.reference_max_rows rows, the same ones every time.
+
+    The registry stores it with each version; the monitor's calibration cache is keyed by its content.
+    """
+    data = config.data
+    keep = [c for c in [*data.features, data.target, data.timestamp] if c and c in training]
+    frame = training[keep].reset_index(drop=True)
+    if predictions is not None:
+        outputs = np.asarray(predictions, dtype="float64")
+        if len(outputs) != len(frame):
+            raise ValueError(f"{len(outputs)} predictions for {len(frame)} training rows")
+        frame[config.monitoring.prediction_column] = outputs
+    if len(frame) > config.monitoring.reference_max_rows:
+        frame = frame.sample(config.monitoring.reference_max_rows, random_state=REFERENCE_SEED).sort_index()
+    return frame.reset_index(drop=True)

@@ -23,7 +23,7 @@ from prefect.artifacts import create_markdown_artifact
 from rich.console import Console
 
 from driftloop.config import Config
-from driftloop.data import Window, time_windows
+from driftloop.data import Window
 from driftloop.datasets import load_flights
 from driftloop.errors import DriftloopError
 from driftloop.state import reports_dir, state_path
@@ -31,6 +31,9 @@ from flows.monitoring import monitoring_flow
 from flows.retraining import retraining_flow
 from flows.summary import WindowRow, markdown_table, write_summary
 from flows.training import training_pipeline
+from monitoring.policy import PolicyState, new_champion
+from monitoring.windows import cut_windows
+from registry.store import holdout_figures
 
 # Logs and CI capture are wider than rich's 80-column fallback for a non-terminal.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
@@ -41,7 +44,7 @@ class LoopState:
     """What the replay loop remembers between windows."""
 
     id_ranges: list[tuple[int, int]] = field(default_factory=list)
-    last_trigger: int | None = None
+    policy: dict = field(default_factory=dict)  # the retraining policy's state (PolicyState JSON)
     rows: list[WindowRow] = field(default_factory=list)
 
 
@@ -138,15 +141,19 @@ def wait_for_version(client: httpx.Client, version: str, timeout_s: float) -> bo
     return False
 
 
-def should_retrain(config: Config, state: LoopState, index: int, drifted: bool) -> str | None:
-    """None to retrain now, else why not."""
-    if not drifted:
-        return "no drift"
-    if state.last_trigger is not None and index - state.last_trigger <= config.monitoring.cooldown_windows:
+def champion_policy(config: Config, state: LoopState, version: str) -> None:
+    """A new champion serves: the policy judges performance against its holdout figures from now on."""
+    current = PolicyState.from_json(state.policy) if state.policy else PolicyState()
+    state.policy = new_champion(current, holdout_figures(config, version)).to_json()
+
+
+def window_event(decision: dict, drifted: bool) -> str:
+    """A short word on what the policy made of a window that did not retrain."""
+    if decision["reason"].startswith("cooldown"):
         return "cooldown"
-    if index == 0:
-        return "no labelled history yet"
-    return None
+    if drifted:
+        return "drift only: reported"
+    return ""
 
 
 def retrain(client: httpx.Client, config: Config, state: LoopState, index: int) -> tuple[str, str]:
@@ -156,6 +163,8 @@ def retrain(client: httpx.Client, config: Config, state: LoopState, index: int) 
     outcome = retraining_flow(config, history[0][0], history[-1][1], gate_first, gate_last, progress=False)
     if outcome["status"] == "quarantined":
         return "retrain refused", f"data quarantined: {outcome['validation']['summary']}"
+    if outcome["gate"]["promoted"]:
+        champion_policy(config, state, outcome["train"]["model_version"])
     gate, version = outcome["gate"], outcome["train"]["model_version"]
     detail = (f"gate: v{version} {gate['metric']} {gate['challenger_score']:.4f} vs champion "
               f"v{gate['champion_version']} {gate['champion_score']:.4f} on {gate['window_rows']:,} rows")
@@ -178,12 +187,13 @@ def demo_loop(config: Config) -> list[WindowRow]:
     first = training_pipeline(config, str(train_path))
     if "train" not in first:
         raise DriftloopError(f"training data failed validation: {first['validation']['summary']}")
+    state = LoopState()
+    champion_policy(config, state, first["train"]["model_version"])
     console.print(f"    champion v{first['train']['model_version']}: holdout "
                   + ", ".join(f"{k} {v:.3f}" for k, v in first["train"]["metrics"].items()), soft_wrap=True)
     server, url = start_server(config)
     console.print(f"[bold]5.[/] model server on {url} (/predict, /healthz, /metrics)")
-    state = LoopState()
-    windows = list(time_windows(live, config.data, config.monitoring.window))[: config.demo.max_windows]
+    windows = list(cut_windows(live, config))[: config.demo.max_windows]
     console.print(f"[bold]6-7.[/] replaying {len(windows)} windows of {config.monitoring.window} "
                   f"({len(live):,} flights) through the server")
     try:
@@ -192,15 +202,17 @@ def demo_loop(config: Config) -> list[WindowRow]:
                 label = f"w{window.index:02d}-{window.start:%Y-%m-%d}"
                 state.id_ranges.append(replay(client, config, window))
                 version = served_version(client)
-                checked = monitoring_flow(config, *state.id_ranges[-1], label)
-                drifted = checked["drift"]["drift_detected"]
-                reason = should_retrain(config, state, window.index, drifted)
-                event, detail = ("" if reason in (None, "no drift") else reason), ""
-                if reason is None:
-                    state.last_trigger = window.index
-                    event, detail = retrain(client, config, state, window.index)
+                checked = monitoring_flow(config, *state.id_ranges[-1], label, state.policy)
+                state.policy = checked["policy"]
+                drifted, decision = checked["drift"]["drift_detected"], checked["decision"]
+                event, detail = window_event(decision, drifted), ""
+                if decision["retrain"] and window.index == 0:
+                    event = "retrain wanted, no labelled history yet"
+                elif decision["retrain"]:
+                    event, gate = retrain(client, config, state, window.index)
+                    detail = f"why: {decision['reason']}\n    {gate}"
                 row = WindowRow(label, window.start, checked["rows"], checked["drift"]["drift_share"], drifted,
-                                checked["performance"].get("auc"), version, event,
+                                checked["performance"].get(config.gate_metric()), version, event,
                                 Path(checked["drift"]["report"]).name if checked["drift"]["report"] else "")
                 state.rows.append(row)
                 console.print(row.line(), soft_wrap=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -14,11 +13,12 @@ from prefect.events import emit_event
 from driftloop.config import Config
 from driftloop.errors import RegistryError
 from driftloop.metrics import MonitorMetrics, monitor_metrics
-from driftloop.scoring import score
 from driftloop.state import prediction_log_path, reports_dir, state_path
 from monitoring.cli_monitor import monitor_files
 from monitoring.drift import DriftResult, check_drift
-from monitoring.export import export_drift, export_performance, write_textfile
+from monitoring.export import export_window, write_textfile
+from monitoring.policy import PolicyState, decide
+from monitoring.summary import markdown_summary
 from registry.store import CHAMPION, alias_version, load_reference
 from serving.prediction_log import PredictionLog
 
@@ -56,62 +56,43 @@ def monitor_file(config: Config, current: Path, reference: Path | None) -> Drift
 
 def log_to_contract(config: Config, logged: pd.DataFrame) -> pd.DataFrame:
     """Logged predictions as a table in the config's columns: label → target, event time → timestamp."""
-    frame = logged.rename(columns={"label": config.data.target})
+    frame = logged.rename(columns={"label": config.data.target, "prediction": config.monitoring.prediction_column})
     if config.data.timestamp:
         frame[config.data.timestamp] = pd.to_datetime(frame["event_time"], utc=True)
     return frame
 
 
-def live_performance(config: Config, window: pd.DataFrame) -> dict[str, float]:
-    """The served predictions scored against the labels that have arrived."""
-    labelled = window.dropna(subset=["label"])
-    if labelled.empty:
-        return {}
-    return score(labelled["label"].to_numpy(), labelled["prediction"].to_numpy(np.float64), config.data.task)
-
-
 @task(cache_policy=NO_CACHE)
 def check_window(config: Config, reference: pd.DataFrame, window: pd.DataFrame, label: str) -> DriftResult:
-    """Evidently drift of the window against the reference, with its HTML report."""
+    """Calibrated drift, output drift and performance of the window against the reference, with its report."""
     report = reports_dir(config, "drift") / f"{label}.html"
     return check_drift(reference, window, config, report_path=report)
 
 
-def _markdown(config: Config, label: str, result: DriftResult, performance: dict[str, float]) -> str:
-    """A short markdown summary for the Prefect UI."""
-    lines = [f"## Drift check {label} — {config.model.name}",
-             f"**{'DRIFT' if result.drift_detected else 'no drift'}**: share {result.drift_share:.2f} "
-             f"of {len(result.columns)} columns, {result.rows} rows",
-             "", "| column | method | score | threshold | drifted |", "|---|---|---|---|---|"]
-    for name, column in result.columns.items():
-        lines.append(f"| {name} | {column.method} | {column.score:.4g} | {column.threshold:.4g} | "
-                     f"{'yes' if column.drifted else 'no'} |")
-    if performance:
-        lines += ["", "Live performance: " + ", ".join(f"{k} {v:.4f}" for k, v in performance.items())]
-    lines += ["", f"Report: `{result.report}`"]
-    return "\n".join(lines)
-
-
 @flow(name="monitoring", validate_parameters=False)
-def monitoring_flow(config: Config, first_id: int, last_id: int, label: str) -> dict:
-    """Check logged predictions `first_id..last_id`: drift, live performance, gauges, report, event."""
+def monitoring_flow(config: Config, first_id: int, last_id: int, label: str, policy: dict | None = None) -> dict:
+    """Check logged predictions `first_id..last_id`: drift, performance, the retraining policy, gauges, report.
+
+    `policy` is the PolicyState of the previous window (JSON); the new one comes back in the result. When the
+    policy says retrain, the flow emits `driftloop.drift.detected` for automations to act on.
+    """
     logger = get_run_logger()
     logged = PredictionLog(prediction_log_path(config)).read(first_id, last_id)
     window = log_to_contract(config, logged)
     version, reference = champion_reference(config)
     result = check_window(config, reference, window, label)
-    performance = live_performance(config, logged)
+    decision = decide(PolicyState.from_json(policy) if policy else PolicyState(), result, config)
     metrics = metrics_for(config)
-    export_drift(result, metrics, config.model.name)
-    export_performance(performance, metrics, config.model.name)
+    export_window(result, decision, metrics, config.model.name, config.monitoring.prediction_column)
     write_textfile(metrics, state_path(config, "metrics", "monitor.prom"))
-    create_markdown_artifact(_markdown(config, label, result, performance), key="drift-check",
+    create_markdown_artifact(markdown_summary(result, config.model.name, label, decision), key="drift-check",
                              description=f"drift check {label}")
-    if result.drift_detected:
+    if decision.retrain:
         emit_event(DRIFT_EVENT, resource=drift_resource(config),
                    payload={"window": label, "drift_share": result.drift_share, "champion": version,
-                            "drifted": [n for n, c in result.columns.items() if c.drifted]})
-    logger.info("%s: %s, share %.2f, %s", label, "DRIFT" if result.drift_detected else "no drift",
-                result.drift_share, performance)
-    return {"label": label, "rows": result.rows, "drift": result.to_json(), "performance": performance,
-            "champion": version}
+                            "reason": decision.reason})
+    logger.info("%s: %s", label, decision.reason)
+    actual = result.performance.actual if result.performance else None
+    return {"label": label, "rows": result.rows, "drift": result.to_json(), "champion": version,
+            "performance": dict(actual.values) if actual else {}, "decision": decision.to_json(),
+            "policy": decision.state.to_json()}

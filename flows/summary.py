@@ -61,7 +61,7 @@ def markdown_table(rows: list[WindowRow]) -> str:
     return "\n".join(lines)
 
 
-def plot_png(rows: list[WindowRow], drift_share: float) -> bytes:
+def plot_png(rows: list[WindowRow], drift_share: float | None) -> bytes:
     """AUC of the live model and drift share per window, with retraining events marked."""
     starts = [row.start for row in rows]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
@@ -69,7 +69,8 @@ def plot_png(rows: list[WindowRow], drift_share: float) -> bytes:
     top.set_ylabel("AUC (live model)")
     bottom.bar(starts, [row.drift_share for row in rows], width=5,
                color=["tab:red" if row.drifted else "tab:gray" for row in rows])
-    bottom.axhline(drift_share, color="black", linewidth=1, linestyle=":")
+    if drift_share is not None:  # the share rule decides only with monitoring.decision "evidently"
+        bottom.axhline(drift_share, color="black", linewidth=1, linestyle=":")
     bottom.set_ylabel("drift share (red: drifted)")
     for row in rows:
         if "retrained" in row.event:
@@ -84,9 +85,14 @@ def plot_png(rows: list[WindowRow], drift_share: float) -> bytes:
     return buffer.getvalue()
 
 
+def share_rule(config: Config) -> float | None:
+    """The drift-share line to draw, when the share is what decides."""
+    return config.monitoring.drift_share if config.monitoring.decision == "evidently" else None
+
+
 def write_summary(rows: list[WindowRow], path: Path, config: Config) -> tuple[Path, Table]:
     """Write the HTML summary (plot, table, links to each window's drift report); return it and the table."""
-    image = base64.b64encode(plot_png(rows, config.monitoring.drift_share)).decode() if rows else ""
+    image = base64.b64encode(plot_png(rows, share_rule(config))).decode() if rows else ""
     body = []
     for row in rows:
         auc = f"{row.auc:.3f}" if row.auc is not None else "-"

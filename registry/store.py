@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from driftloop.config import Config
+from driftloop.data import reference_frame
 from driftloop.errors import RegistryError
 from driftloop.state import mlflow_artifact_root, mlflow_tracking_uri, state_path
 from training.artifacts import WEIGHTS, LoadedModel, load_model, predict, save_model
@@ -138,15 +139,6 @@ def _log_training(config: Config, result: TrainResult) -> None:
     mlflow.log_metrics(_training_figures(result))
 
 
-def _reference_sample(config: Config, reference: pd.DataFrame) -> pd.DataFrame:
-    """The training rows kept as the monitor's reference: features, target, timestamp; never PII."""
-    keep = [c for c in [*config.data.features, config.data.target, config.data.timestamp] if c in reference]
-    sample = reference[keep]
-    if len(sample) > config.monitoring.reference_max_rows:
-        sample = sample.sample(config.monitoring.reference_max_rows, random_state=0).sort_index()
-    return sample.reset_index(drop=True)
-
-
 def _new_version(client: MlflowClient, name: str, info: ModelInfo, run_id: str, tags: dict[str, str]) -> str:
     """Register a logged model as a new version (the client API: the fluent one prints to stderr)."""
     from mlflow.exceptions import MlflowException
@@ -167,7 +159,8 @@ def register(config: Config, result: TrainResult, lineage: dict[str, str], refer
 
     client = mlflow_client(config)
     exp = experiment_id(config, client)
-    sample = _reference_sample(config, reference)
+    # The monitor's reference: the training rows with this model's outputs on them, never PII.
+    sample = reference_frame(reference, config, predict(result.model(), result.spec, reference))
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(experiment_id=exp) as run:
         mlflow.set_tags(lineage)
         _log_training(config, result)
@@ -252,3 +245,11 @@ def load_reference(config: Config, version: str) -> pd.DataFrame:
         shutil.rmtree(target, ignore_errors=True)
         raise RegistryError(f"model {config.model.name} version {version}: no reference data in run {run_id}")
     return pd.read_parquet(files[0])
+
+
+def holdout_figures(config: Config, version: str) -> dict[str, float]:
+    """A version's metrics on its time-later holdout (the policy's performance baseline)."""
+    client = mlflow_client(config)
+    run = client.get_run(client.get_model_version(config.model.name, version).run_id)
+    prefix = "holdout_"
+    return {k[len(prefix):]: v for k, v in run.data.metrics.items() if k.startswith(prefix)}

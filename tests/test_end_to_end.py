@@ -18,11 +18,11 @@ def test_demo_loop_retrains_on_drift_and_gates(tmp_path: Path) -> None:
     raw = yaml.safe_load(demo_config_path().read_text())
     raw["state_dir"] = str(tmp_path / "state")
     raw["training"].update({"epochs": 1, "batch_size": 256})
-    # Train on January, replay February to April: the weather warms up week after week. A low share makes
-    # the retraining path certain on this small slice; the demo's own setting is 0.5.
+    # Train on January, replay February to April: the weather warms up week after week. Retraining on drift
+    # alone makes the retraining path certain on this small slice; the demo retrains on a performance drop.
     raw["demo"].update({"train_until": "2013-02-01", "replay_until": "2013-05-01", "sample_fraction": 0.1,
                         "max_windows": 5, "retrain_windows": 2})
-    raw["monitoring"].update({"drift_share": 0.1, "cooldown_windows": 1})
+    raw["monitoring"].update({"retrain_on_drift": True, "cooldown_windows": 1})
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(raw))
 
