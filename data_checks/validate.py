@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -22,6 +23,9 @@ from driftloop.config import Config
 from driftloop.data import fingerprint, read_table
 from driftloop.errors import DataError
 from driftloop.state import reports_dir
+
+# GX announces every temporary docs folder at INFO; set here, after the host's logging set-up (Prefect's).
+logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 # Failures of these expectations explain every other failure on the same column: a missing
 # column, or one of the wrong type, makes GX unable to evaluate the column's other expectations.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -27,8 +26,6 @@ def prepare_environment(state_dir: Path | None = None) -> None:
     """
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
-    # Great Expectations announces each temporary docs folder at INFO.
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     if "PREFECT_API_URL" not in os.environ:
         # Flow logs of the throw-away local API would only repeat on the console what the CLI prints.
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

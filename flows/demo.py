@@ -202,11 +202,14 @@ def demo_loop(config: Config) -> list[WindowRow]:
                 label = f"w{window.index:02d}-{window.start:%Y-%m-%d}"
                 state.id_ranges.append(replay(client, config, window))
                 version = served_version(client)
-                checked = monitoring_flow(config, *state.id_ranges[-1], label, state.policy)
+                before = state.policy
+                checked = monitoring_flow(config, *state.id_ranges[-1], label, before)
                 state.policy = checked["policy"]
                 drifted, decision = checked["drift"]["drift_detected"], checked["decision"]
                 event, detail = window_event(decision, drifted), ""
                 if decision["retrain"] and window.index == 0:
+                    # Nothing was retrained, so no cooldown starts.
+                    state.policy = {**state.policy, "last_retrain": before.get("last_retrain")}
                     event = "retrain wanted, no labelled history yet"
                 elif decision["retrain"]:
                     event, gate = retrain(client, config, state, window.index)
