@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, handler: Callable[[argparse.Namespace, Config], int], help_text: str,
                 config_required: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", required=config_required, default=None if config_required else None,
+        p.add_argument("--config", required=config_required,
                        help="YAML config file" + ("" if config_required else " (default: the shipped demo config)"))
         p.set_defaults(handler=handler)
         return p
