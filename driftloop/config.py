@@ -170,10 +170,66 @@ class ServingConfig(_Strict):
 class RegistryConfig(_Strict):
     """MLflow settings; empty URIs mean SQLite and local files under state_dir."""
 
+    # A remote tracking server (http://mlflow.internal:5000, itself backed by PostgreSQL or MySQL) or a
+    # database URI (postgresql://user@host/db); None: SQLite under state_dir.
     tracking_uri: str | None = None
+    # Where a new experiment keeps its artifacts (s3://bucket/driftloop); None: the server's default, or
+    # state_dir/artifacts with the local SQLite store.
+    artifact_location: str | None = None
     experiment: str = "driftloop"
     gate_metric: Literal["auc", "accuracy", "log_loss", "rmse"] | None = None
     gate_margin: float = Field(0.0, ge=0)
+
+
+class OrchestrationConfig(_Strict):
+    """Prefect: which API the flows report to, where deployments run, their schedules."""
+
+    # None: the local stack's Prefect server while `driftloop stack up` holds it, else a temporary local API.
+    # A URL (https://prefect.example.com/api) points every command and deployment at a remote server.
+    api_url: str | None = None
+    # None: `driftloop deploy` serves the deployments from its own process; a name: they are deployed to that
+    # work pool (its workers pull the code; see prefect.yaml).
+    work_pool: str | None = None
+    monitor_cron: str = "*/15 * * * *"
+    retrain_cron: str = "0 3 * * 1"
+    timezone: str = "UTC"
+    # Runs of a retraining deployment allowed at once; a run that would exceed it is cancelled or queued.
+    retrain_concurrency: int = Field(1, ge=1)
+    retrain_collision: Literal["CANCEL_NEW", "ENQUEUE"] = "CANCEL_NEW"
+    # A deployed retraining trains on this many labelled windows of logged traffic (monitoring.window each)
+    # before the latest labelled window, which the gate judges it on.
+    retrain_windows: int = Field(4, ge=1)
+
+
+class StackConfig(_Strict):
+    """The local stack of `driftloop stack up`: ports on one host; the model server uses serving.port."""
+
+    host: str = "127.0.0.1"
+    prefect_port: int = Field(4200, ge=1, le=65535)
+    prometheus_port: int = Field(9090, ge=1, le=65535)
+    alertmanager_port: int = Field(9093, ge=1, le=65535)
+    # The monitor's metrics endpoint and Alertmanager's webhook receiver (one process).
+    receiver_port: int = Field(9108, ge=1, le=65535)
+    scrape_interval_s: float = Field(15.0, gt=0)
+    evaluation_interval_s: float = Field(15.0, gt=0)
+    start_timeout_s: float = Field(180.0, gt=0)
+    prometheus_bin: str = "prometheus"
+    # Debian's package names the binary prometheus-alertmanager; upstream tarballs name it alertmanager.
+    alertmanager_bin: str = "prometheus-alertmanager"
+
+
+class AlertsConfig(_Strict):
+    """Alertmanager → driftloop: which alerts start a retraining, the shared token, one retrain per incident."""
+
+    retrain_alerts: list[str] = Field(default_factory=lambda: ["DriftloopRetrainRecommended"])
+    # The shared token; None: state_dir/stack/webhook.token, created by `driftloop stack up`. The environment
+    # variable DRIFTLOOP_WEBHOOK_TOKEN overrides both for the receiver.
+    token_file: Path | None = None
+    # An alert (by Alertmanager fingerprint) that started a retraining starts none again for this long.
+    cooldown_s: float = Field(3600.0, ge=0)
+    group_wait_s: float = Field(10.0, ge=0)
+    group_interval_s: float = Field(60.0, gt=0)
+    repeat_interval_s: float = Field(3600.0, gt=0)
 
 
 class DemoConfig(_Strict):
@@ -200,6 +256,9 @@ class Config(_Strict):
     monitoring: MonitoringConfig = MonitoringConfig()
     serving: ServingConfig = ServingConfig()
     registry: RegistryConfig = RegistryConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
+    stack: StackConfig = StackConfig()
+    alerts: AlertsConfig = AlertsConfig()
     demo: DemoConfig = DemoConfig()
 
     def digest(self) -> str:

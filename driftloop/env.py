@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -19,13 +20,29 @@ DEFAULTS = {
 }
 
 
-def prepare_environment(state_dir: Path | None = None) -> None:
-    """Switch telemetry off and, unless the user chose otherwise, keep Prefect's home under the state dir.
+def stack_prefect_url(state_dir: Path) -> str | None:
+    """The API URL of the local stack's Prefect server while its process lives (recorded by `driftloop stack up`)."""
+    record = Path(state_dir) / "stack" / "prefect.json"
+    try:
+        info = json.loads(record.read_text(encoding="utf-8"))
+        os.kill(int(info["pid"]), 0)
+        return str(info["api_url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
-    Must run before Prefect, MLflow or Great Expectations are imported: they read these at import.
+
+def prepare_environment(state_dir: Path | None = None, api_url: str | None = None) -> None:
+    """Switch telemetry off, choose the Prefect API and, without one, keep Prefect's home under the state dir.
+
+    The Prefect API is, in this order: PREFECT_API_URL from the environment, `api_url` (orchestration.api_url),
+    the local stack's server while it runs, else Prefect's temporary local API. Must run before Prefect, MLflow
+    or Great Expectations are imported: they read these at import.
     """
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
+    chosen = api_url or (stack_prefect_url(state_dir) if state_dir is not None else None)
+    if chosen:
+        os.environ.setdefault("PREFECT_API_URL", chosen)
     if "PREFECT_API_URL" not in os.environ:
         # Flow logs of the throw-away local API would only repeat on the console what the CLI prints.
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

@@ -61,7 +61,9 @@ def experiment_id(config: Config, client: MlflowClient) -> str:
     found = client.get_experiment_by_name(config.registry.experiment)
     if found is not None:
         return found.experiment_id
-    location = None if config.registry.tracking_uri else mlflow_artifact_root(config)
+    location = config.registry.artifact_location
+    if location is None and not config.registry.tracking_uri:
+        location = mlflow_artifact_root(config)
     return client.create_experiment(config.registry.experiment, artifact_location=location)
 
 
