@@ -43,6 +43,11 @@ TRAINING_STAGE_IMBALANCE = "driftloop_training_stage_imbalance"
 TRAINING_BUBBLE = "driftloop_training_bubble_fraction"
 TRAINING_FINISHED = "driftloop_training_finished_timestamp_seconds"
 
+# Alertmanager webhook receiver (monitoring/receiver.py)
+ALERTS_RECEIVED = "driftloop_alerts_received_total"
+RETRAIN_TRIGGERS = "driftloop_retrain_triggers_total"
+WEBHOOK_UNAUTHORIZED = "driftloop_webhook_unauthorized_total"
+
 
 @dataclass(frozen=True)
 class ServingMetrics:
@@ -169,4 +174,30 @@ def training_metrics(registry: CollectorRegistry | None = None) -> TrainingMetri
         bubble=Gauge(TRAINING_BUBBLE, "Measured idle share of a rank's pipeline step", ["model", "rank"],
                      registry=registry),
         finished=Gauge(TRAINING_FINISHED, "Unix time the latest training run finished", model, registry=registry),
+    )
+
+
+@dataclass(frozen=True)
+class ReceiverMetrics:
+    """The webhook receiver's own metrics, bound to one registry."""
+
+    registry: CollectorRegistry
+    alerts_received: Counter
+    retrain_triggers: Counter
+    unauthorized: Counter
+
+
+def receiver_metrics(registry: CollectorRegistry | None = None) -> ReceiverMetrics:
+    """Create the receiver metrics in `registry` (a fresh one by default)."""
+    registry = registry or CollectorRegistry()
+    return ReceiverMetrics(
+        registry=registry,
+        alerts_received=Counter(ALERTS_RECEIVED, "Alerts received from Alertmanager, by alert name and status",
+                                ["alertname", "status"], registry=registry),
+        # outcome: started, cooldown (the incident already started one), duplicate (another alert of the same
+        # model started one in this notification), failed (the retraining could not be started).
+        retrain_triggers=Counter(RETRAIN_TRIGGERS, "Decisions on firing retrain alerts, by source and outcome",
+                                 ["source", "outcome"], registry=registry),
+        unauthorized=Counter(WEBHOOK_UNAUTHORIZED, "Webhook calls refused for a missing or wrong bearer token",
+                             registry=registry),
     )

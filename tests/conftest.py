@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
+import urllib.error
+import urllib.request
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -54,3 +58,26 @@ def make_config(state_dir: Path, **overrides: dict) -> Config:
 def config(tmp_path: Path) -> Config:
     """The demo config with its state under a fresh temporary folder."""
     return make_config(tmp_path / "state")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout_s: float = 30.0) -> None:
+    """Wait until `url` answers 200, or fail the test saying what did not come up."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+                last = f"HTTP {response.status}"
+        except (OSError, urllib.error.URLError) as error:
+            last = str(error)
+        time.sleep(0.2)
+    pytest.fail(f"{url} did not answer 200 within {timeout_s:g}s ({last})")

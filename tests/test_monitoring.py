@@ -713,6 +713,20 @@ def test_alert_rules_use_only_driftloop_metric_names():
     assert alerts == tested
 
 
+def test_the_retrain_rule_is_the_alert_that_starts_retraining():
+    """The rule the receiver acts on by default exists, and is marked for the retraining route."""
+    import yaml
+
+    from driftloop.config import AlertsConfig
+
+    rules = {rule["alert"]: rule for group in yaml.safe_load((RULES / "driftloop.rules.yml").read_text())["groups"]
+             for rule in group["rules"]}
+    for name in AlertsConfig().retrain_alerts:
+        assert rules[name]["labels"]["action"] == "retrain"
+        assert "for" not in rules[name]  # the gauge holds one window's verdict: an event, not a condition
+    assert RETRAIN_RECOMMENDED in rules["DriftloopRetrainRecommended"]["expr"]
+
+
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) is not installed")
 def test_promtool_checks_and_unit_tests_the_alert_rules():
     for command in (["check", "rules", "driftloop.rules.yml"], ["test", "rules", *RULE_TESTS]):
