@@ -200,7 +200,7 @@ def cmd_deploy(args: argparse.Namespace, config: Config) -> int:
     """Register the deployments (monitor, scheduled retraining, retrain-on-drift) and serve them until stopped."""
     from flows.deployments import deploy
 
-    deploy(config, Path(args.config or demo_config_path()).resolve(), serve=not args.no_serve)
+    deploy(config, Path(args.config or demo_config_path()).resolve(), serve_them=not args.no_serve)
     return EXIT_OK
 
 

@@ -1,0 +1,224 @@
+"""The loop as Prefect deployments: the monitor on a schedule, a weekly retraining, and retrain-on-drift.
+
+`driftloop deploy` registers them and serves them from its own process (or, with orchestration.work_pool,
+registers them for that pool's workers). The monitor flow emits `driftloop.drift.detected` when the
+retraining policy says so; an automation (a DeploymentEventTrigger) starts `retrain-on-drift`, which runs
+one at a time: a run that starts while another is going is cancelled. Alertmanager's webhook starts the
+same deployment (`retraining_starter`).
+
+Deployed flows take the config file's path, not a Config: Prefect stores parameters as JSON, and an edited
+config applies to the next run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+from prefect import flow, get_run_logger, serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
+from prefect.events import DeploymentEventTrigger
+from prefect.schedules import Cron
+
+from driftloop.config import Config, load_config
+from driftloop.data import Window
+from driftloop.state import prediction_log_path, state_path
+from flows.monitoring import DRIFT_EVENT, drift_resource, log_to_contract, monitoring_flow
+from flows.retraining import retraining_flow
+from monitoring.policy import PolicyState, new_champion
+from monitoring.windows import cut_windows
+from registry.store import CHAMPION, alias_version, holdout_figures
+from serving.prediction_log import PredictionLog
+
+MONITOR = "monitor"
+SCHEDULED_RETRAINING = "scheduled-retraining"
+RETRAIN_ON_DRIFT = "retrain-on-drift"
+MONITOR_FLOW = "monitor-traffic"
+RETRAIN_FLOW = "retrain-from-log"
+
+
+@dataclass
+class MonitorCursor:
+    """What the deployed monitor remembers between runs: the last checked prediction id and the policy."""
+
+    last_id: int = 0
+    champion: str | None = None
+    policy: dict | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> MonitorCursor:
+        """The saved cursor, or a fresh one."""
+        return cls(**json.loads(path.read_text(encoding="utf-8"))) if path.exists() else cls()
+
+    def save(self, path: Path) -> None:
+        """Write atomically: a killed run leaves the previous cursor."""
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(asdict(self)), encoding="utf-8")
+        partial.replace(path)
+
+
+def complete_windows(config: Config, logged: pd.DataFrame) -> list[Window]:
+    """Windows of logged traffic that can no longer grow: all but the last, and the last when it is full.
+
+    A time window is full once traffic later than its end has arrived; a row window at its row count.
+    """
+    if logged.empty:
+        return []
+    windows = list(cut_windows(log_to_contract(config, logged), config))
+    size = config.monitoring.window
+    last = windows[-1]
+    full = len(last.frame) >= size if isinstance(size, int) else False
+    return windows if full else windows[:-1]
+
+
+def id_range(window: Window) -> tuple[int, int]:
+    """First and last prediction id of a window of logged traffic."""
+    ids = window.frame["prediction_id"]
+    return int(ids.min()), int(ids.max())
+
+
+def policy_for(config: Config, cursor: MonitorCursor, champion: str) -> dict:
+    """The policy state, with the champion's holdout figures as the baseline when the champion changed."""
+    state = PolicyState.from_json(cursor.policy) if cursor.policy else PolicyState()
+    if cursor.champion != champion:
+        state = new_champion(state, holdout_figures(config, champion))
+    return state.to_json()
+
+
+@flow(name=MONITOR_FLOW, validate_parameters=False)
+def monitor_traffic(config_path: str) -> dict:
+    """Check each complete window of traffic logged since the last run; the policy may ask for a retrain."""
+    config = load_config(config_path)
+    logger = get_run_logger()
+    cursor_path = state_path(config, "monitor", "cursor.json")
+    cursor = MonitorCursor.load(cursor_path)
+    logged = PredictionLog(prediction_log_path(config), config.data.pii).read(first_id=cursor.last_id + 1)
+    windows = complete_windows(config, logged)
+    if not windows:
+        logger.info("no complete window since prediction id %d (%d new rows)", cursor.last_id, len(logged))
+        return {"checked": [], "pending_rows": len(logged)}
+    checked = []
+    for window in windows:
+        champion = alias_version(config, CHAMPION)
+        if champion is None:
+            logger.warning("no champion model: nothing to monitor")
+            break
+        first, last = id_range(window)
+        label = f"ids-{first}-{last}"
+        outcome = monitoring_flow(config, first, last, label, policy=policy_for(config, cursor, champion))
+        cursor = MonitorCursor(last_id=last, champion=champion, policy=outcome["policy"])
+        cursor.save(cursor_path)
+        checked.append({"window": label, "decision": outcome["decision"]})
+    return {"checked": checked}
+
+
+@dataclass(frozen=True)
+class RetrainPlan:
+    """Which logged predictions a retraining trains on and which window gates it."""
+
+    train: tuple[int, int]
+    gate: tuple[int, int]
+
+
+def plan_retraining(config: Config, labelled: pd.DataFrame) -> RetrainPlan | None:
+    """The latest labelled window gates; up to orchestration.retrain_windows windows before it train.
+
+    None when there are fewer than two windows with at least monitoring.min_labelled_rows labels.
+    """
+    windows = [w for w in cut_windows(log_to_contract(config, labelled), config)
+               if len(w.frame) >= config.monitoring.min_labelled_rows]
+    if len(windows) < 2:
+        return None
+    gate = windows[-1]
+    train = windows[-1 - config.orchestration.retrain_windows:-1]
+    return RetrainPlan(train=(id_range(train[0])[0], id_range(train[-1])[1]), gate=id_range(gate))
+
+
+@flow(name=RETRAIN_FLOW, validate_parameters=False)
+def retrain_from_log(config_path: str, reason: str = "scheduled") -> dict:
+    """Retrain on recent labelled traffic and gate the new version on the latest labelled window.
+
+    Skipped when nothing new was labelled since the last retraining: the same incident reported twice (by
+    the automation and by Alertmanager) retrains once.
+    """
+    config = load_config(config_path)
+    logger = get_run_logger()
+    labelled = PredictionLog(prediction_log_path(config), config.data.pii).read(labelled_only=True)
+    plan = plan_retraining(config, labelled) if not labelled.empty else None
+    if plan is None:
+        logger.warning("retraining (%s) skipped: fewer than two windows with %d labels each in the prediction log",
+                       reason, config.monitoring.min_labelled_rows)
+        return {"status": "skipped", "reason": "not enough labelled traffic"}
+    last_path = state_path(config, "retraining", "last.json")
+    previous = json.loads(last_path.read_text(encoding="utf-8")) if last_path.exists() else {}
+    if previous.get("gate") == list(plan.gate):
+        logger.info("retraining (%s) skipped: no new labelled window since version %s", reason,
+                    previous.get("version"))
+        return {"status": "skipped", "reason": "no new labelled window", "version": previous.get("version")}
+    logger.info("retraining (%s) on predictions %d-%d, gate on %d-%d", reason, *plan.train, *plan.gate)
+    outcome = retraining_flow(config, *plan.train, *plan.gate, progress=False)
+    version = outcome.get("train", {}).get("model_version")
+    partial = last_path.with_suffix(".partial")
+    partial.write_text(json.dumps({"gate": list(plan.gate), "version": version, "status": outcome["status"]}))
+    partial.replace(last_path)
+    return {**outcome, "reason": reason}
+
+
+def build_deployments(config: Config, config_path: Path) -> list[RunnerDeployment]:
+    """The three deployments with their schedules, trigger and concurrency limit."""
+    settings = config.orchestration
+    parameters = {"config_path": str(config_path)}
+    # By module path: the deployments run from any working directory where driftloop is installed.
+    pool = {"entrypoint_type": EntrypointType.MODULE_PATH}
+    if settings.work_pool:
+        pool["work_pool_name"] = settings.work_pool
+    one_at_a_time = ConcurrencyLimitConfig(limit=settings.retrain_concurrency,
+                                           collision_strategy=ConcurrencyLimitStrategy(settings.retrain_collision))
+    on_drift = DeploymentEventTrigger(
+        name=f"retrain {config.model.name} on drift",
+        expect={DRIFT_EVENT},
+        match=drift_resource(config),
+        parameters={**parameters, "reason": "drift event: window {{ event.payload.window }}"},
+    )
+    return [
+        monitor_traffic.to_deployment(
+            name=MONITOR, schedules=[Cron(settings.monitor_cron, timezone=settings.timezone)],
+            parameters=parameters, description="Drift and performance of each complete window of logged traffic.",
+            tags=["driftloop", "monitor"], **pool),
+        retrain_from_log.to_deployment(
+            name=SCHEDULED_RETRAINING, schedules=[Cron(settings.retrain_cron, timezone=settings.timezone)],
+            parameters={**parameters, "reason": "schedule"}, concurrency_limit=one_at_a_time,
+            description="Retrain on recent labelled traffic on a schedule; gated.",
+            tags=["driftloop", "retraining"], **pool),
+        retrain_from_log.to_deployment(
+            name=RETRAIN_ON_DRIFT, triggers=[on_drift], parameters=parameters, concurrency_limit=one_at_a_time,
+            description=f"Started by the automation on {DRIFT_EVENT} and by Alertmanager's webhook; one at a time.",
+            tags=["driftloop", "retraining"], **pool),
+    ]
+
+
+def deploy(config: Config, config_path: Path, serve_them: bool = True) -> None:
+    """Register the deployments; serve them here until interrupted, unless they go to a work pool."""
+    deployments = build_deployments(config, config_path)
+    if config.orchestration.work_pool or not serve_them:
+        for deployment in deployments:
+            deployment.apply(work_pool_name=config.orchestration.work_pool)
+        return
+    serve(*deployments, print_starting_message=False)
+
+
+def retraining_starter(config: Config, config_path: Path) -> Callable[[dict[str, str]], str]:
+    """A function that starts `retrain-on-drift` for an alert's labels and returns the flow run's name."""
+    from prefect.deployments import run_deployment
+
+    def start(labels: dict[str, str]) -> str:
+        reason = f"alert {labels.get('alertname', '?')} for model {labels.get('model', config.model.name)}"
+        run = run_deployment(f"{RETRAIN_FLOW}/{RETRAIN_ON_DRIFT}", timeout=0, tags=["alertmanager"],
+                             parameters={"config_path": str(config_path), "reason": reason})
+        return run.name
+
+    return start
