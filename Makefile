@@ -8,7 +8,7 @@ export DO_NOT_TRACK := 1
 export MLFLOW_ENABLE_TELEMETRY := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup system-deps demo test test-quick lint clean
+.PHONY: setup system-deps demo stack test test-quick lint clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,18 +19,22 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 
 setup: $(STAMP)
 
-# Prometheus and Alertmanager (Debian packages) for the alert-rule and integration tests.
+# Prometheus and Alertmanager (Debian packages) for `driftloop stack up`, the alert-rule and integration tests.
 system-deps:
-	@command -v promtool >/dev/null 2>&1 || { \
+	@{ command -v promtool && command -v prometheus && command -v prometheus-alertmanager; } >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-alertmanager; \
 	  else \
-	    echo "promtool is missing: run 'sudo make system-deps' (Debian packages prometheus, prometheus-alertmanager)"; \
+	    echo "Prometheus or Alertmanager is missing: run 'sudo make system-deps' (Debian packages prometheus, prometheus-alertmanager)"; \
 	    exit 1; \
 	  fi; }
 
 demo: $(STAMP)
 	$(BIN)/driftloop demo
+
+# The local stack (Prefect server, Prometheus, Alertmanager, model server, receiver, deployments) on 127.0.0.1.
+stack: $(STAMP) system-deps
+	$(BIN)/driftloop stack up
 
 test: $(STAMP) system-deps
 	$(BIN)/ruff check .

@@ -13,6 +13,7 @@ config applies to the next run.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from prefect.schedules import Cron
 
 from driftloop.config import Config, load_config
 from driftloop.data import Window
+from driftloop.errors import ConfigError
 from driftloop.state import prediction_log_path, state_path
 from flows.monitoring import DRIFT_EVENT, drift_resource, log_to_contract, monitoring_flow
 from flows.retraining import retraining_flow
@@ -201,8 +203,16 @@ def build_deployments(config: Config, config_path: Path) -> list[RunnerDeploymen
     ]
 
 
+def require_prefect_server() -> None:
+    """Deployments and automations live in a Prefect server: a temporary local API would vanish with this process."""
+    if not os.environ.get("PREFECT_API_URL"):
+        raise ConfigError("no Prefect server: start the local one with `driftloop stack up` (or `driftloop stack up "
+                          "--only prefect`), or set orchestration.api_url (or PREFECT_API_URL) to a remote server")
+
+
 def deploy(config: Config, config_path: Path, serve_them: bool = True) -> None:
     """Register the deployments; serve them here until interrupted, unless they go to a work pool."""
+    require_prefect_server()
     deployments = build_deployments(config, config_path)
     if config.orchestration.work_pool or not serve_them:
         for deployment in deployments:
@@ -214,6 +224,8 @@ def deploy(config: Config, config_path: Path, serve_them: bool = True) -> None:
 def retraining_starter(config: Config, config_path: Path) -> Callable[[dict[str, str]], str]:
     """A function that starts `retrain-on-drift` for an alert's labels and returns the flow run's name."""
     from prefect.deployments import run_deployment
+
+    require_prefect_server()
 
     def start(labels: dict[str, str]) -> str:
         reason = f"alert {labels.get('alertname', '?')} for model {labels.get('model', config.model.name)}"

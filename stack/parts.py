@@ -1,0 +1,168 @@
+"""The parts of the local stack, in start order: what each runs, where it listens and how its health is checked."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from driftloop.config import Config
+from driftloop.env import DEFAULTS
+from driftloop.errors import ConfigError
+
+# Start order: each part may need the ones before it (the deployments report to Prefect, Prometheus sends
+# alerts to Alertmanager, which posts them to the receiver).
+PART_NAMES: tuple[str, ...] = ("prefect", "prometheus", "alertmanager", "receiver", "server", "deployments")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One process of the stack."""
+
+    name: str
+    command: list[str]
+    url: str  # what a user opens (or points a client at)
+    health_url: str | None  # GET 200 means healthy; None: see `healthy` (the deployments are checked differently)
+    port: int | None  # where it listens; None: it does not
+    port_key: str | None  # the config key that sets the port, for error messages
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # the child's whole environment
+    binary_key: str | None = None  # config key naming an external binary that must exist
+
+
+def stack_dir(config: Config) -> Path:
+    """state_dir/stack: records, rendered configs, data and logs of the stack (not created here)."""
+    return Path(config.state_dir).resolve() / "stack"
+
+
+def log_path(config: Config, name: str) -> Path:
+    """The log file of one part."""
+    return stack_dir(config) / "logs" / f"{name}.log"
+
+
+def record_path(config: Config, name: str) -> Path:
+    """The JSON record of one started part."""
+    return stack_dir(config) / f"{name}.json"
+
+
+def prefect_record_path(config: Config) -> Path:
+    """prefect.json: read by driftloop.env.stack_prefect_url, so every later command reports to the stack's server."""
+    return stack_dir(config) / "prefect.json"
+
+
+def base_url(config: Config, port: int) -> str:
+    """http://host:port on the stack's host."""
+    host = config.stack.host
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def prefect_api_url(config: Config) -> str:
+    """The stack's Prefect API URL."""
+    return f"{base_url(config, config.stack.prefect_port)}/api"
+
+
+def select_parts(names: list[str] | None) -> list[str]:
+    """The requested parts in start order (all when `names` is empty); an unknown name is a ConfigError."""
+    if not names:
+        return list(PART_NAMES)
+    unknown = [name for name in names if name not in PART_NAMES]
+    if unknown:
+        raise ConfigError(f"unknown stack part(s) {', '.join(unknown)}: choose from {', '.join(PART_NAMES)}")
+    return [name for name in PART_NAMES if name in names]
+
+
+def child_environment(config: Config) -> dict[str, str]:
+    """What driftloop's own children run with: telemetry off, reporting to the stack's Prefect API (or the
+    configured orchestration.api_url), output unbuffered so that the logs keep up."""
+    env = dict(os.environ)
+    if "PREFECT_API_URL" not in env and env.get("PREFECT_LOGGING_LEVEL") == "WARNING":
+        # prepare_environment's quiet default for a throw-away API: the children report to a real server, and
+        # their logs are where a user looks for what the deployments and flow runs did.
+        del env["PREFECT_LOGGING_LEVEL"]
+    for key, value in DEFAULTS.items():
+        env.setdefault(key, value)
+    env["PREFECT_API_URL"] = config.orchestration.api_url or prefect_api_url(config)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def prefect_environment(config: Config) -> dict[str, str]:
+    """The Prefect server's environment: its own home (SQLite database) under the stack folder, no telemetry, no UI
+    (its assets may not be built offline)."""
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    for key, value in DEFAULTS.items():
+        env.setdefault(key, value)
+    env.update({"PREFECT_HOME": str(stack_dir(config) / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "DO_NOT_TRACK": "1", "PREFECT_UI_ENABLED": "false", "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def build_parts(config: Config, config_path: Path) -> list[Part]:
+    """Every part of the stack in start order, with its command and environment (nothing is written here)."""
+    stack, host, folder = config.stack, config.stack.host, stack_dir(config)
+    driftloop = [sys.executable, "-m", "driftloop.cli"]
+    cfg = ["--config", str(Path(config_path).resolve())]
+    env = child_environment(config)
+    prefect = base_url(config, stack.prefect_port)
+    prometheus = base_url(config, stack.prometheus_port)
+    alertmanager = base_url(config, stack.alertmanager_port)
+    receiver = base_url(config, stack.receiver_port)
+    server = base_url(config, config.serving.port)
+    return [
+        Part("prefect", [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port",
+                         str(stack.prefect_port)],
+             f"{prefect}/api", f"{prefect}/api/health", stack.prefect_port, "stack.prefect_port",
+             prefect_environment(config)),
+        Part("prometheus", [stack.prometheus_bin, f"--config.file={folder / 'prometheus.yml'}",
+                            f"--storage.tsdb.path={folder / 'prometheus-data'}",
+                            f"--web.listen-address={host}:{stack.prometheus_port}", "--web.enable-lifecycle"],
+             prometheus, f"{prometheus}/-/ready", stack.prometheus_port, "stack.prometheus_port", env,
+             "stack.prometheus_bin"),
+        # An empty cluster address: otherwise Alertmanager also binds 0.0.0.0:9094 for gossip it does not need.
+        Part("alertmanager", [stack.alertmanager_bin, f"--config.file={folder / 'alertmanager.yml'}",
+                              f"--storage.path={folder / 'alertmanager-data'}",
+                              f"--web.listen-address={host}:{stack.alertmanager_port}", "--cluster.listen-address="],
+             alertmanager, f"{alertmanager}/-/ready", stack.alertmanager_port, "stack.alertmanager_port", env,
+             "stack.alertmanager_bin"),
+        Part("receiver", [*driftloop, "receiver", *cfg, "--host", host, "--port", str(stack.receiver_port)],
+             receiver, f"{receiver}/healthz", stack.receiver_port, "stack.receiver_port", env),
+        Part("server", [*driftloop, "serve", *cfg, "--host", host, "--port", str(config.serving.port)],
+             server, f"{server}/healthz", config.serving.port, "serving.port", env),
+        Part("deployments", [*driftloop, "deploy", *cfg], env["PREFECT_API_URL"], None, None, None, env),
+    ]
+
+
+def write_part_files(config: Config, name: str) -> None:
+    """Render the config files a part reads at start: prometheus.yml and alertmanager.yml; nothing for the others."""
+    if name not in ("prometheus", "alertmanager"):
+        return
+    from monitoring.alerting import alertmanager_config, prometheus_config, rules_path, write_yaml
+
+    stack, host, folder = config.stack, config.stack.host, stack_dir(config)
+    if name == "prometheus":
+        targets = {"driftloop-server": f"{host}:{config.serving.port}",
+                   "driftloop-monitor": f"{host}:{stack.receiver_port}"}
+        document = prometheus_config(config, targets, f"{host}:{stack.alertmanager_port}", [rules_path()])
+        write_yaml(document, folder / "prometheus.yml")
+        return
+    from monitoring.receiver import ensure_webhook_token
+
+    receiver_url = f"{base_url(config, stack.receiver_port)}/alerts"
+    write_yaml(alertmanager_config(config, receiver_url, ensure_webhook_token(config)), folder / "alertmanager.yml")
+
+
+def healthy(part: Part, client: httpx.Client) -> bool:
+    """One health probe: GET health_url answers 200 (Prefect's with `true`); the deployments are healthy once
+    Prefect lists at least one deployment (the caller checks that their process lives)."""
+    try:
+        if part.health_url is None:
+            response = client.post(f"{part.url}/deployments/filter", json={})
+            return response.status_code == 200 and bool(response.json())
+        response = client.get(part.health_url)
+        if response.status_code != 200:
+            return False
+        return response.json() is True if part.name == "prefect" else True
+    except (httpx.HTTPError, ValueError):
+        return False

@@ -1,0 +1,260 @@
+"""The closed loop on the real local stack: Prefect server, Prometheus, Alertmanager, the model server, the
+receiver and the served deployments, all started by `driftloop stack up` as a user would.
+
+One stack per module (about a minute to start on two cores); the tests run in file order and share it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from dashboards.build import dashboard_json
+from dashboards.queries import query_all
+from driftloop.config import Config
+from driftloop.metrics import RETRAIN_RECOMMENDED, WINDOW_PERFORMANCE
+from flows.deployments import MONITOR, MONITOR_FLOW, RETRAIN_FLOW, RETRAIN_ON_DRIFT, SCHEDULED_RETRAINING
+from flows.monitoring import DRIFT_EVENT
+from tests.conftest import free_port, make_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.stack]
+
+FINAL = {"COMPLETED", "CANCELLED", "FAILED", "CRASHED"}
+EMIT = """
+import sys
+from pathlib import Path
+from driftloop.env import prepare_environment
+prepare_environment(Path(sys.argv[1]))
+from prefect.events import emit_event
+for index in range(3):
+    emit_event(sys.argv[2], resource={"prefect.resource.id": sys.argv[3]}, payload={"window": f"test-{index}"})
+"""
+
+
+@dataclass
+class Loop:
+    """The running stack and where to reach it."""
+
+    config: Config
+    config_path: Path
+    drifted: Path
+
+    def url(self, port: int) -> str:
+        return f"http://{self.config.stack.host}:{port}"
+
+    @property
+    def prefect(self) -> str:
+        return self.url(self.config.stack.prefect_port) + "/api"
+
+
+def driftloop(*args: str, config_path: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the real CLI as a user would."""
+    return subprocess.run([sys.executable, "-m", "driftloop.cli", *args, "--config", str(config_path)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def must(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def loop_config(state_dir: Path) -> Config:
+    """Small model, short windows, fast scrapes and alert routing, free ports, schedules that never fire in a test."""
+    return make_config(
+        state_dir,
+        model={"hidden": 16, "blocks": 2},
+        monitoring={"window": 500, "min_labelled_rows": 100, "calibration_draws": 500},
+        orchestration={"retrain_windows": 2, "monitor_cron": "0 0 1 1 *", "retrain_cron": "0 0 1 1 *"},
+        serving={"port": free_port(), "reload_interval_s": 1},
+        stack={"prefect_port": free_port(), "prometheus_port": free_port(), "alertmanager_port": free_port(),
+               "receiver_port": free_port(), "scrape_interval_s": 1, "evaluation_interval_s": 1},
+        alerts={"retrain_alerts": ["DriftloopDriftDetected", "DriftloopRetrainRecommended"], "group_wait_s": 1,
+                "group_interval_s": 1},
+    )
+
+
+def send_traffic(loop: Loop, frame: pd.DataFrame) -> None:
+    """Predictions through the model server, then their labels, as clients would send them."""
+    from flows.demo import request_rows
+
+    with httpx.Client(base_url=loop.url(loop.config.serving.port), timeout=60) as client:
+        ids: list[int] = []
+        rows = request_rows(loop.config, frame)
+        for start in range(0, len(rows), 250):
+            response = client.post("/predict", json={"rows": rows[start:start + 250]})
+            response.raise_for_status()
+            ids += response.json()["prediction_ids"]
+        labels = [{"prediction_id": i, "label": y} for i, y in zip(ids, frame[loop.config.data.target], strict=True)]
+        client.post("/labels", json={"labels": labels}).raise_for_status()
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory: pytest.TempPathFactory, flights_jan: pd.DataFrame,
+         flights_jul: pd.DataFrame) -> Iterator[Loop]:
+    """Prefect server → a champion trained through it → the rest of the stack → labelled traffic."""
+    root = tmp_path_factory.mktemp("loop")
+    config = loop_config(root / "state")
+    config_path = root / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    train, drifted = root / "jan.parquet", root / "jul.parquet"
+    flights_jan.to_parquet(train, index=False)
+    flights_jul.head(500).to_parquet(drifted, index=False)
+    loop = Loop(config, config_path, drifted)
+    try:
+        must(driftloop("stack", "up", "--only", "prefect", config_path=config_path))
+        must(driftloop("train", "--data", str(train), config_path=config_path))
+        must(driftloop("stack", "up", config_path=config_path))
+        send_traffic(loop, flights_jul)
+        yield loop
+    finally:
+        driftloop("stack", "down", config_path=config_path)
+
+
+def api(loop: Loop, method: str, path: str, body: dict | None = None) -> object:
+    response = httpx.request(method, loop.prefect + path, json=body, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def deployment(loop: Loop, flow: str, name: str) -> dict:
+    return api(loop, "GET", f"/deployments/name/{flow}/{name}")
+
+
+def runs_of(loop: Loop, deployment_id: str) -> list[dict]:
+    return api(loop, "POST", "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}})
+
+
+def wait_until(condition, timeout_s: float, what: str):  # noqa: ANN001, ANN201 - a predicate and its value
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(1)
+    pytest.fail(f"{what} within {timeout_s:g} s")
+
+
+def model_versions(config: Config) -> list[str]:
+    from registry.store import mlflow_client
+
+    return sorted(v.version for v in mlflow_client(config).search_model_versions(f"name='{config.model.name}'"))
+
+
+def test_stack_status_says_every_part_is_up(loop: Loop) -> None:
+    status = json.loads(must(driftloop("stack", "status", "--json", config_path=loop.config_path)).stdout)
+    assert status["healthy"] is True
+    assert {name: part["state"] for name, part in status["parts"].items()} == {
+        name: "up" for name in ("prefect", "prometheus", "alertmanager", "receiver", "server", "deployments")}
+    assert all(part["url"].startswith("http://127.0.0.1:") for part in status["parts"].values() if part["url"])
+
+
+def test_deployments_are_registered_with_schedules_trigger_and_limit(loop: Loop) -> None:
+    monitor = deployment(loop, MONITOR_FLOW, MONITOR)
+    weekly = deployment(loop, RETRAIN_FLOW, SCHEDULED_RETRAINING)
+    on_drift = deployment(loop, RETRAIN_FLOW, RETRAIN_ON_DRIFT)
+    assert [s["schedule"]["cron"] for s in monitor["schedules"]] == [loop.config.orchestration.monitor_cron]
+    assert [s["schedule"]["cron"] for s in weekly["schedules"]] == [loop.config.orchestration.retrain_cron]
+    assert on_drift["schedules"] == []
+    for limited in (weekly, on_drift):
+        assert limited["global_concurrency_limit"]["limit"] == 1
+        assert limited["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+    automations = api(loop, "POST", "/automations/filter", {})
+    triggers = [a for a in automations if DRIFT_EVENT in a["trigger"].get("expect", [])]
+    assert len(triggers) == 1
+    (action,) = triggers[0]["actions"]
+    assert action["type"] == "run-deployment" and action["deployment_id"] == on_drift["id"]
+
+
+def test_three_drift_events_retrain_once_and_cancel_the_others(loop: Loop) -> None:
+    on_drift = deployment(loop, RETRAIN_FLOW, RETRAIN_ON_DRIFT)
+    before = model_versions(loop.config)
+    resource = f"driftloop.model.{loop.config.model.name}"
+    subprocess.run([sys.executable, "-c", EMIT, str(loop.config.state_dir), DRIFT_EVENT, resource], check=True,
+                   timeout=60)
+
+    def all_finished() -> list[dict] | None:
+        runs = runs_of(loop, on_drift["id"])
+        return runs if len(runs) >= 3 and all(r["state_type"] in FINAL for r in runs) else None
+
+    runs = wait_until(all_finished, 300, "three retrain-on-drift runs did not all finish")
+    assert sorted(r["state_type"] for r in runs) == ["CANCELLED", "CANCELLED", "COMPLETED"]
+    after = model_versions(loop.config)
+    assert len(after) == len(before) + 1, f"versions before {before}, after {after}"
+
+
+def test_a_drifted_window_fires_the_alert_and_the_webhook_starts_a_retraining(loop: Loop) -> None:
+    on_drift = deployment(loop, RETRAIN_FLOW, RETRAIN_ON_DRIFT)
+    known = {r["id"] for r in runs_of(loop, on_drift["id"])}
+    checked = json.loads(must(driftloop("monitor", "--current", str(loop.drifted), "--json",
+                                        config_path=loop.config_path)).stdout)
+    assert checked["drift_detected"] is True
+
+    def new_alert_runs() -> list[dict]:
+        return [r for r in runs_of(loop, on_drift["id"]) if r["id"] not in known and "alertmanager" in r["tags"]]
+
+    (run,) = wait_until(new_alert_runs, 120, "no retraining run started by Alertmanager's webhook")
+    firing = httpx.get(loop.url(loop.config.stack.prometheus_port) + "/api/v1/alerts", timeout=10).json()
+    firing = firing["data"]["alerts"]
+    assert any(a["labels"]["alertname"] == "DriftloopDriftDetected" and a["state"] == "firing" for a in firing)
+    assert "DriftloopDriftDetected" in run["parameters"]["reason"]
+    finished = wait_until(lambda: next((r for r in runs_of(loop, on_drift["id"]) if r["id"] == run["id"]
+                                        and r["state_type"] in FINAL), None), 300, "the alert's run did not finish")
+    assert finished["state_type"] in {"COMPLETED", "CANCELLED"}
+    time.sleep(3)  # Alertmanager repeats the group every group_interval: the incident must not start another run
+    assert len(new_alert_runs()) == 1
+
+
+def test_the_webhook_refuses_requests_without_the_token(loop: Loop) -> None:
+    on_drift = deployment(loop, RETRAIN_FLOW, RETRAIN_ON_DRIFT)
+    before = len(runs_of(loop, on_drift["id"]))
+    alert = {"version": "4", "groupKey": "k", "status": "firing", "receiver": "driftloop-retrain",
+             "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://x",
+             "alerts": [{"status": "firing", "labels": {"alertname": "DriftloopRetrainRecommended", "model": "x"},
+                         "annotations": {}, "startsAt": "2026-11-27T00:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+                         "generatorURL": "http://x", "fingerprint": "f00d"}]}
+    url = loop.url(loop.config.stack.receiver_port) + "/alerts"
+    assert httpx.post(url, json=alert, timeout=10).status_code == 401
+    assert httpx.post(url, json=alert, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
+    time.sleep(2)
+    assert len(runs_of(loop, on_drift["id"])) == before
+
+
+def test_the_deployed_monitor_checks_each_complete_window_of_logged_traffic(loop: Loop) -> None:
+    monitor = deployment(loop, MONITOR_FLOW, MONITOR)
+    run = api(loop, "POST", f"/deployments/{monitor['id']}/create_flow_run", {})
+    finished = wait_until(lambda: next((r for r in runs_of(loop, monitor["id"]) if r["id"] == run["id"]
+                                        and r["state_type"] in FINAL), None), 300, "the monitor run did not finish")
+    assert finished["state_type"] == "COMPLETED"
+    cursor = json.loads((loop.config.state_dir / "monitor" / "cursor.json").read_text())
+    assert cursor["last_id"] == 2000 and cursor["policy"]["windows"] == 4  # 2,000 logged rows, windows of 500
+    text = (loop.config.state_dir / "metrics" / "monitor.prom").read_text()
+    samples = {(s.name, s.labels.get("metric")) for family in text_string_to_metric_families(text)
+               for s in family.samples}
+    assert (WINDOW_PERFORMANCE, "auc") in samples and (RETRAIN_RECOMMENDED, None) in samples
+
+
+def test_every_dashboard_query_returns_data(loop: Loop) -> None:
+    prometheus = loop.url(loop.config.stack.prometheus_port)
+    counts = query_all(prometheus, dashboard_json(), values={"__rate_interval": "1m"})
+    empty = [query for query, series in counts.items() if series == 0]
+    assert not empty, f"{len(empty)} of {len(counts)} panel queries returned no data: {empty}"
+
+
+def test_stack_down_stops_every_part(loop: Loop) -> None:
+    must(driftloop("stack", "down", config_path=loop.config_path))
+    status = json.loads(driftloop("stack", "status", "--json", config_path=loop.config_path).stdout)
+    assert status["healthy"] is False
+    assert {part["state"] for part in status["parts"].values()} == {"down"}
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(loop.prefect + "/health", timeout=2)

@@ -1,0 +1,233 @@
+"""The local stack: part commands and order, preflight refusals, records, and (slow) the real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from driftloop.config import Config
+from driftloop.env import stack_prefect_url
+from driftloop.errors import ConfigError
+from stack import supervisor
+from stack.parts import PART_NAMES, build_parts, prefect_record_path, record_path, select_parts, stack_dir
+from stack.process import pid_alive, port_free, spawn, stop_group
+from stack.supervisor import stack_down, stack_status, stack_up
+from tests.conftest import make_config
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 right now (all bound at once, so they are distinct)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def stack_config(tmp_path: Path, **stack: object) -> tuple[Config, Path]:
+    """A config on free ports with its state under tmp_path, and the YAML file the CLI and the children read."""
+    prefect, prometheus, alertmanager, receiver, server = free_ports(5)
+    settings = {"prefect_port": prefect, "prometheus_port": prometheus, "alertmanager_port": alertmanager,
+                "receiver_port": receiver, "start_timeout_s": 120.0, **stack}
+    config = make_config(tmp_path / "state", stack=settings, serving={"port": server})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    return config, path
+
+
+def status_json(config: Config, capsys: pytest.CaptureFixture[str]) -> dict:
+    """stack_status --json, parsed."""
+    stack_status(config, as_json=True)
+    return json.loads(capsys.readouterr().out)
+
+
+def test_parts_in_order_on_the_configured_host_and_ports(tmp_path: Path) -> None:
+    config = make_config(tmp_path / "state", stack={"host": "127.0.0.2", "prefect_port": 14200,
+                                                     "prometheus_port": 19090, "alertmanager_port": 19093,
+                                                     "receiver_port": 19108, "alertmanager_bin": "alertmanager"},
+                         serving={"port": 18080})
+    parts = {part.name: part for part in build_parts(config, tmp_path / "c.yaml")}
+    assert list(parts) == list(PART_NAMES)
+    assert [parts[n].port for n in PART_NAMES] == [14200, 19090, 19093, 19108, 18080, None]
+    assert parts["prefect"].command[-4:] == ["--host", "127.0.0.2", "--port", "14200"]
+    assert parts["prefect"].health_url == "http://127.0.0.2:14200/api/health"
+    assert parts["prefect"].env["PREFECT_HOME"] == str(stack_dir(config) / "prefect")
+    assert "PREFECT_API_URL" not in parts["prefect"].env
+    assert "--web.listen-address=127.0.0.2:19090" in parts["prometheus"].command
+    assert parts["alertmanager"].command[0] == "alertmanager"
+    assert "--web.listen-address=127.0.0.2:19093" in parts["alertmanager"].command
+    assert "--cluster.listen-address=" in parts["alertmanager"].command
+    assert parts["receiver"].command[1:5] == ["-m", "driftloop.cli", "receiver", "--config"]
+    assert parts["receiver"].command[-4:] == ["--host", "127.0.0.2", "--port", "19108"]
+    assert parts["server"].command[-4:] == ["--host", "127.0.0.2", "--port", "18080"]
+    assert parts["server"].port_key == "serving.port"
+    assert parts["deployments"].command[3:5] == ["deploy", "--config"]
+    for name in ("prometheus", "alertmanager", "receiver", "server", "deployments"):
+        assert parts[name].env["PREFECT_API_URL"] == "http://127.0.0.2:14200/api"
+    assert all("127.0.0.2" in parts[name].url for name in PART_NAMES)
+
+
+def test_unknown_part_names_the_valid_ones() -> None:
+    assert select_parts(["deployments", "prefect"]) == ["prefect", "deployments"]
+    assert select_parts(None) == list(PART_NAMES)
+    with pytest.raises(ConfigError, match="grafana.*prefect, prometheus, alertmanager"):
+        select_parts(["prefect", "grafana"])
+
+
+def test_busy_port_refuses_naming_the_key_and_starts_nothing(tmp_path: Path) -> None:
+    config, path = stack_config(tmp_path)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", config.stack.prometheus_port))
+        holder.listen()
+        assert not port_free("127.0.0.1", config.stack.prometheus_port)
+        with pytest.raises(ConfigError, match=rf"prometheus: port {config.stack.prometheus_port}.*"
+                                              r"stack\.prometheus_port"):
+            stack_up(config, path, ["prefect", "prometheus"])
+    assert not any(record_path(config, name).exists() for name in PART_NAMES)
+    assert port_free("127.0.0.1", config.stack.prefect_port)
+
+
+def test_missing_binary_is_one_clear_line(tmp_path: Path) -> None:
+    config, path = stack_config(tmp_path, alertmanager_bin="/nonexistent/alertmanager")
+    with pytest.raises(ConfigError, match=r"alertmanager not found: .*sudo make system-deps.*stack\.alertmanager_bin"):
+        stack_up(config, path, ["alertmanager"])
+    assert not record_path(config, "alertmanager").exists()
+
+
+def test_stale_record_shows_down_and_down_cleans_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config, _ = stack_config(tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    record_path(config, "prefect").parent.mkdir(parents=True)
+    record_path(config, "prefect").write_text(json.dumps({"pid": dead.pid, "url": "http://127.0.0.1:1/api"}))
+    prefect_record_path(config).write_text(json.dumps({"pid": dead.pid, "api_url": "http://127.0.0.1:1/api"}))
+    status = status_json(config, capsys)
+    assert status["parts"]["prefect"]["state"] == "down"
+    assert status["parts"]["prefect"]["pid"] == dead.pid
+    assert status["healthy"] is False
+    stack_down(config)
+    assert "stale record" in capsys.readouterr().err
+    assert not record_path(config, "prefect").exists()
+    assert not prefect_record_path(config).exists()
+    stack_down(config)  # safe with nothing recorded
+    assert "nothing is running" in capsys.readouterr().err
+
+
+def test_server_waits_without_a_champion(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    config, path = stack_config(tmp_path)
+    monkeypatch.setattr(supervisor, "champion_version", lambda config: None)
+    assert stack_up(config, path, ["server"]) is True
+    assert "no champion model yet" in capsys.readouterr().err
+    status = status_json(config, capsys)
+    assert status["parts"]["server"]["state"] == "waiting"
+    assert status["healthy"] is True
+    stack_down(config)
+    assert not record_path(config, "server").exists()
+
+
+FAKE_READY = f"""#!{sys.executable}
+# Answers 200 on every path at --web.listen-address, as Prometheus' /-/ready does.
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+address = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--web.listen-address="))
+host, port = address.rsplit(":", 1)
+class Ready(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+HTTPServer((host, int(port)), Ready).serve_forever()
+"""
+FAKE_FAILING = "#!/bin/sh\necho 'line one'\necho 'fatal: cannot read the config' >&2\nexit 1\n"
+
+
+def fake_binary(folder: Path, name: str, text: str) -> str:
+    """An executable script standing in for Prometheus or Alertmanager."""
+    path = folder / name
+    path.write_text(text)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_failed_part_prints_its_log_and_stops_what_this_call_started(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ready, failing = fake_binary(tmp_path, "ready", FAKE_READY), fake_binary(tmp_path, "failing", FAKE_FAILING)
+    config, path = stack_config(tmp_path, prometheus_bin=ready, alertmanager_bin=failing, start_timeout_s=20.0)
+    assert stack_up(config, path, ["prometheus", "alertmanager"]) is False
+    err = capsys.readouterr().err
+    assert "alertmanager exited before it was healthy" in err
+    assert "fatal: cannot read the config" in err
+    assert "stopped prometheus (started by this call)" in err
+    assert not any(record_path(config, name).exists() for name in PART_NAMES)
+    deadline = time.monotonic() + 5
+    while not port_free("127.0.0.1", config.stack.prometheus_port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert port_free("127.0.0.1", config.stack.prometheus_port)
+
+
+def test_spawned_group_is_stopped(tmp_path: Path) -> None:
+    log = tmp_path / "logs" / "sleeper.log"
+    # A shell with a child of its own: stopping the group must take both.
+    pid = spawn(["sh", "-c", "sleep 60 & echo child $!; wait"], dict(os.environ), log)
+    deadline = time.monotonic() + 5
+    while not re.search(r"child (\d+)", log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(re.search(r"child (\d+)", log.read_text()).group(1))
+    assert pid_alive(pid) and pid_alive(child) and os.getpgid(pid) == pid
+    assert stop_group(pid, timeout_s=5) == "stopped"
+    assert not pid_alive(pid) and not pid_alive(child)
+
+
+@pytest.mark.slow
+@pytest.mark.stack
+def test_real_stack_prefect_prometheus_alertmanager(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config, path = stack_config(tmp_path, evaluation_interval_s=1.0, scrape_interval_s=1.0)
+    parts = ["prefect", "prometheus", "alertmanager"]
+    records: dict[str, dict] = {}
+    try:
+        assert stack_up(config, path, parts) is True
+        records.update({name: json.loads(record_path(config, name).read_text()) for name in parts})
+        assert stack_prefect_url(config.state_dir) == f"http://127.0.0.1:{config.stack.prefect_port}/api"
+        with httpx.Client(timeout=5, trust_env=False) as client:
+            assert client.get(f"http://127.0.0.1:{config.stack.prefect_port}/api/health").json() is True
+            rules = client.get(f"http://127.0.0.1:{config.stack.prometheus_port}/api/v1/rules").json()
+            names = {rule["name"] for group in rules["data"]["groups"] for rule in group["rules"]}
+            assert "DriftloopDriftDetected" in names
+            status = client.get(f"http://127.0.0.1:{config.stack.alertmanager_port}/api/v2/status")
+            assert status.status_code == 200 and "config" in status.json()
+
+        assert stack_up(config, path, parts) is True  # up twice: nothing restarted
+        assert {name: json.loads(record_path(config, name).read_text())["pid"] for name in parts} == \
+               {name: record["pid"] for name, record in records.items()}
+
+        result = subprocess.run([sys.executable, "-m", "driftloop.cli", "stack", "status", "--json", "--config",
+                                 str(path)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        status = json.loads(result.stdout)
+        assert status["healthy"] is True
+        assert {name: status["parts"][name]["state"] for name in PART_NAMES} == {
+            "prefect": "up", "prometheus": "up", "alertmanager": "up", "receiver": "down", "server": "down",
+            "deployments": "down"}
+    finally:
+        stack_down(config)
+    capsys.readouterr()
+    for name, record in records.items():
+        assert not pid_alive(record["pid"]), name
+        assert not record_path(config, name).exists()
+    assert not prefect_record_path(config).exists()
+    assert stack_prefect_url(config.state_dir) is None
+    for port in (config.stack.prefect_port, config.stack.prometheus_port, config.stack.alertmanager_port):
+        assert port_free("127.0.0.1", port)
