@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -214,10 +215,15 @@ def deploy(config: Config, config_path: Path, serve_them: bool = True) -> None:
     """Register the deployments; serve them here until interrupted, unless they go to a work pool."""
     require_prefect_server()
     deployments = build_deployments(config, config_path)
+    names = ", ".join(f"{d.flow_name}/{d.name}" for d in deployments)
+    where = os.environ["PREFECT_API_URL"]
     if config.orchestration.work_pool or not serve_them:
         for deployment in deployments:
             deployment.apply(work_pool_name=config.orchestration.work_pool)
+        pool = config.orchestration.work_pool
+        sys.stderr.write(f"registered {names} on {where}" + (f" for work pool {pool}\n" if pool else "\n"))
         return
+    sys.stderr.write(f"serving {names} from this process, reporting to {where}; Ctrl-C stops\n")
     serve(*deployments, print_starting_message=False)
 
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 from grafana_foundation_sdk.cog import plugins
@@ -23,6 +21,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 import driftloop.metrics as metrics
 from dashboards.build import DATASOURCE_UID, JSON_DIR, JSON_FILE, dashboard_json, render, write_dashboards
 from dashboards.queries import QueryError, panel_queries, query_all, resolve_variables
+from tests.conftest import free_port, wait_for_http
 
 PROVISIONING = Path(__file__).resolve().parents[1] / "dashboards" / "provisioning"
 METRIC_NAME = re.compile(r"driftloop_[a-z_]+")
@@ -175,26 +174,6 @@ def test_provisioning_matches_the_dashboard(dashboard: dict):
 # PromQL validity against a real Prometheus
 
 
-def _free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for_http(url: str, timeout_s: float = 30) -> None:
-    """Wait until `url` answers 200, or fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout_s} s")
-
-
 @contextmanager
 def _prometheus(folder: Path, config: dict) -> Iterator[str]:
     """A real Prometheus with `config` on a free local port; yields its URL and stops it afterwards."""
@@ -203,14 +182,14 @@ def _prometheus(folder: Path, config: dict) -> Iterator[str]:
         pytest.skip("prometheus is not installed")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = free_port()
     log = (folder / "prometheus.log").open("wb")
     process = subprocess.Popen([binary, f"--config.file={folder / 'prometheus.yml'}",
                                 f"--storage.tsdb.path={folder / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
                                stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_for_http(f"{url}/-/ready")
+        wait_for_http(f"{url}/-/ready")
         yield url
     finally:
         process.terminate()
@@ -249,7 +228,7 @@ def test_query_all_names_a_broken_query(prometheus_url: str):
 
 def _serve(registry: CollectorRegistry) -> tuple[str, Callable[[], None]]:
     """Serve `registry` on a free local port; return the scrape target and a function that stops serving."""
-    port = _free_port()
+    port = free_port()
     server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
 
     def stop() -> None:
