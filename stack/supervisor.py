@@ -179,6 +179,10 @@ def stack_up(config: Config, config_path: Path, parts: list[str] | None = None) 
     """
     console = _console()
     names = select_parts(parts)
+    if config.orchestration.api_url and not parts and "prefect" in names:
+        # A remote Prefect server (orchestration.api_url) takes the local one's place.
+        names.remove("prefect")
+        console.print(f"prefect: remote, {config.orchestration.api_url} (orchestration.api_url)", soft_wrap=True)
     chosen = [part for part in build_parts(config, Path(config_path)) if part.name in names]
     running: dict[str, dict] = {}
     for part in chosen:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -122,3 +125,14 @@ def test_monitor_cursor_survives_a_restart(tmp_path: Path) -> None:
     MonitorCursor(last_id=42, champion="3", policy={"windows": 2}).save(path)
     assert MonitorCursor.load(path) == MonitorCursor(last_id=42, champion="3", policy={"windows": 2})
     assert not path.with_suffix(".partial").exists()
+
+
+def test_deploy_without_a_prefect_server_says_how_to_get_one(tmp_path: Path) -> None:
+    config_path = tmp_path / "c.yaml"
+    config_path.write_text(yaml.safe_dump(make_config(tmp_path / "state").model_dump(mode="json")))
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    result = subprocess.run([sys.executable, "-m", "driftloop.cli", "deploy", "--config", str(config_path)],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2
+    assert "no Prefect server" in result.stderr and "driftloop stack up" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -100,6 +100,20 @@ def test_busy_port_refuses_naming_the_key_and_starts_nothing(tmp_path: Path) -> 
     assert port_free("127.0.0.1", config.stack.prefect_port)
 
 
+def test_a_remote_prefect_server_replaces_the_local_one(tmp_path: Path) -> None:
+    config, path = stack_config(tmp_path)
+    config = config.model_copy(update={"orchestration": config.orchestration.model_copy(
+        update={"api_url": "http://prefect.example:4200/api"})})
+    with socket.socket() as prefect_port, socket.socket() as prometheus_port:
+        for holder, port in ((prefect_port, config.stack.prefect_port),
+                             (prometheus_port, config.stack.prometheus_port)):
+            holder.bind(("127.0.0.1", port))
+            holder.listen()
+        with pytest.raises(ConfigError) as refused:
+            stack_up(config, path)
+    assert "stack.prometheus_port" in str(refused.value) and "stack.prefect_port" not in str(refused.value)
+
+
 def test_missing_binary_is_one_clear_line(tmp_path: Path) -> None:
     config, path = stack_config(tmp_path, alertmanager_bin="/nonexistent/alertmanager")
     with pytest.raises(ConfigError, match=r"alertmanager not found: .*sudo make system-deps.*stack\.alertmanager_bin"):
