@@ -74,7 +74,8 @@ def loop_config(state_dir: Path) -> Config:
     return make_config(
         state_dir,
         model={"hidden": 16, "blocks": 2},
-        monitoring={"window": 500, "min_labelled_rows": 100, "calibration_draws": 500},
+        # retrain_on_drift: the deployed monitor's drifted windows emit the event (Jan vs Jul weather drifts)
+        monitoring={"window": 500, "min_labelled_rows": 100, "calibration_draws": 500, "retrain_on_drift": True},
         orchestration={"retrain_windows": 2, "monitor_cron": "0 0 1 1 *", "retrain_cron": "0 0 1 1 *"},
         serving={"port": free_port(), "reload_interval_s": 1},
         stack={"prefect_port": free_port(), "prometheus_port": free_port(), "alertmanager_port": free_port(),
@@ -233,8 +234,10 @@ def test_the_webhook_refuses_requests_without_the_token(loop: Loop) -> None:
     assert len(runs_of(loop, on_drift["id"])) == before
 
 
-def test_the_deployed_monitor_checks_each_complete_window_of_logged_traffic(loop: Loop) -> None:
+def test_the_deployed_monitor_checks_each_complete_window_and_its_event_starts_a_retraining(loop: Loop) -> None:
     monitor = deployment(loop, MONITOR_FLOW, MONITOR)
+    on_drift = deployment(loop, RETRAIN_FLOW, RETRAIN_ON_DRIFT)
+    known = {r["id"] for r in runs_of(loop, on_drift["id"])}
     run = api(loop, "POST", f"/deployments/{monitor['id']}/create_flow_run", {})
     finished = wait_until(lambda: next((r for r in runs_of(loop, monitor["id"]) if r["id"] == run["id"]
                                         and r["state_type"] in FINAL), None), 300, "the monitor run did not finish")
@@ -245,6 +248,12 @@ def test_the_deployed_monitor_checks_each_complete_window_of_logged_traffic(loop
     samples = {(s.name, s.labels.get("metric")) for family in text_string_to_metric_families(text)
                for s in family.samples}
     assert (WINDOW_PERFORMANCE, "auc") in samples and (RETRAIN_RECOMMENDED, None) in samples
+    # the policy's verdict went out as driftloop.drift.detected, and the automation started retrain-on-drift
+    # (its gauge also fires DriftloopRetrainRecommended: Alertmanager's runs carry the tag "alertmanager")
+    started = wait_until(lambda: [r for r in runs_of(loop, on_drift["id"])
+                                  if r["id"] not in known and "alertmanager" not in r["tags"]], 60,
+                         "the monitor's drift event started no retrain-on-drift run")
+    assert all(r["parameters"]["reason"].startswith("drift event: window ids-") for r in started)
 
 
 def test_every_dashboard_query_returns_data(loop: Loop) -> None:
