@@ -165,6 +165,17 @@ class ServingConfig(_Strict):
     port: int = Field(8080, ge=0, le=65535)
     max_batch_rows: int = Field(10000, ge=1)
     reload_interval_s: float = Field(2.0, gt=0)
+    # A category the model never saw: "unknown" scores it as the model's unknown bucket; "reject" answers 422.
+    unknown_category: Literal["unknown", "reject"] = "unknown"
+    # Shadow mode: the `challenger` alias scores the same traffic without answering; logged beside the champion.
+    shadow: bool = False
+    # Dynamic int8 quantization of the served model's linear layers, kept only if the gate metric on recent
+    # logged rows (or the holdout) stays within quantize_tolerance of the float model.
+    quantize: bool = False
+    quantize_tolerance: float = Field(0.005, ge=0)
+    # The admin endpoints' (reload, rollback) bearer token; None: state_dir/serving/admin.token, created on first
+    # start. The environment variable DRIFTLOOP_ADMIN_TOKEN overrides both.
+    admin_token_file: Path | None = None
 
 
 class RegistryConfig(_Strict):
@@ -179,6 +190,14 @@ class RegistryConfig(_Strict):
     experiment: str = "driftloop"
     gate_metric: Literal["auc", "accuracy", "log_loss", "rmse"] | None = None
     gate_margin: float = Field(0.0, ge=0)
+    # The gate also compares both versions on the challenger's holdout (the time-later share of its training
+    # data), not only on the most recent labelled window.
+    gate_on_holdout: bool = True
+    # Slices (each value of these categorical columns, e.g. carrier) on which the challenger may not be worse
+    # than the champion by more than slice_tolerance; slices with fewer than min_slice_rows rows are not judged.
+    gate_slices: list[str] = Field(default_factory=list)
+    slice_tolerance: float = Field(0.02, ge=0)
+    min_slice_rows: int = Field(200, ge=1)
 
 
 class OrchestrationConfig(_Strict):
