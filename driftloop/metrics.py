@@ -13,6 +13,10 @@ PREDICT_LATENCY = "driftloop_predict_latency_seconds"
 MODEL_INFO = "driftloop_serving_model_info"
 MODEL_SWAPS = "driftloop_model_swaps_total"
 MODEL_SWAP_FAILURES = "driftloop_model_swap_failures_total"
+MODEL_QUANTIZED = "driftloop_serving_model_quantized"
+SHADOW_ROWS = "driftloop_shadow_rows_total"
+SHADOW_FAILURES = "driftloop_shadow_failures_total"
+ADMIN_UNAUTHORIZED = "driftloop_admin_unauthorized_total"
 
 # Monitoring
 DRIFT_SHARE = "driftloop_drift_share"
@@ -60,6 +64,10 @@ class ServingMetrics:
     model_info: Gauge
     swaps: Counter
     swap_failures: Counter
+    quantized: Gauge
+    shadow_rows: Counter
+    shadow_failures: Counter
+    admin_unauthorized: Counter
 
 
 def serving_metrics(registry: CollectorRegistry | None = None) -> ServingMetrics:
@@ -76,6 +84,16 @@ def serving_metrics(registry: CollectorRegistry | None = None) -> ServingMetrics
         swaps=Counter(MODEL_SWAPS, "Successful hot swaps of the served model", registry=registry),
         swap_failures=Counter(MODEL_SWAP_FAILURES, "Hot swaps that failed; the old model kept serving",
                               registry=registry),
+        quantized=Gauge(MODEL_QUANTIZED, "1 if the served model is int8-quantized (serving.quantize), else 0",
+                        ["model"], registry=registry),
+        shadow_rows=Counter(SHADOW_ROWS, "Rows the challenger scored in shadow mode", ["model_version"],
+                            registry=registry),
+        # stage: load (the challenger could not be loaded or failed its smoke test), score (it raised or
+        # answered non-finite values on live rows; the request was answered by the champion all the same).
+        shadow_failures=Counter(SHADOW_FAILURES, "Shadow-mode failures of the challenger, by stage", ["stage"],
+                                registry=registry),
+        admin_unauthorized=Counter(ADMIN_UNAUTHORIZED, "Admin calls refused for a missing or wrong bearer token",
+                                   registry=registry),
     )
 
 

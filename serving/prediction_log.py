@@ -4,6 +4,13 @@ One SQLite file in WAL mode with `synchronous=FULL`: once `append` returns, the 
 the process (and a power cut), so a prediction id handed to a client can always be labelled later.
 The monitor reads the same file from another process while the server writes; WAL lets it do so
 without blocking the writer.
+
+Group commit: appends queue up while a commit is on its way to disk, and one writer thread then commits
+all of them in one transaction (one fsync). Each caller still returns only after the commit that
+holds its rows, so durability is unchanged; under concurrency the fsyncs are shared instead of serialised.
+
+Shadow mode adds two nullable columns (shadow_version, shadow_prediction); a log file written before them
+gets them added when it is opened (ALTER TABLE ADD COLUMN), so older files stay readable and writable.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import math
 import sqlite3
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +36,9 @@ BUSY_TIMEOUT_S = 30.0
 ID_CHUNK = 500
 
 BASE_COLUMNS = ["prediction_id", "logged_at", "model_version", "prediction", "label", "event_time"]
+# Added after the first schema: nullable, filled only when a challenger scored the row in shadow mode.
+SHADOW_COLUMNS = {"shadow_version": "TEXT", "shadow_prediction": "REAL"}
+READ_COLUMNS = BASE_COLUMNS + list(SHADOW_COLUMNS)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -40,8 +51,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     features      TEXT NOT NULL
 )
 """
-INSERT = ("INSERT INTO predictions (logged_at, model_version, prediction, event_time, features)"
-          " VALUES (?, ?, ?, ?, ?)")
+INSERT = ("INSERT INTO predictions (logged_at, model_version, prediction, event_time, features, shadow_version,"
+          " shadow_prediction) VALUES (?, ?, ?, ?, ?, ?, ?)")
 
 
 class UnknownPredictionIds(DataError):
@@ -89,15 +100,38 @@ class PredictionLog:
         self.pii = frozenset(pii)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        # isolation_level=None: transactions are opened explicitly, so each append is exactly one.
+        # isolation_level=None: transactions are opened explicitly (one per group commit, see append).
         self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                    check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(SCHEMA)
+        self._migrate()
+        # Group commit: appends queue here and one writer thread commits whatever has queued, in one transaction.
+        self._pending: list[tuple[list[tuple], Future[list[int]]]] = []
+        self._wake = threading.Condition(threading.Lock())  # guards _pending and _closing; never held during I/O
+        self._closing = False
+        self._writer: threading.Thread | None = None
+
+    def _migrate(self) -> None:
+        """Add the columns later versions introduced to a log file written before them."""
+        if not self._missing_columns():
+            return
+        with self._lock, self._transaction():  # the write lock: two processes opening at once add each once
+            for column in self._missing_columns():
+                self._db.execute(f"ALTER TABLE predictions ADD COLUMN {column} {SHADOW_COLUMNS[column]}")
+
+    def _missing_columns(self) -> list[str]:
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(predictions)")}
+        return [column for column in SHADOW_COLUMNS if column not in present]
 
     def close(self) -> None:
-        """Close the connection; the file stays."""
+        """Commit what is queued, stop the writer and close the connection; the file stays."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify_all()
+        if self._writer is not None:
+            self._writer.join()
         with self._lock:
             self._db.close()
 
@@ -108,35 +142,94 @@ class PredictionLog:
         self.close()
 
     def append(self, rows: list[dict], predictions: Sequence[float], model_version: str,
-               event_times: Sequence[str | None] | None = None) -> list[int]:
-        """Log scored rows in one transaction and return their new prediction ids, in row order.
+               event_times: Sequence[str | None] | None = None, shadow_version: str | None = None,
+               shadow_predictions: Sequence[float | None] | None = None) -> list[int]:
+        """Log scored rows durably and return their new prediction ids, in row order.
 
         PII keys are dropped from the stored features. Event times are stored as ISO UTC strings;
-        one that does not parse raises DataError and nothing is written.
+        one that does not parse raises DataError and nothing is written. `shadow_version` and
+        `shadow_predictions` record what a challenger answered for the same rows (shadow mode).
+        The rows are committed (fsync'd) before this returns, possibly in one transaction with
+        other threads' rows (group commit); the ids of one call are consecutive.
         """
+        return self.submit(rows, predictions, model_version, event_times, shadow_version,
+                           shadow_predictions).result()
+
+    def submit(self, rows: list[dict], predictions: Sequence[float], model_version: str,
+               event_times: Sequence[str | None] | None = None, shadow_version: str | None = None,
+               shadow_predictions: Sequence[float | None] | None = None) -> Future[list[int]]:
+        """Queue rows for the next group commit; the future gives their ids once they are on disk.
+
+        Arguments as in append; bad ones raise here, before anything is queued. An async caller awaits
+        `asyncio.wrap_future(...)` and answers only after that, so the event loop never waits on fsync.
+        """
+        records = self._records(rows, predictions, model_version, event_times, shadow_version, shadow_predictions)
+        future: Future[list[int]] = Future()
+        if not records:
+            future.set_result([])
+            return future
+        with self._wake:
+            if self._closing:
+                raise RuntimeError(f"prediction log {self.path} is closed")
+            self._pending.append((records, future))
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="prediction-log-writer", daemon=True)
+                self._writer.start()
+            self._wake.notify()
+        return future
+
+    def _records(self, rows: list[dict], predictions: Sequence[float], model_version: str,
+                 event_times: Sequence[str | None] | None, shadow_version: str | None,
+                 shadow_predictions: Sequence[float | None] | None) -> list[tuple]:
+        """The INSERT parameters of each row: PII dropped, times normalised, features as JSON."""
         if len(predictions) != len(rows):
             raise ValueError(f"append: {len(rows)} rows but {len(predictions)} predictions")
         if event_times is not None and len(event_times) != len(rows):
             raise ValueError(f"append: {len(rows)} rows but {len(event_times)} event times")
+        if shadow_predictions is not None and len(shadow_predictions) != len(rows):
+            raise ValueError(f"append: {len(rows)} rows but {len(shadow_predictions)} shadow predictions")
         times = [None if t is None else utc_iso(t) for t in (event_times or [None] * len(rows))]
+        shadows = [None if v is None else float(v) for v in (shadow_predictions or [None] * len(rows))]
+        shadow = shadow_version if shadow_predictions is not None else None
         logged_at = datetime.now(UTC).isoformat()
-        records = [
+        return [
             (logged_at, model_version, float(p), t,
-             json.dumps({k: _json_value(v) for k, v in row.items() if k not in self.pii}, allow_nan=False))
-            for row, p, t in zip(rows, predictions, times, strict=True)
+             json.dumps({k: _json_value(v) for k, v in row.items() if k not in self.pii}, allow_nan=False),
+             shadow, sp)
+            for row, p, t, sp in zip(rows, predictions, times, shadows, strict=True)
         ]
-        if not records:
-            return []
-        with self._lock, self._transaction():
-            before = self._max_id()
-            self._db.executemany(INSERT, records)
-            (last,) = self._db.execute("SELECT last_insert_rowid()").fetchone()
-            # BEGIN IMMEDIATE holds the write lock and AUTOINCREMENT counts up by one per row, so the
-            # batch is the n ids ending at the last one inserted; checked before committing.
-            first = last - len(records) + 1
-            if first <= before:
-                raise RuntimeError(f"prediction log {self.path}: new ids overlap old ones ({first} <= {before})")
-        return list(range(first, last + 1))
+
+    def _write_loop(self) -> None:
+        """The writer thread: commit everything queued in one transaction, again and again, until closed."""
+        while True:
+            with self._wake:
+                while not self._pending and not self._closing:
+                    self._wake.wait()
+                if not self._pending:  # closing, and nothing left to write
+                    return
+                group, self._pending = self._pending, []
+            self._commit_group(group)
+
+    def _commit_group(self, group: list[tuple[list[tuple], Future[list[int]]]]) -> None:
+        """Write every queued append of `group` in one transaction and hand each its ids (or the error)."""
+        records = [record for batch, _ in group for record in batch]
+        try:
+            with self._lock, self._transaction():
+                before = self._max_id()
+                self._db.executemany(INSERT, records)
+                (last,) = self._db.execute("SELECT last_insert_rowid()").fetchone()
+                # BEGIN IMMEDIATE holds the write lock and AUTOINCREMENT counts up by one per row, so the
+                # group is the n ids ending at the last one inserted; checked before committing.
+                first = last - len(records) + 1
+                if first <= before:
+                    raise RuntimeError(f"prediction log {self.path}: new ids overlap old ones ({first} <= {before})")
+        except Exception as error:  # every caller of the group learns that its rows were not written
+            for _, future in group:
+                future.set_exception(error)
+            return
+        for batch, future in group:
+            future.set_result(list(range(first, first + len(batch))))
+            first += len(batch)
 
     def attach_labels(self, ids: Sequence[int], labels: Sequence[float]) -> int:
         """Set the label of each prediction id and return how many distinct rows were updated.
@@ -161,7 +254,8 @@ class PredictionLog:
         """Logged rows with ids in [first_id, last_id] (inclusive, open when None), in id order.
 
         Columns: prediction_id, logged_at (UTC), model_version, prediction, label (NaN when none),
-        event_time (UTC, NaT when none), then the feature columns from the stored JSON.
+        event_time (UTC, NaT when none), shadow_version (None) and shadow_prediction (NaN) when no
+        challenger scored the row, then the feature columns from the stored JSON.
         """
         where, params = ["1=1"], []
         if first_id is not None:
@@ -172,7 +266,7 @@ class PredictionLog:
             params.append(int(last_id))
         if labelled_only:
             where.append("label IS NOT NULL")
-        query = (f"SELECT {', '.join(BASE_COLUMNS)}, features FROM predictions"
+        query = (f"SELECT {', '.join(READ_COLUMNS)}, features FROM predictions"
                  f" WHERE {' AND '.join(where)} ORDER BY prediction_id")
         with self._lock:
             fetched = self._db.execute(query, params).fetchall()
@@ -223,7 +317,7 @@ class _Transaction:
 
 def _to_frame(fetched: list[tuple]) -> pd.DataFrame:
     """Rows from SQLite as the documented DataFrame."""
-    base = pd.DataFrame([r[:-1] for r in fetched], columns=BASE_COLUMNS)
+    base = pd.DataFrame([r[:-1] for r in fetched], columns=READ_COLUMNS)
     features = pd.DataFrame.from_records([json.loads(r[-1]) for r in fetched], index=base.index)
     frame = pd.DataFrame({
         "prediction_id": base["prediction_id"].astype("int64"),
@@ -232,7 +326,9 @@ def _to_frame(fetched: list[tuple]) -> pd.DataFrame:
         "prediction": base["prediction"].astype("float64"),
         "label": pd.to_numeric(base["label"]).astype("float64"),
         "event_time": pd.to_datetime(base["event_time"], utc=True, format="ISO8601"),
+        "shadow_version": base["shadow_version"].astype("object").where(base["shadow_version"].notna(), None),
+        "shadow_prediction": pd.to_numeric(base["shadow_prediction"]).astype("float64"),
     })
     # A feature named like a base column would shadow it; the base column wins.
-    features = features.drop(columns=[c for c in features.columns if c in BASE_COLUMNS])
+    features = features.drop(columns=[c for c in features.columns if c in READ_COLUMNS])
     return pd.concat([frame, features], axis=1)

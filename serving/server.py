@@ -3,27 +3,50 @@
 from __future__ import annotations
 
 import functools
+import importlib
+from typing import Any
 
 import uvicorn
 
 from driftloop.config import Config
-from serving.app import ModelSource, VersionProbe, create_app
+from serving.app import AliasSource, ModelSource, Rollback, VersionProbe, create_app
+
+# Where the registry's rollback(config, to_version=None) may live; the first module that has it is used.
+ROLLBACK_MODULES = ("registry.history", "registry.store", "registry.rollback")
 
 
 def serve(config: Config, load_champion: ModelSource, champion_version: VersionProbe,
-          host: str | None = None, port: int | None = None) -> None:
+          host: str | None = None, port: int | None = None, *, challenger: AliasSource | None = None,
+          rollback: Rollback | None = None) -> None:
     """Serve until interrupted; host and port default to config.serving.
 
     One worker process: the model, the poller and the log connection live in it, and a second
-    worker would load its own copy and race the first one's swaps.
+    worker would load its own copy and race the first one's swaps. No access log: a line per request
+    costs more than scoring it; /metrics counts requests by status and their latency.
     """
-    app = create_app(config, load_champion, champion_version)
-    uvicorn.run(app, host=host or config.serving.host,
-                port=config.serving.port if port is None else port, workers=1, log_level="info")
+    app = create_app(config, load_champion, champion_version, challenger=challenger, rollback=rollback)
+    uvicorn.run(app, host=host or config.serving.host, port=config.serving.port if port is None else port,
+                workers=1, log_level="info", access_log=False)
+
+
+def registry_rollback(config: Config) -> Rollback:
+    """The registry's rollback bound to `config`, imported when first called (MLflow is slow to import)."""
+
+    def call(to_version: str | None = None) -> Any:
+        for name in ROLLBACK_MODULES:
+            rollback = getattr(importlib.import_module(name), "rollback", None)
+            if rollback is not None:
+                return rollback(config, to_version=to_version)
+        raise NotImplementedError(f"no rollback(config, to_version) in {', '.join(ROLLBACK_MODULES)}")
+
+    return call
 
 
 def serve_champion(config: Config, host: str | None = None, port: int | None = None) -> None:
-    """Serve the registry's `champion` alias (what `driftloop serve` runs)."""
-    from registry.store import alias_version, load_alias  # imported here: MLflow is slow to import
+    """Serve the registry's `champion` alias (what `driftloop serve` runs); `challenger` too in shadow mode."""
+    from registry.store import CHALLENGER, alias_version, load_alias  # imported here: MLflow is slow to import
 
-    serve(config, functools.partial(load_alias, config), functools.partial(alias_version, config), host, port)
+    challenger = AliasSource(functools.partial(load_alias, config, CHALLENGER),
+                             functools.partial(alias_version, config, CHALLENGER))
+    serve(config, functools.partial(load_alias, config), functools.partial(alias_version, config), host, port,
+          challenger=challenger, rollback=registry_rollback(config))

@@ -16,6 +16,8 @@ import pandas as pd
 from driftloop.config import DataConfig
 from driftloop.errors import DataError
 from serving.prediction_log import utc_iso
+from training.artifacts import category_key
+from training.features import FeatureSpec
 
 # A 10,000-row batch with one column missing everywhere would otherwise answer 10,000 entries.
 MAX_REPORTED_ERRORS = 100
@@ -145,6 +147,23 @@ def parse_rows(rows: list[Any], data: DataConfig, max_rows: int) -> Batch:
     if errors:
         raise InvalidRequest(_capped(errors))
     return Batch(kept, times)
+
+
+def check_known_categories(rows: list[dict[str, Any]], spec: FeatureSpec) -> None:
+    """For serving.unknown_category = "reject": InvalidRequest naming each category the model never saw.
+
+    A null category is a missing value, not an unknown one, and is scored as the unknown bucket either way.
+    """
+    known = {column: set(spec.vocab.get(column, [])) for column in spec.categorical}
+    errors: list[FieldError] = []
+    for i, row in enumerate(rows):
+        for column, vocab in known.items():
+            key = category_key(row.get(column))
+            if key is not None and key not in vocab:
+                errors.append({"row": i, "field": column,
+                               "error": f"unknown category {row[column]!r} (serving.unknown_category is reject)"})
+    if errors:
+        raise InvalidRequest(_capped(errors))
 
 
 def feature_frame(rows: list[dict[str, Any]], data: DataConfig) -> pd.DataFrame:

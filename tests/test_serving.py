@@ -184,7 +184,9 @@ def test_prediction_log_strips_pii_and_joins_labels(tmp_path: Path) -> None:
     frame = reopened.read()
     assert list(frame.columns[:6]) == ["prediction_id", "logged_at", "model_version", "prediction", "label",
                                        "event_time"]
-    assert set(frame.columns[6:]) == {"distance", "carrier"}
+    assert list(frame.columns[6:8]) == ["shadow_version", "shadow_prediction"]
+    assert frame["shadow_version"].isna().all() and frame["shadow_prediction"].isna().all()
+    assert set(frame.columns[8:]) == {"distance", "carrier"}
     assert str(frame["logged_at"].dt.tz) == "UTC"
     assert frame["event_time"].iloc[0] == pd.Timestamp("2013-01-01T05:00:00Z") and frame["event_time"][1:].isna().all()
     assert frame["label"].isna().tolist() == [True, False, True, False, True]  # the failed call wrote nothing
@@ -274,7 +276,8 @@ def test_failed_load_keeps_the_old_model(server, flights_jan: pd.DataFrame) -> N
     client, shelf, _ = server
     shelf.champion = "3"  # not on the shelf: loading raises
     wait_for(lambda: metric(client, MODEL_SWAP_FAILURES) >= 1)
-    assert client.get("/healthz").json() == {"status": "ok", "model_version": "1"}
+    assert client.get("/healthz").json() == {"status": "ok", "model_version": "1", "quantized": False,
+                                             "challenger_version": None}
     response = client.post("/predict", json={"rows": rows_json(flights_jan.head(3))})
     assert response.status_code == 200 and response.json()["model_version"] == "1"
     assert metric(client, MODEL_SWAPS) == 0
