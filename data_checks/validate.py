@@ -24,9 +24,6 @@ from driftloop.data import fingerprint, read_table
 from driftloop.errors import DataError
 from driftloop.state import reports_dir
 
-# GX announces every temporary docs folder at INFO; set here, after the host's logging set-up (Prefect's).
-logging.getLogger("great_expectations").setLevel(logging.WARNING)
-
 # Failures of these expectations explain every other failure on the same column: a missing
 # column, or one of the wrong type, makes GX unable to evaluate the column's other expectations.
 ROOT_EXPECTATIONS = ("expect_column_to_exist", "expect_column_values_to_be_in_type_list")
@@ -134,6 +131,9 @@ def check_reference(reference: pd.DataFrame, config: Config, source: str) -> Non
 
 def run_suite(view: pd.DataFrame, suite: gx.ExpectationSuite) -> ExpectationSuiteValidationResult:
     """Validate a frame with GX in a throwaway ephemeral context (a few ms to set up)."""
+    # GX announces every temporary docs folder at INFO; set per call, since a Prefect flow run (re)configures
+    # logging after this module is imported.
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
     # GX draws tqdm bars on stderr for every validation; the CLI's stderr is for errors only.
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
