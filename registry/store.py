@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ from training.artifacts import WEIGHTS, LoadedModel, load_model, predict, save_m
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
     from mlflow.models.model import ModelInfo
 
     from training.trainer import TrainResult
@@ -34,6 +36,10 @@ CHALLENGER = "challenger"
 REFERENCE_ARTIFACT = "reference"
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 PIP_REQUIREMENTS = ["driftloop", "torch", "safetensors", "pandas"]
+# Every move of the champion alias, oldest first, as JSON on the registered model.
+HISTORY_TAG = "champion.history"
+# MLflow stores of older servers cap a tag value at 5000 characters: the oldest moves are dropped beyond it.
+TAG_LIMIT = 5000
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,83 @@ def alias_version(config: Config, alias: str = CHAMPION) -> str | None:
 def set_alias(config: Config, alias: str, version: str) -> None:
     """Point `alias` at `version`."""
     mlflow_client(config).set_registered_model_alias(config.model.name, alias, version)
+
+
+def now_iso() -> str:
+    """The current UTC time, to the second, as recorded in history and rollback tags."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def champion_history(config: Config) -> list[dict]:
+    """Every recorded move of the champion alias, oldest first: version, previous, at, event, reason.
+
+    Empty when no model is registered, or when the alias was only ever moved by hand (set_alias).
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        raw = mlflow_client(config).get_registered_model(config.model.name).tags.get(HISTORY_TAG)
+    except MlflowException:
+        return []
+    try:
+        entries = json.loads(raw) if raw else []
+    except json.JSONDecodeError:
+        return []  # a hand-edited tag: start afresh rather than refuse every promotion
+    return [e for e in entries if isinstance(e, dict) and "version" in e] if isinstance(entries, list) else []
+
+
+def _write_history(config: Config, entries: list[dict]) -> None:
+    """Store the history, dropping the oldest moves while it is over MLflow's tag limit."""
+    text = json.dumps(entries, separators=(",", ":"))
+    while len(text) > TAG_LIMIT and len(entries) > 1:
+        entries = entries[1:]
+        text = json.dumps(entries, separators=(",", ":"))
+    mlflow_client(config).set_registered_model_tag(config.model.name, HISTORY_TAG, text)
+
+
+def promote(config: Config, version: str, reason: str, event: str = "promoted") -> str | None:
+    """Make `version` the champion and record the move; returns the previous champion (None if there was none).
+
+    `event` names why the alias moved (first, promoted, rollback). The version loses the challenger alias if it
+    held it. The history is read, extended and written back: two promotions at the same instant may lose one
+    entry, never the alias move itself.
+    """
+    client = mlflow_client(config)
+    name = config.model.name
+    previous = alias_version(config, CHAMPION)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    if alias_version(config, CHALLENGER) == version:
+        client.delete_registered_model_alias(name, CHALLENGER)
+    at = now_iso()
+    entry = {"version": version, "previous": previous, "at": at, "event": event, "reason": reason[:160]}
+    _write_history(config, [*champion_history(config), entry])
+    tag_version(config, version, {"champion.since": at})
+    if previous is not None and previous != version:
+        tag_version(config, previous, {"champion.until": at})
+    return previous
+
+
+def model_aliases(config: Config) -> dict[str, str]:
+    """Every alias of the configured model and the version it points at; empty when none is registered."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = mlflow_client(config).get_registered_model(config.model.name).aliases
+    except MlflowException:
+        return {}
+    return {alias: str(version) for alias, version in (found or {}).items()}
+
+
+def list_versions(config: Config) -> list[ModelVersion]:
+    """Every version of the configured model, oldest first; empty when none is registered. Their `aliases` are not
+    filled in by every store: see model_aliases."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = mlflow_client(config).search_model_versions(f"name = '{config.model.name}'")
+    except MlflowException:
+        return []
+    return sorted(found, key=lambda v: int(v.version))
 
 
 def tag_version(config: Config, version: str, tags: dict[str, str]) -> None:
@@ -178,7 +261,7 @@ def register(config: Config, result: TrainResult, lineage: dict[str, str], refer
         version = _new_version(client, config.model.name, info, run.info.run_id, lineage)
     first = alias_version(config, CHAMPION) is None
     if first:
-        set_alias(config, CHAMPION, version)
+        promote(config, version, "first model", event="first")
         tag_version(config, version, {"gate.decision": "promoted", "gate.reason": "first model"})
     return Registered(config.model.name, version, run.info.run_id, first)
 

@@ -76,7 +76,7 @@ def test_gate_rejects_worse_and_promotes_better(config: Config, trained: TrainRe
     assert alias_version(config, CHALLENGER) == bad.version
     assert rejected.challenger_score < rejected.champion_score
     tags = version_tags(config, bad.version)
-    assert tags["gate.decision"] == "rejected" and "does not beat" in tags["gate.reason"]
+    assert tags["gate.decision"] == "rejected" and "kept as challenger" in tags["gate.reason"]
     # Now the roles are reversed: the good model challenges the scrambled one as champion.
     from registry.store import set_alias
 
