@@ -18,6 +18,7 @@ driftloop_shadow_failures_total counts it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import sqlite3
@@ -355,6 +356,10 @@ def create_app(config: Config, load_champion: ModelSource, champion_version: Ver
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(TORCH_THREADS)  # requests score in parallel threads: never oversubscribe the cores
         models.refresh()
+        # MLflow, torch and pandas leave about a million long-lived objects behind; a full collection scanning
+        # them pauses every request in flight. Freeze them out of the collector once they are loaded.
+        gc.collect()
+        gc.freeze()
         models.start()
         try:
             yield

@@ -32,6 +32,8 @@ from driftloop.errors import DataError
 
 # How long a writer waits for another process's lock before giving up (e.g. a monitor's long read).
 BUSY_TIMEOUT_S = 30.0
+# How often committed WAL pages are copied into the database file (off the commit path, see _checkpoint_loop).
+CHECKPOINT_S = 1.0
 # SQLite caps the number of bound parameters per statement; id lookups are chunked below it.
 ID_CHUNK = 500
 
@@ -105,12 +107,16 @@ class PredictionLog:
                                    check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        # Checkpoints (WAL pages copied into the database file, with its own fsync) run in a background thread,
+        # not inside a commit that requests are waiting on.
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._db.execute(SCHEMA)
         self._migrate()
         # Group commit: appends queue here and one writer thread commits whatever has queued, in one transaction.
         self._pending: list[tuple[list[tuple], Future[list[int]]]] = []
         self._wake = threading.Condition(threading.Lock())  # guards _pending and _closing; never held during I/O
         self._closing = False
+        self._closed = threading.Event()  # stops the checkpoint thread (its own signal: _wake is the writer's)
         self._writer: threading.Thread | None = None
 
     def _migrate(self) -> None:
@@ -130,6 +136,7 @@ class PredictionLog:
         with self._wake:
             self._closing = True
             self._wake.notify_all()
+        self._closed.set()
         if self._writer is not None:
             self._writer.join()
         with self._lock:
@@ -201,14 +208,29 @@ class PredictionLog:
 
     def _write_loop(self) -> None:
         """The writer thread: commit everything queued in one transaction, again and again, until closed."""
+        checkpointer = threading.Thread(target=self._checkpoint_loop, name="prediction-log-checkpoint", daemon=True)
+        checkpointer.start()
         while True:
             with self._wake:
                 while not self._pending and not self._closing:
                     self._wake.wait()
                 if not self._pending:  # closing, and nothing left to write
-                    return
+                    break
                 group, self._pending = self._pending, []
             self._commit_group(group)
+        checkpointer.join()
+
+    def _checkpoint_loop(self) -> None:
+        """Copy committed WAL pages into the database file every CHECKPOINT_S, on a connection of its own.
+
+        PASSIVE never blocks the writer or readers; a checkpoint that cannot finish now finishes later.
+        """
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+        try:
+            while not self._closed.wait(CHECKPOINT_S):
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            db.close()
 
     def _commit_group(self, group: list[tuple[list[tuple], Future[list[int]]]]) -> None:
         """Write every queued append of `group` in one transaction and hand each its ids (or the error)."""

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import functools
-import importlib
 from typing import Any
 
 import uvicorn
 
 from driftloop.config import Config
 from serving.app import AliasSource, ModelSource, Rollback, VersionProbe, create_app
-
-# Where the registry's rollback(config, to_version=None) may live; the first module that has it is used.
-ROLLBACK_MODULES = ("registry.history", "registry.store", "registry.rollback")
 
 
 def serve(config: Config, load_champion: ModelSource, champion_version: VersionProbe,
@@ -33,11 +29,9 @@ def registry_rollback(config: Config) -> Rollback:
     """The registry's rollback bound to `config`, imported when first called (MLflow is slow to import)."""
 
     def call(to_version: str | None = None) -> Any:
-        for name in ROLLBACK_MODULES:
-            rollback = getattr(importlib.import_module(name), "rollback", None)
-            if rollback is not None:
-                return rollback(config, to_version=to_version)
-        raise NotImplementedError(f"no rollback(config, to_version) in {', '.join(ROLLBACK_MODULES)}")
+        from registry.history import rollback
+
+        return rollback(config, to_version=to_version)
 
     return call
 

@@ -459,3 +459,22 @@ def test_two_processes_append_at_once(tmp_path: Path) -> None:
     assert sorted(logged.index) == sorted(ids)
     for tag, mine in zip("ab", results, strict=True):
         assert (logged.loc[mine, "writer"] == tag).all()
+
+
+def test_the_log_checkpoints_off_the_commit_path(tmp_path: Path) -> None:
+    """Commits only append to the WAL; the checkpoint thread copies the pages into the database file."""
+    path = tmp_path / "predictions.db"
+    log = PredictionLog(path)
+    try:
+        rows = [{"x": float(i), "note": "y" * 100} for i in range(2000)]
+        log.append(rows, [0.5] * len(rows), "1")
+        wal = path.with_name(path.name + "-wal")
+        assert wal.stat().st_size > path.stat().st_size  # the commit wrote the WAL, not the database file
+        deadline = time.monotonic() + 10
+        while path.stat().st_size < 200_000 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert path.stat().st_size >= 200_000, "no checkpoint copied the committed rows into the database file"
+    finally:
+        log.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM predictions").fetchone() == (2000,)
