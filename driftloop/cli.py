@@ -252,43 +252,11 @@ def cmd_models(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-def read_label_file(config: Config, path: Path) -> tuple[list[int], list[float]]:
-    """Prediction ids and labels from a CSV/Parquet file with columns prediction_id and label (or the config's
-    target); DataError naming the file, column and first bad row otherwise."""
-    import pandas as pd
-
-    from driftloop.data import read_table
-    from driftloop.errors import DataError
-
-    def shown(column: str, row: int) -> str:
-        value = frame[column].iloc[row]
-        return repr(getattr(value, "item", lambda: value)())  # numpy scalars as plain Python values
-
-    frame = read_table(path)
-    label = next((c for c in ("label", config.data.target) if c in frame.columns), None)
-    if "prediction_id" not in frame.columns or label is None:
-        missing = [c for c, ok in (("prediction_id", "prediction_id" in frame.columns),
-                                   (f"label (or {config.data.target})", label is not None)) if not ok]
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
-    ids = pd.to_numeric(frame["prediction_id"], errors="coerce")
-    bad = ids.isna() | (ids != ids.round())
-    if bad.any():
-        row = int(bad.to_numpy().argmax())
-        raise DataError(f"{path}: column prediction_id, row {row + 1}: {shown('prediction_id', row)} "
-                        "is not an integer id")
-    values = pd.to_numeric(frame[label], errors="coerce")
-    bad = values.isna() | ~values.isin([0, 1]) if config.data.task == "classification" else values.isna()
-    if bad.any():
-        row = int(bad.to_numpy().argmax())
-        kind = "0 or 1" if config.data.task == "classification" else "a number"
-        raise DataError(f"{path}: column {label}, row {row + 1}: {shown(label, row)} is not {kind}")
-    return [int(i) for i in ids], [float(v) for v in values]
-
-
 def cmd_label(args: argparse.Namespace, config: Config) -> int:
     """Attach delayed labels from a file to the prediction log, all or nothing: 0 ok, 2 bad file or unknown ids."""
     from driftloop.errors import DataError
     from driftloop.state import prediction_log_path
+    from serving.labels import read_label_file
     from serving.prediction_log import PredictionLog, UnknownPredictionIds
 
     ids, labels = read_label_file(config, Path(args.file))
