@@ -131,9 +131,8 @@ def check_reference(reference: pd.DataFrame, config: Config, source: str) -> Non
 
 def run_suite(view: pd.DataFrame, suite: gx.ExpectationSuite) -> ExpectationSuiteValidationResult:
     """Validate a frame with GX in a throwaway ephemeral context (a few ms to set up)."""
-    # GX announces every temporary docs folder at INFO; set per call, since a Prefect flow run (re)configures
-    # logging after this module is imported.
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    # GX announces every temporary docs folder at INFO, from a module logger it sets to INFO itself.
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
     # GX draws tqdm bars on stderr for every validation; the CLI's stderr is for errors only.
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)

@@ -166,13 +166,13 @@ def retrain(client: httpx.Client, config: Config, state: LoopState, index: int) 
     if outcome["gate"]["promoted"]:
         champion_policy(config, state, outcome["train"]["model_version"])
     gate, version = outcome["gate"], outcome["train"]["model_version"]
-    detail = (f"gate: v{version} {gate['metric']} {gate['challenger_score']:.4f} vs champion "
-              f"v{gate['champion_version']} {gate['champion_score']:.4f} on {gate['window_rows']:,} rows")
+    # The gate's reason names every body of evidence (recent window, holdout, slices) and what failed.
+    detail = f"gate: v{version} (champion v{gate['champion_version']}): {gate['reason']}"
     if not gate["promoted"]:
-        return f"retrained v{version}, rejected", f"{detail} → kept as challenger"
+        return f"retrained v{version}, rejected", detail
     switched = wait_for_version(client, version, timeout_s=60)
     served = "server switched without restart" if switched else "server has not switched yet"
-    return f"retrained v{version}, PROMOTED", f"{detail} → PROMOTED to champion; {served}"
+    return f"retrained v{version}, PROMOTED", f"{detail} to champion; {served}"
 
 
 @flow(name="demo-loop", validate_parameters=False)
