@@ -10,9 +10,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 from driftloop.config import DataConfig
 from driftloop.errors import DataError
 from serving.prediction_log import utc_iso
@@ -164,16 +161,6 @@ def check_known_categories(rows: list[dict[str, Any]], spec: FeatureSpec) -> Non
                                "error": f"unknown category {row[column]!r} (serving.unknown_category is reject)"})
     if errors:
         raise InvalidRequest(_capped(errors))
-
-
-def feature_frame(rows: list[dict[str, Any]], data: DataConfig) -> pd.DataFrame:
-    """Validated rows as the frame the model encodes: float64 numbers (null -> NaN), object categories."""
-    columns: dict[str, Any] = {}
-    for column in data.numerical:
-        columns[column] = np.array([np.nan if r[column] is None else r[column] for r in rows], dtype="float64")
-    for column in data.categorical:
-        columns[column] = pd.Series([r[column] for r in rows], dtype="object")
-    return pd.DataFrame(columns)
 
 
 def parse_labels(items: list[Any], task: str, max_rows: int) -> tuple[list[int], list[float]]:

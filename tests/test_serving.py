@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -36,7 +35,7 @@ from driftloop.metrics import (
 )
 from serving.app import create_app
 from serving.prediction_log import PredictionLog, UnknownPredictionIds
-from tests.conftest import make_config
+from tests.conftest import free_port, make_config
 from training.artifacts import LoadedModel, load_model, save_model
 from training.features import fit_spec
 from training.model import build_model
@@ -403,17 +402,11 @@ CHILD_SERVER = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_serve_runs_uvicorn(config: Config, model_folders, flights_jan: pd.DataFrame, tmp_path: Path) -> None:
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    port = _free_port()
+    port = free_port()
     child = subprocess.Popen([sys.executable, "-c", CHILD_SERVER, str(config_file), str(model_folders["1"]),
                               str(port)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
