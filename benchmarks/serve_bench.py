@@ -146,6 +146,7 @@ def write_config(folder: Path) -> Path:
     raw = yaml.safe_load((ROOT / "driftloop" / "configs" / "flights.yaml").read_text())
     raw["state_dir"] = str(folder / "state")
     raw["training"].update({"epochs": 1, "batch_size": 256})
+    raw["validation"].pop("suite", None)  # relative to the shipped config's folder, not this copy's
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

@@ -1,11 +1,12 @@
 """The data contract as Great Expectations sees it: which columns, and in which normal form.
 
-GX validates a *view* of the batch, not the raw batch: only the contract's columns (so PII and
-unrelated columns can never reach a GX result or report), categorical values as text (so a
-category stored as 7 in one file and "7" or 7.0 in another is the same category), and the
+GX validates a *view* of the batch, not the raw batch: the contract's columns, categorical values as
+text (so a category stored as 7 in one file and "7" or 7.0 in another is the same category), and the
 timestamp parsed the way `driftloop.data.event_times` parses it (so "parseable" means "usable by
 the time windows"). Numerical columns and the target are passed through untouched: their type is
-what GX checks.
+what GX checks. The other text columns of the batch join the view only to be scanned for values that
+look like e-mail addresses or phone numbers (`scan_columns`); their values never reach a report
+(data_checks.validate scrubs those results). PII columns never join the view.
 """
 
 from __future__ import annotations
@@ -82,10 +83,24 @@ def parsed_times(series: pd.Series) -> pd.Series:
         return pd.to_datetime(series, utc=True, errors="coerce")
 
 
+def is_text(series: pd.Series) -> bool:
+    """True for a column that may hold free text: strings, objects (also mixed with numbers), categoricals."""
+    dtype = series.dtype
+    return (pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype)
+            or isinstance(dtype, pd.CategoricalDtype))
+
+
+def scan_columns(frame: pd.DataFrame, config: Config) -> list[str]:
+    """Text columns of `frame` scanned for PII-looking values: all but data.pii and the parsed timestamp."""
+    skip = set(config.data.pii) | {timestamp_column(config)}
+    return [c for c in frame.columns if isinstance(c, str) and c not in skip and is_text(frame[c])]
+
+
 def gx_view(frame: pd.DataFrame, config: Config) -> pd.DataFrame:
     """The columns of `frame` that GX validates, normalised as the module docstring says."""
     data = config.data
-    columns = [c for c in contract_columns(config) if c in frame.columns]
+    contract = [c for c in contract_columns(config) if c in frame.columns]
+    columns = contract + [c for c in scan_columns(frame, config) if c not in contract]
     view = frame.loc[:, columns].copy()
     for column in data.categorical:
         if column in view.columns:

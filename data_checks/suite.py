@@ -1,4 +1,9 @@
-"""The expectation suite: the config's data contract plus the reference data's own profile."""
+"""The expectation suite: the config's data contract plus a reference's profile, and the PII scan.
+
+The contract suite comes from `build_suite` at validation time (profile: the reference, or the batch itself), or
+from a suite file the user owns (data_checks/saved_suite.py, written by `driftloop checks init` with the same
+`build_suite`). The PII scan is added to either at validation time, for whatever text columns the batch has.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,13 @@ import pandas as pd
 
 from data_checks.contract import NUMERIC_TYPES, category_text, timestamp_column
 from driftloop.config import Config
+from driftloop.errors import DataError
+from driftloop.pii import PII_PATTERNS, pii_kind
 
 # Classification targets are the probability of class 1: the model and the metrics read 0/1 only.
 CLASS_LABELS = [0, 1]
+# Marks the PII-scan expectations (in their meta): their results are scrubbed of values and read as PII findings.
+PII_SCAN = "pii-scan"
 
 
 @dataclass(frozen=True)
@@ -29,7 +38,9 @@ def profile(config: Config, reference: pd.DataFrame) -> Profile:
     """Ranges of the numerical columns and value sets of the categorical ones.
 
     A column the reference lacks, or whose values are not numbers, gets no range: its existence and
-    type expectations still report it, and profiling must never crash on the data it profiles.
+    type expectations still report it, and profiling must never crash on the data it profiles. A category
+    that looks like an e-mail address or phone number is left out of its domain: a suite (which may be
+    committed) never holds personal data, and the batch's PII scan reports such values anyway.
     """
     ranges: dict[str, tuple[float, float]] = {}
     for column in config.data.numerical:
@@ -45,35 +56,47 @@ def profile(config: Config, reference: pd.DataFrame) -> Profile:
     for column in config.data.categorical:
         if column in reference.columns:
             known = category_text(reference[column]).dropna().unique()
-            if len(known):
-                domains[column] = sorted(str(v) for v in known)
+            safe = sorted(str(v) for v in known if pii_kind(str(v)) is None)
+            if safe:
+                domains[column] = safe
     return Profile(ranges=ranges, domains=domains, rows=len(reference))
 
 
-def widened(low: float, high: float, margin: float) -> tuple[float, float]:
-    """[low, high] widened by `margin` times its width on each side (new data may go a bit further)."""
+def widened(low: float, high: float, margin: float) -> tuple[float | None, float | None]:
+    """[low, high] widened by `margin` times its width on each side (new data may go a bit further).
+
+    A bound beyond the largest float (data near 1e308) is left open (None) rather than infinite: JSON, and so a
+    saved suite, cannot hold infinity.
+    """
     pad = margin * (high - low)
-    return low - pad, high + pad
+    bounds = (low - pad, high + pad)
+    # Ten significant digits: -42.52, not -42.52000000000001, in a suite a person reads and edits.
+    return tuple(float(f"{b:.10g}") if math.isfinite(b) else None for b in bounds)  # type: ignore[return-value]
 
 
-def build_suite(config: Config, reference: pd.DataFrame) -> gx.ExpectationSuite:
-    """Expectations from the config's data contract (config.data) and the reference's profile.
+def row_bounds(config: Config, rows: int) -> tuple[int, int | None]:
+    """Row count bounds: validation.min_rows, and validation.max_rows_factor times the profiled rows."""
+    factor = config.validation.max_rows_factor
+    return config.validation.min_rows, (None if factor is None else max(math.ceil(factor * rows), 1))
 
-    Categorical columns are compared as text, and the timestamp as parsed datetimes: validate the
+
+def contract_expectations(config: Config, facts: Profile) -> list[gxe.Expectation]:
+    """Expectations from the config's data contract (config.data) and a profile.
+
+    Categorical columns are compared as text, and the timestamp as parsed datetimes: they validate the
     view `data_checks.contract.gx_view` makes of a batch, not the raw batch.
     """
     data, rules = config.data, config.validation
-    facts = profile(config, reference)
     # GX's `mostly` is the share of rows that must pass; mostly=1 (its default) is strict.
     null_mostly = 1.0 - rules.max_null_fraction
-    expect: list[gxe.Expectation] = []
-    expect.append(gxe.ExpectTableRowCountToBeBetween(min_value=rules.min_rows, max_value=None))
+    low_rows, high_rows = row_bounds(config, facts.rows)
+    expect: list[gxe.Expectation] = [gxe.ExpectTableRowCountToBeBetween(min_value=low_rows, max_value=high_rows)]
     for column in data.numerical:
         expect.append(gxe.ExpectColumnToExist(column=column))
         expect.append(gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=NUMERIC_TYPES))
         expect.append(gxe.ExpectColumnValuesToNotBeNull(column=column, mostly=null_mostly))
-        if column in facts.ranges:
-            low, high = widened(*facts.ranges[column], rules.range_margin)
+        low, high = widened(*facts.ranges[column], rules.range_margin) if column in facts.ranges else (None, None)
+        if low is not None or high is not None:
             expect.append(
                 gxe.ExpectColumnValuesToBeBetween(column=column, min_value=low, max_value=high, mostly=rules.mostly)
             )
@@ -96,9 +119,54 @@ def build_suite(config: Config, reference: pd.DataFrame) -> gx.ExpectationSuite:
         # After gx_view, an unparseable timestamp is NaT: "not null" means present and parseable.
         expect.append(gxe.ExpectColumnToExist(column=timestamp))
         expect.append(gxe.ExpectColumnValuesToNotBeNull(column=timestamp))
+    return expect
+
+
+def build_suite(config: Config, reference: pd.DataFrame, meta: dict | None = None) -> gx.ExpectationSuite:
+    """The contract suite with the reference's profile; `meta` is added to the suite's own."""
+    facts = profile(config, reference)
     # Passed to the constructor: ExpectationSuite.add_expectation needs an active GX data context.
     return gx.ExpectationSuite(
         name=f"{config.model.name}-contract",
-        expectations=expect,
-        meta={"reference_rows": facts.rows, "config_digest": config.digest()},
+        expectations=contract_expectations(config, facts),
+        meta={"reference_rows": facts.rows, "config_digest": config.digest(), **(meta or {})},
     )
+
+
+def pii_scan_expectations(config: Config, columns: list[str]) -> list[gxe.Expectation]:
+    """One expectation per text column and PII kind: values must not look like e-mail addresses or phones."""
+    return [
+        gxe.ExpectColumnValuesToNotMatchRegex(column=column, regex=pattern, mostly=config.validation.pii_scan_mostly,
+                                              meta={"driftloop": PII_SCAN, "kind": kind})
+        for column in columns
+        for kind, pattern in PII_PATTERNS.items()
+    ]
+
+
+def pii_scan_kind(meta: dict | None) -> str | None:
+    """The PII kind an expectation scans for, from its meta; None for every other expectation."""
+    if meta and meta.get("driftloop") == PII_SCAN:
+        return str(meta.get("kind", "personal data"))
+    return None
+
+
+def with_expectations(suite: gx.ExpectationSuite, extra: list[gxe.Expectation]) -> gx.ExpectationSuite:
+    """A new suite: `suite`'s expectations, then `extra` (the original is left as it was read)."""
+    configurations = [e.configuration for e in suite.expectations] + [e.configuration for e in extra]
+    return gx.ExpectationSuite(name=suite.name, expectations=configurations, meta=dict(suite.meta))
+
+
+def check_reference(reference: pd.DataFrame, config: Config, source: str) -> None:
+    """A reference must hold every feature column, with numbers where numbers are expected.
+
+    A broken reference is unusable input (DataError), not a failed batch: the profile that judges
+    the batch would silently lose its ranges and category sets.
+    """
+    missing = [c for c in config.data.features if c not in reference.columns]
+    if missing:
+        raise DataError(f"{source}: missing column(s) {', '.join(missing)}; the reference must hold every "
+                        "feature column of the config's data section")
+    for column in config.data.numerical:
+        if not pd.api.types.is_numeric_dtype(reference[column]):
+            raise DataError(f"{source}: column {column} is not numeric (dtype {reference[column].dtype}); "
+                            "it is listed under data.numerical")

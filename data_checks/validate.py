@@ -16,19 +16,25 @@ from great_expectations.core import ExpectationSuiteValidationResult
 from great_expectations.core.expectation_validation_result import ExpectationValidationResult
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
-from data_checks.contract import gx_view, timestamp_column
+from data_checks.contract import contract_columns, gx_view, scan_columns, timestamp_column
 from data_checks.report_html import Check, write_report
-from data_checks.suite import build_suite
+from data_checks.saved_suite import saved_suite
+from data_checks.suite import build_suite, check_reference, pii_scan_expectations, pii_scan_kind, with_expectations
 from driftloop.config import Config
 from driftloop.data import fingerprint, read_table
-from driftloop.errors import DataError
+from driftloop.errors import ConfigError, DataError
+from driftloop.pii import redact
 from driftloop.state import reports_dir
 
 # Failures of these expectations explain every other failure on the same column: a missing
 # column, or one of the wrong type, makes GX unable to evaluate the column's other expectations.
 ROOT_EXPECTATIONS = ("expect_column_to_exist", "expect_column_values_to_be_in_type_list")
-# How many offending values a reason quotes; more makes the line unreadable.
+# How many offending values a reason quotes, and how much of each; more makes the line unreadable.
 EXAMPLES_QUOTED = 3
+EXAMPLE_MAX_CHARS = 40
+# Where GX's results hold the data's own values: PII-scan results lose them all (see `scrub`).
+VALUE_KEYS = ("partial_unexpected_list", "partial_unexpected_counts", "partial_unexpected_index_list",
+              "unexpected_list", "unexpected_index_list", "unexpected_index_query")
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 
 
@@ -83,12 +89,15 @@ def validate_frame(
     """Validate `frame` against the contract; ranges and categories come from `reference` when given.
 
     Without a reference the profile is the frame's own (first training on a dataset): the
-    contract's columns, types, nulls and row count still gate it.
+    contract's columns, types, nulls and row count still gate it. With validation.suite set, the saved
+    suite is the contract and the profile, and `reference` is not used (a retraining passes the champion's
+    data: the suite the team owns, not the last model's data, says what is acceptable). Every text
+    column but data.pii is also scanned for values that look like e-mail addresses or phone numbers.
     """
-    if reference is not None:
-        check_reference(reference, config, "reference")
-    suite = build_suite(config, frame if reference is None else reference)
-    result = run_suite(gx_view(frame, config), suite)
+    require_contract_columns(frame, config, name)
+    suite = with_expectations(contract_suite(config, frame, reference),
+                              pii_scan_expectations(config, scan_columns(frame, config)))
+    result = scrub(run_suite(gx_view(frame, config), suite))
     checks = skip_consequences(interpret(result, suite, config))
     failed = [FailedExpectation(c.expectation, c.column, c.unexpected, c.reason)
               for c in checks if not c.success and not c.skipped]
@@ -103,9 +112,17 @@ def validate_frame(
 
 
 def validate_file(path: Path, config: Config, reference_path: Path | None = None) -> ValidationReport:
-    """Validate a CSV or Parquet file; unreadable files raise DataError naming the file."""
+    """Validate a CSV or Parquet file; unreadable files raise DataError naming the file.
+
+    A reference file is refused while validation.suite is set: it would be silently ignored.
+    """
     path = Path(path)
+    if reference_path is not None and config.validation.suite is not None:
+        raise ConfigError(f"{reference_path}: a reference has no effect while validation.suite "
+                          f"({config.validation.suite}) is set, which holds the ranges and categories; drop the "
+                          "reference, or set validation.suite to null")
     frame = read_table(path)
+    require_contract_columns(frame, config, str(path))
     reference = None
     if reference_path is not None:
         reference = read_table(reference_path)
@@ -113,20 +130,32 @@ def validate_file(path: Path, config: Config, reference_path: Path | None = None
     return validate_frame(frame, config, reference, name=path.stem)
 
 
-def check_reference(reference: pd.DataFrame, config: Config, source: str) -> None:
-    """A reference must hold every feature column, with numbers where numbers are expected.
+def contract_suite(config: Config, frame: pd.DataFrame, reference: pd.DataFrame | None) -> gx.ExpectationSuite:
+    """The saved suite (validation.suite), else one built from the reference's profile, else the frame's own."""
+    saved = saved_suite(config)
+    if saved is not None:
+        return saved
+    if reference is not None:
+        check_reference(reference, config, "reference")
+    return build_suite(config, frame if reference is None else reference)
 
-    A broken reference is unusable input (DataError), not a failed batch: the profile that judges
-    the batch would silently lose its ranges and category sets.
+
+def check_usable(frame: pd.DataFrame, config: Config, source: str) -> None:
+    """Raise what makes a batch unusable rather than failed (a broken saved suite, none of the contract's columns).
+
+    Callers that run validation inside a Prefect flow call this first: raised inside a flow, the same one-line
+    error would reach the console with Prefect's traceback.
     """
-    missing = [c for c in config.data.features if c not in reference.columns]
-    if missing:
-        raise DataError(f"{source}: missing column(s) {', '.join(missing)}; the reference must hold every "
-                        "feature column of the config's data section")
-    for column in config.data.numerical:
-        if not pd.api.types.is_numeric_dtype(reference[column]):
-            raise DataError(f"{source}: column {column} is not numeric (dtype {reference[column].dtype}); "
-                            "it is listed under data.numerical")
+    saved_suite(config)
+    require_contract_columns(frame, config, source)
+
+
+def require_contract_columns(frame: pd.DataFrame, config: Config, source: str) -> None:
+    """A batch holding none of the contract's columns is the wrong file (unusable input), not a failed batch."""
+    contract = contract_columns(config)
+    if not any(c in frame.columns for c in contract):
+        shown = ", ".join(contract[:EXAMPLES_QUOTED]) + (", ..." if len(contract) > EXAMPLES_QUOTED else "")
+        raise DataError(f"{source}: holds none of the data contract's columns ({shown}); is it the right file?")
 
 
 def run_suite(view: pd.DataFrame, suite: gx.ExpectationSuite) -> ExpectationSuiteValidationResult:
@@ -139,6 +168,34 @@ def run_suite(view: pd.DataFrame, suite: gx.ExpectationSuite) -> ExpectationSuit
     asset = context.data_sources.add_pandas("driftloop").add_dataframe_asset("batch")
     batch = asset.add_batch_definition_whole_dataframe("whole").get_batch(batch_parameters={"dataframe": view})
     return batch.validate(suite, result_format={"result_format": "SUMMARY"})
+
+
+def scrub(result: ExpectationSuiteValidationResult) -> ExpectationSuiteValidationResult:
+    """Keep personal data out of every report made from `result` (ours, GX's page, report.json).
+
+    PII-scan results lose every value and row index GX quoted (they are, by construction, the personal data);
+    other results keep their examples, with any that looks like an e-mail address or phone number redacted.
+    """
+    for item in result.results:
+        details = item.result
+        if not details:
+            continue
+        if pii_scan_kind(item.expectation_config.meta):
+            for key in VALUE_KEYS:
+                details.pop(key, None)
+        else:
+            for key, value in details.items():
+                details[key] = _redacted(value)
+    return result
+
+
+def _redacted(value: Any) -> Any:
+    """`value` with every string in it that looks like PII replaced (lists and dicts walked)."""
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    return redact(value)
 
 
 def interpret(result: ExpectationSuiteValidationResult, suite: gx.ExpectationSuite, config: Config) -> list[Check]:
@@ -178,14 +235,20 @@ def _check(result: ExpectationValidationResult, config: Config) -> Check:
     details: dict[str, Any] = result.result or {}
     error = _error_message(result.exception_info)
     unexpected = int(details.get("unexpected_count") or 0)
+    scanned = pii_scan_kind(result.expectation_config.meta)
     if error is not None and not result.success:
         reason = f"column {column}: GX could not evaluate it ({error})" if column else f"GX error: {error}"
+    elif result.success:
+        reason = ""
+    elif scanned:
+        reason = (f"column {column} holds {unexpected} values that look like {scanned}; declare it under data.pii "
+                  "or drop it")
     else:
-        reason = "" if result.success else _reason(kind, column, kwargs, details, config)
+        reason = _reason(kind, column, kwargs, details, config)
+    expected = f"no {scanned} ({_allowed(kwargs)})" if scanned else _expected(kind, kwargs)
     return Check(
         expectation=kind, column=column, success=bool(result.success), unexpected=unexpected,
-        observed=_observed(details), errored=error is not None, reason=reason,
-        expected=_expected(kind, kwargs),
+        observed=_observed(details), errored=error is not None, reason=reason, expected=expected,
     )  # fmt: skip
 
 
@@ -205,8 +268,24 @@ def _examples(details: dict) -> str:
     """A few offending values, quoted (the view holds no PII column, so these are safe to show)."""
     counts = details.get("partial_unexpected_counts") or []
     values = [c["value"] for c in counts] or details.get("partial_unexpected_list") or []
-    distinct = list(dict.fromkeys(repr(v) for v in values))  # unhashable values come without counts
+    distinct = list(dict.fromkeys(_shortened(repr(v)) for v in values))  # unhashable values come without counts
     return ", ".join(distinct[:EXAMPLES_QUOTED])
+
+
+def _shortened(text: str) -> str:
+    """At most EXAMPLE_MAX_CHARS characters of a quoted value (a 1 MB string must not become the reason)."""
+    return text if len(text) <= EXAMPLE_MAX_CHARS else text[: EXAMPLE_MAX_CHARS - 1] + "…"
+
+
+def _setting(config: Config, keys: str) -> str:
+    """Where a threshold is set: the config keys, or the saved suite that holds it."""
+    suite = config.validation.suite
+    return f"set in the suite {Path(suite).name}" if suite is not None else keys
+
+
+def _bound(value: Any) -> str:
+    """A range bound for a reason; an open one (None) is shown as such."""
+    return "open" if value is None else f"{value:.6g}" if isinstance(value, int | float) else str(value)
 
 
 def _share(details: dict) -> str:
@@ -233,22 +312,26 @@ def _reason(kind: str, column: str | None, kwargs: dict, details: dict, config: 
             return f"column {column} has type {details['observed_value']}, expected a number"
         return f"column {column} has {count} values that are not numbers{like}"
     if kind == "expect_table_row_count_to_be_between":
-        return (f"the batch has {details.get('observed_value')} rows, at least {kwargs.get('min_value')} "
-                "expected (validation.min_rows)")
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        span = (f"at least {low}" if high is None else f"at most {high}" if low is None
+                else f"between {low} and {high}")
+        return (f"the batch has {details.get('observed_value')} rows, {span} expected "
+                f"({_setting(config, 'validation.min_rows, validation.max_rows_factor')})")
     if kind == "expect_column_values_to_not_be_null":
         if column == timestamp_column(config):
             return f"column {column} has {count} missing or unparseable timestamps"
-        setting = "" if column == config.data.target else " (validation.max_null_fraction)"
+        setting = "" if column == config.data.target else f" ({_setting(config, 'validation.max_null_fraction')})"
         return f"column {column} has {count} nulls ({_share(details)}, {_allowed(kwargs)}){setting}"
     if kind == "expect_column_values_to_be_between":
-        low, high = kwargs.get("min_value"), kwargs.get("max_value")
-        return (f"column {column} has {count} values outside [{low:.6g}, {high:.6g}] ({_share(details)}, "
-                f"{_allowed(kwargs)}){like} (validation.range_margin, validation.mostly)")
+        low, high = _bound(kwargs.get("min_value")), _bound(kwargs.get("max_value"))
+        return (f"column {column} has {count} values outside [{low}, {high}] ({_share(details)}, "
+                f"{_allowed(kwargs)}){like} ({_setting(config, 'validation.range_margin, validation.mostly')})")
     if kind == "expect_column_values_to_be_in_set":
         if column == config.data.target:
             return f"column {column} has {count} labels outside {{0, 1}}{like}"
-        return (f"column {column} has {count} values outside the reference's categories ({_share(details)}, "
-                f"{_allowed(kwargs)}){like} (validation.mostly)")
+        known = "the suite's" if config.validation.suite is not None else "the reference's"
+        return (f"column {column} has {count} values outside {known} categories ({_share(details)}, "
+                f"{_allowed(kwargs)}){like} ({_setting(config, 'validation.mostly')})")
     return f"column {column} failed {kind}" if column else f"the batch failed {kind}"
 
 

@@ -39,6 +39,19 @@ def cmd_validate(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK if report.success else EXIT_FAILED
 
 
+def cmd_checks(args: argparse.Namespace, config: Config) -> int:
+    """`checks init`: profile a reference file into a GX suite file the team then owns: 0 written, 2 bad input."""
+    from data_checks.saved_suite import init_suite
+
+    written = init_suite(config, Path(args.data), Path(args.out) if args.out else None, force=args.force)
+    if args.json:
+        _print_json(written.to_json())
+    else:
+        _err(f"wrote {written.path}: {written.expectations} expectations on {len(written.columns)} columns, profiled "
+             f"from {written.rows} rows of {written.reference}; review it, edit it, commit it")
+    return EXIT_OK
+
+
 def _training_flags(config: Config, args: argparse.Namespace) -> Config:
     """`config` with the train flags that train() takes no keyword for (they live in config.training)."""
     flags = {"stages_per_rank": args.stages_per_rank, "launcher": args.launcher, "partition": args.partition,
@@ -83,6 +96,30 @@ def _print_torchrun(config: Config, data_path: Path, overrides: dict, as_json: b
     return EXIT_OK
 
 
+def _check_training_input(config: Config, data_path: Path) -> None:
+    """Unusable input (unreadable file, timestamps that do not parse, a broken saved suite) as one line, here:
+    raised inside the training flow, Prefect would print it with a traceback."""
+    from data_checks.validate import check_usable
+    from driftloop.data import read_table, sort_by_time
+
+    check_usable(sort_by_time(read_table(data_path), config.data), config, str(data_path))
+
+
+def _print_governance_refusal(data_path: Path | str, outcome: dict) -> None:
+    """Why the governance checks stopped a batch, one reason a line, and how to let it through if a person may."""
+    governance = outcome["governance"]
+    stopping = [f for f in governance["findings"] if f["blocking"]]
+    _err(f"training refused: {data_path} failed {len(stopping)} governance check(s):")
+    for finding in stopping:
+        _err(f"  {finding['check']}: {finding['reason']}")
+    for finding in governance["findings"]:
+        if not finding["blocking"]:
+            _err(f"  (warning) {finding['check']}: {finding['reason']}")
+    _err(f"quarantined in {outcome['quarantine']}")
+    if all(f["overridable"] for f in stopping):
+        _err(f"if the batch is right as it is: driftloop approve {Path(outcome['quarantine']).name} --reason TEXT")
+
+
 def cmd_train(args: argparse.Namespace, config: Config) -> int:
     """Validate, train pipeline-parallel and register: 0 ok, 2 bad input (including data that fails validation).
 
@@ -95,12 +132,16 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
                  "seed": args.seed}
     check_settings(config, **overrides)
     data_path = prepare_training_data(config, Path(args.data) if args.data else None)
+    _check_training_input(config, Path(data_path))
     if config.training.launcher == "torchrun":
         return _print_torchrun(config, Path(data_path), overrides, args.json)
     outcome = training_pipeline(config, str(data_path), progress=not args.json, **overrides)
     if not outcome["validation"]["success"]:
         _err(f"training refused: {data_path} failed validation: {outcome['validation']['summary']}")
         _err(f"quarantined in {outcome['quarantine']}")
+        return EXIT_BAD_INPUT
+    if "train" not in outcome:
+        _print_governance_refusal(data_path, outcome)
         return EXIT_BAD_INPUT
     train = outcome["train"]
     if args.json:
@@ -252,6 +293,77 @@ def cmd_models(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+def cmd_lineage(args: argparse.Namespace, config: Config) -> int:
+    """A version, its training batches, its parent champion and that one's batches, back to the first model: 0 ok,
+    2 unknown version."""
+    from rich.console import Console
+
+    from registry.provenance import chain_tree, version_chain
+
+    view = version_chain(config, args.version)
+    if args.json:
+        _print_json(view)
+        return EXIT_OK
+    console = Console()
+    if not console.is_terminal:  # a pipe or a file: long paths stay on one line
+        console = Console(width=200)
+    console.print(chain_tree(view), highlight=False)
+    return EXIT_OK
+
+
+def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
+    """The quarantined batches, oldest first, with their reasons and whether approved: 0."""
+    from rich.console import Console
+
+    from data_checks.quarantine_view import quarantine_entries, quarantine_table
+
+    entries = quarantine_entries(config)
+    if args.json:
+        _print_json({"quarantined": entries})
+    elif not entries:
+        sys.stdout.write("no quarantined batch\n")
+    else:
+        console = Console()
+        if not console.is_terminal:  # a pipe or a file: the table's full width, not 80 columns
+            console = Console(width=200)
+        console.print(quarantine_table(entries))
+    return EXIT_OK
+
+
+def cmd_approve(args: argparse.Namespace, config: Config) -> int:
+    """Approve a quarantined batch despite its governance findings: 0 recorded, 2 no such batch or a finding no
+    approval may override (validation, leakage)."""
+    import getpass
+
+    from data_checks.quarantine import approve_batch
+
+    try:
+        who = getpass.getuser()
+    except (OSError, KeyError):  # no login name (some containers): still an approval, of someone unnamed
+        who = "unknown"
+    approval = approve_batch(config, args.batch, who, args.reason or "")
+    if args.json:
+        _print_json(approval.to_json())
+    else:
+        sys.stdout.write(f"batch {approval.fingerprint} approved by {approval.who}; overrides "
+                         f"{', '.join(approval.overrides)}; it trains the next time it is offered\n")
+    return EXIT_OK
+
+
+def cmd_gate(args: argparse.Namespace, config: Config) -> int:
+    """Judge the challenger (or --version) against the champion again, with live shadow figures: 0 decided (either
+    way), 2 nothing to judge."""
+    from flows.gating import regate
+
+    decision = regate(config, args.version)
+    if args.json:
+        _print_json(decision.to_json())
+    else:
+        sys.stdout.write(f"gate: v{decision.challenger_version} (champion v{decision.champion_version}): "
+                         f"{decision.reason}\n")
+    return EXIT_OK
+
+
 def cmd_label(args: argparse.Namespace, config: Config) -> int:
     """Attach delayed labels from a file to the prediction log, all or nothing: 0 ok, 2 bad file or unknown ids."""
     from driftloop.errors import DataError
@@ -299,6 +411,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("validate", cmd_validate, "Great Expectations gate on one data file")
     p.add_argument("--data", required=True, help="CSV or Parquet file to validate")
     p.add_argument("--reference", help="file whose ranges and categories the data must stay within")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    p = command("checks", cmd_checks, "data checks: `init` profiles a reference file into a Great Expectations "
+                "suite file (then set validation.suite to it)")
+    p.add_argument("action", choices=["init"])
+    p.add_argument("--data", required=True, help="CSV or Parquet reference file to profile (e.g. the training data)")
+    p.add_argument("--out", help="suite file to write (default: validation.suite)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing suite file")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     p = command("train", cmd_train, "validate, train pipeline-parallel and register a model version")
@@ -366,6 +486,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("models", cmd_models, "list every version of the model: aliases, gate decision and figures, lineage, "
                 "and the champion history")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    p = command("lineage", cmd_lineage, "a version's provenance: its training batches (source, time range, validation "
+                "and report), then its parent champion's, back to the first model")
+    p.add_argument("version", help="the model version, as `driftloop models` lists it")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    p = command("quarantine", cmd_quarantine, "the batches kept out of training, oldest first, with their reasons")
+    p.add_argument("action", choices=["list"])
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    p = command("approve", cmd_approve, "approve a quarantined batch despite its governance findings (drift, label "
+                "rate, class balance, the champion's score, representativity; never validation or leakage): it "
+                "trains the next time the same batch is offered")
+    p.add_argument("batch", help="a quarantine entry's folder name or the batch's fingerprint")
+    p.add_argument("--reason", help="why the batch is right as it is (recorded with the approval)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    p = command("gate", cmd_gate, "judge the challenger against the champion again on the latest labelled window, "
+                "its holdout and, in shadow mode, its live shadow predictions; promote it if it wins")
+    p.add_argument("--version", help="the version to judge (default: the challenger alias)")
+    p.add_argument("--json", action="store_true", help="print the decision as one JSON object on stdout")
 
     p = command("label", cmd_label, "attach delayed labels (columns prediction_id and label) to logged predictions")
     p.add_argument("--file", required=True, help="CSV or Parquet file with columns prediction_id and label (or the "

@@ -33,6 +33,9 @@ class DataConfig(_Strict):
     numerical: list[str] = Field(default_factory=list)
     categorical: list[str] = Field(default_factory=list)
     pii: list[str] = Field(default_factory=list)
+    # Where rows leave the raw data (prediction log, registry references): drop the pii columns, or replace each
+    # value by its keyed hash (HMAC-SHA256; key $DRIFTLOOP_PII_KEY or state_dir/secrets/pii.key), still joinable.
+    pii_policy: Literal["drop", "hash"] = "drop"
 
     @model_validator(mode="after")
     def _columns_distinct(self) -> DataConfig:
@@ -108,9 +111,62 @@ class ValidationConfig(_Strict):
     """Great Expectations gate settings."""
 
     min_rows: int = Field(100, ge=1)
+    # A batch may hold at most this many times the reference's (profiled file's) rows; None: no upper bound.
+    max_rows_factor: float | None = Field(None, gt=0)
     max_null_fraction: float = Field(0.05, ge=0, le=1)
     range_margin: float = Field(0.5, ge=0)
     mostly: float = Field(0.99, gt=0, le=1)
+    # Share of each text column's values (any column but data.pii) that must not look like e-mail addresses or
+    # phone numbers; 1.0: a single one fails the batch.
+    pii_scan_mostly: float = Field(1.0, gt=0, le=1)
+    # A suite written by `driftloop checks init` (GX's JSON), used instead of profiling the reference at validation
+    # time; a relative path is resolved against the config file's folder. None: built at validation time.
+    suite: Path | None = None
+
+
+class GovernanceConfig(_Strict):
+    """Checks a batch passes after the GX gate and before it becomes training data (flows/governance.py).
+
+    Every threshold may be null: that check is off. Defaults are measured on the demo's real data, with margin on
+    both sides (README, "Data governance"). Leakage findings always block; the others block unless a person
+    approved the batch (`driftloop approve`); representativity only warns unless representativity_blocks.
+    """
+
+    # Leakage: a feature that alone predicts the target this well is a leak. Classification: the feature's own AUC
+    # (numbers by rank, categories by out-of-fold target-rate encoding; either direction). The demo's honest
+    # features: at most 0.75 in any week; dep_delay (known only after departure) 0.90, the target with 1% noise 0.99.
+    max_feature_auc: float | None = Field(0.85, gt=0.5, le=1)
+    # Regression: the same as |Spearman rho| of the feature (or its encoding) with the target.
+    max_feature_correlation: float | None = Field(0.9, gt=0, le=1)
+    # Share of evaluation rows (the trainer's time-later holdout; in a retraining also the gate window) that also
+    # appear among the training rows, features and target compared (not the timestamp). The demo's data repeats
+    # naturally (two flights of one route in one hour): at most 0.8% in any four-week batch's holdout.
+    max_overlap_fraction: float | None = Field(0.05, ge=0, le=1)
+    # Share of training rows stamped later than the start of the evaluation period (0: none may be).
+    max_late_fraction: float | None = Field(0.0, ge=0, le=1)
+    # Classification: each class must make at least this share of the batch. Demo weeks: 9.6% to 45% delayed.
+    min_class_share: float | None = Field(0.05, ge=0, lt=0.5)
+    # The drift checks below compare a sample of this many rows (fixed seed) by the monitor's calibrated decision:
+    # at this size its thresholds flag only differences large enough to question the data itself (the monitor's
+    # full windows report the subtler ones). Demo, retraining batches against a winter champion: at most 5 of 10
+    # columns drift at 200 rows (and up to 9 of 10 at 5,000, where seasons alone look like an attack).
+    drift_rows: int = Field(200, ge=20)
+    # Representativity: the batch against the last this-many windows (monitoring.window) of logged traffic; 0: off.
+    # Reported as a warning (flow log and result) unless representativity_blocks.
+    representativity_windows: int = Field(1, ge=0)
+    representativity_blocks: bool = False
+    # Poisoning guard, against the champion's training data: the share of feature columns that drift (demo: at most
+    # 0.5; every feature shifted far and categories replaced: 1.0) ...
+    max_drift_share: float | None = Field(0.75, ge=0, le=1)
+    # ... the change of the positive rate (classification; any two four-week periods of the demo: at most 0.20;
+    # flipped labels: 0.4 and more) ...
+    max_label_rate_change: float | None = Field(0.3, ge=0, le=1)
+    # ... the change of the target's mean, in the champion's target standard deviations (regression) ...
+    max_target_shift: float | None = Field(1.0, ge=0)
+    # ... and the champion's own score on the batch's labels: below chance means they contradict what it learned
+    # (demo: at least 0.62; flipped labels: about 1 - that). AUC (classification) or Spearman rho (regression).
+    min_champion_auc: float | None = Field(0.5, ge=0, le=1)
+    min_champion_correlation: float | None = Field(0.0, ge=-1, le=1)
 
 
 class MonitoringConfig(_Strict):
@@ -198,6 +254,9 @@ class RegistryConfig(_Strict):
     gate_slices: list[str] = Field(default_factory=list)
     slice_tolerance: float = Field(0.02, ge=0)
     min_slice_rows: int = Field(200, ge=1)
+    # Live shadow evidence (serving.shadow): labelled requests the champion answered and the challenger scored; with
+    # at least this many, the gate also requires the challenger to win on them (see `driftloop gate`).
+    min_shadow_rows: int = Field(500, ge=1)
 
 
 class OrchestrationConfig(_Strict):
@@ -279,6 +338,7 @@ class Config(_Strict):
     stack: StackConfig = StackConfig()
     alerts: AlertsConfig = AlertsConfig()
     demo: DemoConfig = DemoConfig()
+    governance: GovernanceConfig = GovernanceConfig()
 
     def digest(self) -> str:
         """Short stable hash of the settings, recorded as lineage on every model."""
@@ -322,7 +382,21 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{path}: config file not found") from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
-    return parse_config(raw, str(path))
+    return resolve_paths(parse_config(raw, str(path)), path.parent)
+
+
+def resolve_paths(config: Config, base: Path) -> Config:
+    """`config` with validation.suite made absolute against `base` (the config file's folder).
+
+    A saved suite belongs with the config that names it (both live in the repository), so it is found wherever the
+    command runs; state_dir stays relative to the working directory, as state does. A config parsed without a
+    file (parse_config) keeps a relative suite path, resolved against the working directory when read.
+    """
+    suite = config.validation.suite
+    if suite is None or suite.is_absolute():
+        return config
+    validation = config.validation.model_copy(update={"suite": (base / suite).resolve()})
+    return config.model_copy(update={"validation": validation})
 
 
 def demo_config_path() -> Path:

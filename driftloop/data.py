@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,8 @@ import pandas as pd
 
 from driftloop.config import Config, DataConfig
 from driftloop.errors import DataError
+from driftloop.file_checks import content_problem, encoding_problem, repeated
+from driftloop.pii import pii_policy
 
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".pq")
 # The reference sample is drawn with a fixed seed: one training set, one reference, in every process.
@@ -19,8 +22,14 @@ REFERENCE_SEED = 0
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file, raising DataError with one line naming the fault."""
+    """Read a CSV or Parquet file, raising DataError with one line naming the fault.
+
+    Whatever the file holds (another format under a data suffix, another encoding, ragged rows, a repeated
+    column name), the result is a frame or a DataError: never another exception. See `driftloop.file_checks`.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a data file")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     suffix = path.suffix.lower()
@@ -28,22 +37,56 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{path}: unsupported file type {suffix or '(none)'}; use .csv or .parquet")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
-    try:
-        if suffix == ".csv":
-            frame = pd.read_csv(path, encoding="utf-8")
-        else:
-            frame = pd.read_parquet(path)
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text; save the CSV as UTF-8") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: file has no columns") from None
-    except pd.errors.ParserError as error:
-        raise DataError(f"{path}: not a valid CSV ({str(error).splitlines()[0]})") from None
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: cannot read as {suffix[1:]} ({str(error).splitlines()[0]})") from None
+    problem = content_problem(path, ".csv" if suffix == ".csv" else ".parquet")
+    if problem:
+        raise DataError(f"{path}: {problem}")
+    frame = _read_csv(path) if suffix == ".csv" else _read_parquet(path)
+    twice = repeated(list(frame.columns))
+    if twice:
+        raise DataError(f"{path}: column {twice[0]} appears more than once; rename or drop the copies")
     if frame.empty:
         raise DataError(f"{path}: file has no rows")
     return frame
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A UTF-8 CSV (pandas drops a byte-order mark); a repeated header name is an error, not renamed `a.1`."""
+    try:
+        # low_memory=False: types are inferred over the whole column, so a mixed column warns nowhere.
+        frame = pd.read_csv(path, encoding="utf-8", low_memory=False)
+        header = pd.read_csv(path, encoding="utf-8", header=None, nrows=1, dtype=str, keep_default_na=False)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: {encoding_problem(path)}") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: file has no columns") from None
+    except pd.errors.ParserError as error:
+        raise DataError(f"{path}: not a valid CSV ({_first_line(error)})") from None
+    except (OSError, ValueError, OverflowError) as error:
+        raise DataError(f"{path}: cannot read as csv ({_first_line(error)})") from None
+    twice = repeated(header.iloc[0].tolist()) if len(header) else []
+    if twice:
+        raise DataError(f"{path}: column {twice[0]} appears more than once in the header; rename or drop the copies")
+    return frame
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    """A Parquet file; a repeated column name is named before pyarrow refuses it less clearly."""
+    import pyarrow as pa  # here: only Parquet reads pay for importing pyarrow's Parquet reader
+    import pyarrow.parquet as pq
+
+    try:
+        twice = repeated(pq.read_schema(path).names)
+        if twice:
+            raise DataError(f"{path}: column {twice[0]} appears more than once; rename or drop the copies")
+        return pd.read_parquet(path)
+    except (OSError, ValueError, TypeError, pa.ArrowException) as error:
+        raise DataError(f"{path}: cannot read as parquet ({_first_line(error)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error's message (parsers append whole tables to theirs)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def missing_columns(frame: pd.DataFrame, columns: list[str]) -> list[str]:
@@ -72,8 +115,11 @@ def event_times(frame: pd.DataFrame, data: DataConfig) -> pd.Series:
     """The timestamp column parsed as UTC datetimes."""
     assert data.timestamp is not None
     try:
-        return pd.to_datetime(frame[data.timestamp], utc=True)
-    except (ValueError, TypeError):
+        with warnings.catch_warnings():
+            # "Could not infer format": pandas then parses each value alone; a failure is the DataError below.
+            warnings.simplefilter("ignore", UserWarning)
+            return pd.to_datetime(frame[data.timestamp], utc=True)
+    except (ValueError, TypeError, OverflowError):
         raise DataError(f"column {data.timestamp}: not parseable as timestamps") from None
 
 
@@ -133,13 +179,16 @@ def time_range(frame: pd.DataFrame, data: DataConfig) -> tuple[str, str] | None:
 def reference_frame(training: pd.DataFrame, config: Config, predictions: np.ndarray | pd.Series | None = None
                     ) -> pd.DataFrame:
     """The monitor's reference from a champion's training rows: features, target, timestamp and, when given,
-    the champion's outputs on those rows (for output drift and performance); never pii; at most
-    monitoring.reference_max_rows rows, the same ones every time.
+    the champion's outputs on those rows (for output drift and performance); pii only as data.pii_policy allows
+    (dropped, or hashed: joinable with the prediction log); at most monitoring.reference_max_rows rows, the same
+    ones every time.
 
     The registry stores it with each version; the monitor's calibration cache is keyed by its content.
     """
     data = config.data
-    keep = [c for c in [*data.features, data.target, data.timestamp] if c and c in training]
+    policy = pii_policy(config)
+    hashed = [c for c in data.pii if policy.key is not None]
+    keep = [c for c in dict.fromkeys([*data.features, data.target, data.timestamp, *hashed]) if c and c in training]
     frame = training[keep].reset_index(drop=True)
     if predictions is not None:
         outputs = np.asarray(predictions, dtype="float64")
@@ -148,4 +197,4 @@ def reference_frame(training: pd.DataFrame, config: Config, predictions: np.ndar
         frame[config.monitoring.prediction_column] = outputs
     if len(frame) > config.monitoring.reference_max_rows:
         frame = frame.sample(config.monitoring.reference_max_rows, random_state=REFERENCE_SEED).sort_index()
-    return frame.reset_index(drop=True)
+    return policy.frame(frame).reset_index(drop=True)

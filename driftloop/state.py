@@ -25,6 +25,11 @@ def quarantine_dir(config: Config) -> Path:
     return state_path(config, "quarantine", "x").parent
 
 
+def batches_dir(config: Config) -> Path:
+    """Folder holding one provenance record per batch offered to training (driftloop/batches.py)."""
+    return state_path(config, "batches", "x").parent
+
+
 def prediction_log_path(config: Config) -> Path:
     """SQLite file of the prediction log."""
     return state_path(config, "predictions.db")

@@ -162,7 +162,7 @@ def retrain(client: httpx.Client, config: Config, state: LoopState, index: int) 
     gate_first, gate_last = state.id_ranges[index]
     outcome = retraining_flow(config, history[0][0], history[-1][1], gate_first, gate_last, progress=False)
     if outcome["status"] == "quarantined":
-        return "retrain refused", f"data quarantined: {outcome['validation']['summary']}"
+        return "retrain refused", f"data quarantined in {Path(outcome['quarantine']).name}: {outcome['summary']}"
     if outcome["gate"]["promoted"]:
         champion_policy(config, state, outcome["train"]["model_version"])
     gate, version = outcome["gate"], outcome["train"]["model_version"]

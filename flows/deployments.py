@@ -26,6 +26,7 @@ from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron
 
+from data_checks.approvals import find_approval
 from driftloop.config import Config, load_config
 from driftloop.data import Window
 from driftloop.errors import ConfigError
@@ -141,12 +142,21 @@ def plan_retraining(config: Config, labelled: pd.DataFrame) -> RetrainPlan | Non
     return RetrainPlan(train=(id_range(train[0])[0], id_range(train[-1])[1]), gate=id_range(gate))
 
 
+def approved_since(config: Config, previous: dict) -> bool:
+    """Whether the last retraining's batch was quarantined and a person has approved it since (`driftloop approve`):
+    then the same windows are offered again, and the approval lets them through."""
+    fingerprint = previous.get("fingerprint")
+    return (previous.get("status") == "quarantined" and isinstance(fingerprint, str)
+            and find_approval(config, fingerprint) is not None)
+
+
 @flow(name=RETRAIN_FLOW, validate_parameters=False)
 def retrain_from_log(config_path: str, reason: str = "scheduled") -> dict:
     """Retrain on recent labelled traffic and gate the new version on the latest labelled window.
 
     Skipped when nothing new was labelled since the last retraining: the same incident reported twice (by
-    the automation and by Alertmanager) retrains once.
+    the automation and by Alertmanager) retrains once. A batch the governance checks quarantined is offered again
+    once a person approved it.
     """
     config = load_config(config_path)
     logger = get_run_logger()
@@ -158,15 +168,19 @@ def retrain_from_log(config_path: str, reason: str = "scheduled") -> dict:
         return {"status": "skipped", "reason": "not enough labelled traffic"}
     last_path = state_path(config, "retraining", "last.json")
     previous = json.loads(last_path.read_text(encoding="utf-8")) if last_path.exists() else {}
-    if previous.get("gate") == list(plan.gate):
+    if previous.get("gate") == list(plan.gate) and not approved_since(config, previous):
         logger.info("retraining (%s) skipped: no new labelled window since version %s", reason,
                     previous.get("version"))
         return {"status": "skipped", "reason": "no new labelled window", "version": previous.get("version")}
     logger.info("retraining (%s) on predictions %d-%d, gate on %d-%d", reason, *plan.train, *plan.gate)
     outcome = retraining_flow(config, *plan.train, *plan.gate, progress=False)
     version = outcome.get("train", {}).get("model_version")
+    if outcome["status"] == "quarantined":
+        logger.warning("retraining (%s) refused, batch quarantined in %s: %s", reason, outcome["quarantine"],
+                       outcome["summary"])
     partial = last_path.with_suffix(".partial")
-    partial.write_text(json.dumps({"gate": list(plan.gate), "version": version, "status": outcome["status"]}))
+    partial.write_text(json.dumps({"gate": list(plan.gate), "version": version, "status": outcome["status"],
+                                   "fingerprint": outcome.get("fingerprint")}))
     partial.replace(last_path)
     return {**outcome, "reason": reason}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from data_checks.provenance import prediction_log_source
 from driftloop.config import Config
 from driftloop.errors import DataError
 from driftloop.state import prediction_log_path, state_path
@@ -23,6 +24,20 @@ def labelled_rows(config: Config, first_id: int, last_id: int):  # noqa: ANN201 
     return log_to_contract(config, logged)
 
 
+def refusal(outcome: dict) -> dict:
+    """The retraining's result for a batch the training pipeline quarantined: why, in one summary and one line per
+    reason, and the batch's fingerprint (to approve it: `driftloop approve`)."""
+    validation, governance = outcome["validation"], outcome.get("governance")
+    if not validation["success"] or governance is None:
+        summary, reasons = f"validation failed: {validation['summary']}", [validation["summary"]]
+    else:
+        summary = governance["summary"]
+        reasons = [f"{f['check']}: {f['reason']}" for f in governance["findings"] if f["blocking"]]
+    return {"status": "quarantined", "validation": validation, "governance": governance,
+            "quarantine": outcome["quarantine"], "summary": summary, "reasons": reasons,
+            "fingerprint": governance["fingerprint"] if governance else None}
+
+
 @task(cache_policy=NO_CACHE)
 def gate_version(config: Config, version: str, first_id: int, last_id: int) -> GateDecision:
     """Champion vs challenger on the most recent labelled window; moves the aliases."""
@@ -35,14 +50,21 @@ def gate_version(config: Config, version: str, first_id: int, last_id: int) -> G
 @flow(name="retraining", validate_parameters=False)
 def retraining_flow(config: Config, train_first_id: int, train_last_id: int, gate_first_id: int,
                     gate_last_id: int, progress: bool = True) -> dict:
-    """Train on labelled predictions `train_*`, gate on the later labelled window `gate_*`."""
+    """Train on labelled predictions `train_*`, gate on the later labelled window `gate_*`.
+
+    The gate window is the governance checks' evaluation data too (no overlap with the batch, no training row from
+    its period); a batch they stop is quarantined and the result says why (status "quarantined")."""
     frame = labelled_rows(config, train_first_id, train_last_id)
     path = state_path(config, "data", f"retrain-{train_first_id}-{train_last_id}.parquet")
     frame.to_parquet(path, index=False)
+    gate_path = state_path(config, "data", f"gate-{gate_first_id}-{gate_last_id}.parquet")
+    labelled_rows(config, gate_first_id, gate_last_id).to_parquet(gate_path, index=False)
     champion = alias_version(config, CHAMPION)
-    outcome = training_pipeline(config, str(path), reference_version=champion, progress=progress)
+    source = prediction_log_source(train_first_id, train_last_id, prediction_log_path(config))
+    outcome = training_pipeline(config, str(path), reference_version=champion, progress=progress, source=source,
+                                evaluation_path=str(gate_path))
     if "train" not in outcome:
-        return {"status": "quarantined", "validation": outcome["validation"], "quarantine": outcome["quarantine"]}
+        return refusal(outcome)
     decision = gate_version(config, outcome["train"]["model_version"], gate_first_id, gate_last_id)
     return {"status": "promoted" if decision.promoted else "rejected", "train": outcome["train"],
-            "gate": decision.to_json()}
+            "gate": decision.to_json(), "governance": outcome.get("governance")}

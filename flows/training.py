@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from data_checks.findings import Finding
+from data_checks.provenance import gx_page, record_batch, record_model, validation_markdown
 from data_checks.quarantine import quarantine
 from data_checks.validate import ValidationReport, validate_frame
 from driftloop.config import Config
 from driftloop.data import read_table, sort_by_time
 from driftloop.datasets import load_flights
 from driftloop.state import state_path
+from flows.governance import governance_gate
 from registry.lineage import build_lineage
-from registry.store import Registered, load_reference, register
+from registry.provenance import report_links
+from registry.store import CHAMPION, Registered, alias_version, load_reference, register
 from training.trainer import TrainResult, train
 
 
@@ -41,9 +48,10 @@ def validate_batch(config: Config, frame: pd.DataFrame, reference: pd.DataFrame 
 
 
 @task(cache_policy=NO_CACHE)
-def quarantine_batch(config: Config, frame: pd.DataFrame, report: ValidationReport, name: str) -> Path:
-    """Keep a failing batch aside with its report."""
-    path = quarantine(frame, report, config, name)
+def quarantine_batch(config: Config, frame: pd.DataFrame, report: ValidationReport, name: str,
+                     findings: Sequence[Finding] = ()) -> Path:
+    """Keep a failing batch aside with its report (and the governance findings that stopped it)."""
+    path = quarantine(frame, report, config, name, findings)
     get_run_logger().warning("batch %s quarantined in %s", name, path)
     return path
 
@@ -58,12 +66,36 @@ def train_model(config: Config, frame: pd.DataFrame, progress: bool, **overrides
 
 
 @task(cache_policy=NO_CACHE)
-def register_model(config: Config, result: TrainResult, lineage: dict[str, str], frame: pd.DataFrame) -> Registered:
-    """Log to MLflow and register a version; the first ever becomes champion."""
-    registered = register(config, result, lineage, frame)
+def register_model(config: Config, result: TrainResult, lineage: dict[str, str], frame: pd.DataFrame,
+                   report: ValidationReport | None = None) -> Registered:
+    """Log to MLflow and register a version, with the batch's validation pages in its run; the first ever becomes
+    champion."""
+    pages = [report.report, gx_page(report.report)] if report is not None else []
+    registered = register(config, result, lineage, frame, reports=pages)
     get_run_logger().info("registered %s version %s%s", registered.name, registered.version,
                           " as champion" if registered.champion else "")
     return registered
+
+
+@task(cache_policy=NO_CACHE)
+def record_offer(config: Config, frame: pd.DataFrame, report: ValidationReport, name: str, source: str,
+                 status: str, quarantined: Path | None = None) -> dict:
+    """The batch's provenance record (state_dir/batches/) gets this offer: accepted or quarantined."""
+    return record_batch(frame, report, config, name=name, source=source, status=status, quarantine=quarantined,
+                        flow_run_id=flow_run.id)
+
+
+def validation_artifact_key(config: Config) -> str:
+    """The Prefect artifact key of a model's validations (keys allow lowercase letters, digits and dashes)."""
+    return "validation-" + (re.sub(r"[^a-z0-9-]+", "-", config.model.name.lower()).strip("-") or "model")
+
+
+@task(cache_policy=NO_CACHE)
+def publish_validation(config: Config, record: dict, registered: Registered | None) -> None:
+    """The Prefect artifact: verdict, figures, links to the Data Docs pages and, once trained, the MLflow run."""
+    links = report_links(config, registered.version, registered.run_id) if registered is not None else []
+    create_markdown_artifact(validation_markdown(record, config.model.name, links), key=validation_artifact_key(config),
+                             description=f"validation of batch {record['name']} ({record['fingerprint']})")
 
 
 def train_payload(result: TrainResult, registered: Registered) -> dict:
@@ -77,21 +109,41 @@ def train_payload(result: TrainResult, registered: Registered) -> dict:
 @flow(name="training-pipeline", validate_parameters=False)
 def training_pipeline(config: Config, data_path: str, reference_version: str | None = None, progress: bool = True,
                       stages: int | None = None, schedule: str | None = None, microbatches: int | None = None,
-                      seed: int | None = None) -> dict:
-    """Validate → train → register. A batch that fails validation is quarantined and nothing is trained.
+                      seed: int | None = None, source: str | None = None, evaluation_path: str | None = None) -> dict:
+    """Validate → governance → train → register. A batch that fails validation, or that a governance check stops
+    (flows/governance.py), is quarantined and nothing is trained.
 
     `reference_version`: validate ranges and categories against that model's training data (retraining);
-    without it the profile comes from the batch itself (a first model).
+    without it the profile comes from the batch itself (a first model). `source`: where the batch came from, for
+    its provenance record (default: the file). Every offer is recorded and published as a Prefect artifact.
+    `evaluation_path`: data the new version will be judged on besides its holdout (a retraining's gate window),
+    checked for overlap with the batch. The governance guard compares the batch with `reference_version`, else
+    with the champion when there is one.
     """
     name = Path(data_path).stem
+    source = source or str(Path(data_path).resolve())
     frame = sort_by_time(read_table(data_path), config.data)
     reference = load_reference(config, reference_version) if reference_version else None
     report = validate_batch(config, frame, reference, name)
     validation = {**report.to_json(), "summary": report.summary()}
     if not report.success:
-        return {"validation": validation, "quarantine": str(quarantine_batch(config, frame, report, name))}
+        folder = quarantine_batch(config, frame, report, name)
+        publish_validation(config, record_offer(config, frame, report, name, source, "quarantined", folder), None)
+        return {"validation": validation, "quarantine": str(folder)}
+    evaluation = sort_by_time(read_table(evaluation_path), config.data) if evaluation_path else None
+    governance = governance_gate(config, frame, reference_version or alias_version(config, CHAMPION), evaluation)
+    if not governance.passed:
+        folder = quarantine_batch(config, frame, report, name, governance.findings)
+        publish_validation(config, record_offer(config, frame, report, name, source, "quarantined", folder), None)
+        return {"validation": validation, "governance": governance.to_json(), "quarantine": str(folder)}
+    # Every check has passed: the batch is accepted for training.
+    record = record_offer(config, frame, report, name, source, "accepted")
     result = train_model(config, frame, progress, stages=stages, schedule=schedule, microbatches=microbatches,
                          seed=seed)
-    lineage = build_lineage(config, frame, report.success, str(report.report), flow_run.id)
-    registered = register_model(config, result, lineage, frame)
-    return {"validation": validation, "train": train_payload(result, registered), "champion": registered.champion}
+    lineage = build_lineage(config, frame, report.success, str(report.report), flow_run.id,
+                            batches=[record["fingerprint"]])
+    registered = register_model(config, result, lineage, frame, report)
+    record = record_model(config, record, registered.name, registered.version, registered.run_id)
+    publish_validation(config, record, registered)
+    return {"validation": validation, "governance": governance.to_json(), "train": train_payload(result, registered),
+            "champion": registered.champion}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +12,9 @@ import pandas as pd
 import driftloop
 from driftloop.config import Config
 from driftloop.data import fingerprint, time_range
+
+# JSON list of the fingerprints of the batches a version was trained on (registry/provenance.py follows them).
+BATCHES_TAG = "data.batches"
 
 
 def code_version() -> str:
@@ -25,14 +30,20 @@ def code_version() -> str:
 
 
 def build_lineage(config: Config, frame: pd.DataFrame, validation_success: bool | None,
-                  validation_report: str | None, flow_run_id: str | None) -> dict[str, str]:
+                  validation_report: str | None, flow_run_id: str | None,
+                  batches: Sequence[str] | None = None) -> dict[str, str]:
     """Tags naming the data (fingerprint, time range, rows), its validation, the config, the code and the champion
-    when it was trained (parent.champion: empty for a first model)."""
+    when it was trained (parent.champion: empty for a first model).
+
+    `data.batches` is a JSON list of the fingerprints of the batch records (driftloop/batches.py) the model was
+    trained on; by default the one batch `frame` is."""
     from registry.store import alias_version  # MLflow is slow to import: only when lineage is built
 
     span = time_range(frame, config.data)
+    digest = fingerprint(frame)
     return {
-        "data.fingerprint": fingerprint(frame),
+        "data.fingerprint": digest,
+        BATCHES_TAG: json.dumps(list(batches) if batches is not None else [digest]),
         "data.rows": str(len(frame)),
         "data.start": span[0] if span else "",
         "data.end": span[1] if span else "",

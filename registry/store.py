@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +34,9 @@ os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 REFERENCE_ARTIFACT = "reference"
+# The validation report pages of a version's training batch, in its run; the tag names our page there.
+VALIDATION_ARTIFACT = "validation"
+REPORT_URI_TAG = "validation.report_uri"
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 PIP_REQUIREMENTS = ["driftloop", "torch", "safetensors", "pandas"]
 # Every move of the champion alias, oldest first, as JSON on the registered model.
@@ -237,8 +240,22 @@ def _new_version(client: MlflowClient, name: str, info: ModelInfo, run_id: str, 
                                            model_id=info.model_id).version)
 
 
-def register(config: Config, result: TrainResult, lineage: dict[str, str], reference: pd.DataFrame) -> Registered:
-    """Log a trained model to MLflow, register a version with lineage tags; the first one becomes champion."""
+def _log_reports(reports: Sequence[Path]) -> dict[str, str]:
+    """Log the validation pages that exist under `validation/` of the active run; the tag naming the first there."""
+    import mlflow
+
+    logged = [Path(p) for p in reports if Path(p).is_file()]
+    for page in logged:
+        mlflow.log_artifact(str(page), VALIDATION_ARTIFACT)
+    return {REPORT_URI_TAG: f"{mlflow.get_artifact_uri(VALIDATION_ARTIFACT)}/{logged[0].name}"} if logged else {}
+
+
+def register(config: Config, result: TrainResult, lineage: dict[str, str], reference: pd.DataFrame,
+             reports: Sequence[Path] = ()) -> Registered:
+    """Log a trained model to MLflow, register a version with lineage tags; the first one becomes champion.
+
+    `reports`: the validation pages of the training batch (ours first, then GX's Data Docs page), logged under
+    `validation/` of the run; the tag validation.report_uri names the first there, on the run and the version."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -247,6 +264,7 @@ def register(config: Config, result: TrainResult, lineage: dict[str, str], refer
     # The monitor's reference: the training rows with this model's outputs on them, never PII.
     sample = reference_frame(reference, config, predict(result.model(), result.spec, reference))
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(experiment_id=exp) as run:
+        lineage = {**lineage, **_log_reports(reports)}
         mlflow.set_tags(lineage)
         _log_training(config, result)
         folder = save_model(Path(tmp) / "model", result.state, result.spec, config.model)

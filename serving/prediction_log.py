@@ -29,11 +29,14 @@ import numpy as np
 import pandas as pd
 
 from driftloop.errors import DataError
+from driftloop.pii import PiiPolicy
 
 # How long a writer waits for another process's lock before giving up (e.g. a monitor's long read).
 BUSY_TIMEOUT_S = 30.0
 # How often committed WAL pages are copied into the database file (off the commit path, see _checkpoint_loop).
 CHECKPOINT_S = 1.0
+# Compact JSON for the stored features: fewer bytes in every commit that a request waits for.
+JSON_SEPARATORS = (",", ":")
 # SQLite caps the number of bound parameters per statement; id lookups are chunked below it.
 ID_CHUNK = 500
 
@@ -90,6 +93,17 @@ def _json_value(value: object) -> object:
     return value
 
 
+def features_json(row: dict) -> str:
+    """A row's features as compact JSON; numpy scalars, timestamps and non-finite floats converted first.
+
+    Rows from the server are plain JSON values already: one json.dumps, without a conversion call per value.
+    """
+    try:
+        return json.dumps(row, allow_nan=False, separators=JSON_SEPARATORS)
+    except (TypeError, ValueError):
+        return json.dumps({k: _json_value(v) for k, v in row.items()}, allow_nan=False, separators=JSON_SEPARATORS)
+
+
 class PredictionLog:
     """Append-only log of predictions in SQLite; labels are attached to rows by prediction id.
 
@@ -97,9 +111,10 @@ class PredictionLog:
     several processes at once (SQLite's file locks; WAL lets readers run beside the writer).
     """
 
-    def __init__(self, path: Path, pii: Sequence[str] = ()) -> None:
+    def __init__(self, path: Path, pii: Sequence[str] | PiiPolicy = ()) -> None:
         self.path = Path(path)
-        self.pii = frozenset(pii)
+        # Column names alone: dropped; `driftloop.pii.pii_policy(config)`: dropped or hashed as data.pii_policy says.
+        self.pii = pii if isinstance(pii, PiiPolicy) else PiiPolicy.dropping(pii)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         # isolation_level=None: transactions are opened explicitly (one per group commit, see append).
@@ -153,8 +168,8 @@ class PredictionLog:
                shadow_predictions: Sequence[float | None] | None = None) -> list[int]:
         """Log scored rows durably and return their new prediction ids, in row order.
 
-        PII keys are dropped from the stored features. Event times are stored as ISO UTC strings;
-        one that does not parse raises DataError and nothing is written. `shadow_version` and
+        PII keys are dropped (or hashed, see __init__) from the stored features. Event times are stored as
+        ISO UTC strings; one that does not parse raises DataError and nothing is written. `shadow_version` and
         `shadow_predictions` record what a challenger answered for the same rows (shadow mode).
         The rows are committed (fsync'd) before this returns, possibly in one transaction with
         other threads' rows (group commit); the ids of one call are consecutive.
@@ -170,7 +185,14 @@ class PredictionLog:
         Arguments as in append; bad ones raise here, before anything is queued. An async caller awaits
         `asyncio.wrap_future(...)` and answers only after that, so the event loop never waits on fsync.
         """
-        records = self._records(rows, predictions, model_version, event_times, shadow_version, shadow_predictions)
+        return self.submit_records(self.records(rows, predictions, model_version, event_times, shadow_version,
+                                                shadow_predictions))
+
+    def submit_records(self, records: list[tuple]) -> Future[list[int]]:
+        """Queue rows prepared by `records` for the next group commit (see submit).
+
+        The server prepares them in its scoring thread, so the event loop only queues them.
+        """
         future: Future[list[int]] = Future()
         if not records:
             future.set_result([])
@@ -185,10 +207,11 @@ class PredictionLog:
             self._wake.notify()
         return future
 
-    def _records(self, rows: list[dict], predictions: Sequence[float], model_version: str,
-                 event_times: Sequence[str | None] | None, shadow_version: str | None,
-                 shadow_predictions: Sequence[float | None] | None) -> list[tuple]:
-        """The INSERT parameters of each row: PII dropped, times normalised, features as JSON."""
+    def records(self, rows: list[dict], predictions: Sequence[float], model_version: str,
+                event_times: Sequence[str | None] | None = None, shadow_version: str | None = None,
+                shadow_predictions: Sequence[float | None] | None = None) -> list[tuple]:
+        """The INSERT parameters of each row (arguments as in append): PII dropped or hashed, times normalised,
+        features as compact JSON; DataError or ValueError for bad arguments."""
         if len(predictions) != len(rows):
             raise ValueError(f"append: {len(rows)} rows but {len(predictions)} predictions")
         if event_times is not None and len(event_times) != len(rows):
@@ -201,7 +224,7 @@ class PredictionLog:
         logged_at = datetime.now(UTC).isoformat()
         return [
             (logged_at, model_version, float(p), t,
-             json.dumps({k: _json_value(v) for k, v in row.items() if k not in self.pii}, allow_nan=False),
+             features_json(self.pii.row(row)),
              shadow, sp)
             for row, p, t, sp in zip(rows, predictions, times, shadows, strict=True)
         ]

@@ -13,6 +13,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pandas as pd  # noqa: E402
@@ -21,6 +22,9 @@ import yaml  # noqa: E402
 
 from driftloop.config import Config, demo_config_path, parse_config  # noqa: E402
 from driftloop.datasets import load_flights  # noqa: E402
+
+# A first start migrates a new SQLite database: on 2 busy cores that can exceed the harness's 30 s default.
+HARNESS_STARTUP_TIMEOUT_S = 180
 
 
 @pytest.fixture(scope="session")
@@ -44,11 +48,20 @@ def flights_jul(flights: pd.DataFrame) -> pd.DataFrame:
     return jul.sample(2000, random_state=0).sort_values("time_hour", kind="stable").reset_index(drop=True)
 
 
+def demo_suite_path() -> Path:
+    """The demo's saved suite (driftloop/configs/suites/), as an absolute path."""
+    raw = yaml.safe_load(demo_config_path().read_text())
+    return (demo_config_path().parent / raw["validation"]["suite"]).resolve()
+
+
 def make_config(state_dir: Path, **overrides: dict) -> Config:
     """The demo config with a private state dir and small, fast settings, plus `overrides` per section."""
     raw = yaml.safe_load(demo_config_path().read_text())
     raw["state_dir"] = str(state_dir)
     raw["training"].update({"epochs": 1, "batch_size": 256})
+    # Suites built from each test's own reference, as its data expects; tests/test_checks_init.py tests the demo's
+    # saved suite (validation.suite), which a test asks for with validation={"suite": demo_suite_path()}.
+    raw["validation"].pop("suite", None)
     for section, values in overrides.items():
         raw.setdefault(section, {}).update(values)
     return parse_config(raw, "test config")
@@ -58,6 +71,27 @@ def make_config(state_dir: Path, **overrides: dict) -> Config:
 def config(tmp_path: Path) -> Config:
     """The demo config with its state under a fresh temporary folder."""
     return make_config(tmp_path / "state")
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """Prefect's test harness (a temporary server and database) for flows run in this process, started once per
+    session (≈ 11 s) and shared by every test that asks for it (DESIGN.md: one harness per session)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=HARNESS_STARTUP_TIMEOUT_S):
+        yield
+
+
+@pytest.fixture
+def restored_environ(tmp_path: Path) -> Iterator[None]:
+    """For `driftloop.cli.main` run in the test's process: the variables it sets for its process (telemetry,
+    PREFECT_HOME) are undone after the test."""
+    saved = dict(os.environ)
+    os.environ["PREFECT_HOME"] = str(tmp_path / "prefect")
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def free_port() -> int:

@@ -18,6 +18,8 @@ def test_demo_loop_retrains_on_drift_and_gates(tmp_path: Path) -> None:
     raw = yaml.safe_load(demo_config_path().read_text())
     raw["state_dir"] = str(tmp_path / "state")
     raw["training"].update({"epochs": 1, "batch_size": 256})
+    # The demo's saved suite, as shipped: its path is relative to the shipped config's folder, not this copy's.
+    raw["validation"]["suite"] = str(demo_config_path().parent / raw["validation"]["suite"])
     # Train on January, replay February to April: the weather warms up week after week. Retraining on drift
     # alone makes the retraining path certain on this small slice; the demo retrains on a performance drop.
     raw["demo"].update({"train_until": "2013-02-01", "replay_until": "2013-05-01", "sample_fraction": 0.1,
