@@ -6,7 +6,10 @@ The evidence (registry settings in driftloop/config.py):
 - with `gate_on_holdout`, the challenger's holdout, the time-later `training.holdout_fraction` of its training rows
   as stored with the version (registry/store.py `load_reference`): the same margin;
 - each value of each `gate_slices` column with at least `min_slice_rows` rows in the recent window: the challenger
-  may not be worse than the champion by more than `slice_tolerance`.
+  may not be worse than the champion by more than `slice_tolerance`;
+- live shadow traffic, when the challenger was scored in shadow mode (`serving.shadow`) on at least
+  `min_shadow_rows` labelled requests the champion answered: the outputs both logged, not a re-scoring, and
+  the same margin. A new version has none; `driftloop gate` judges the standing challenger again once it has.
 
 `judge` holds the rule on fixed figures; `evaluate` turns predictions into figures; `decide` loads the versions;
 `apply_gate` moves the alias and records the decision in MLflow.
@@ -88,6 +91,7 @@ class GateDecision:
     failed_slices: tuple[Evidence, ...] = ()
     slices: tuple[Evidence, ...] = field(default=(), repr=False)  # every judged slice, for the JSON record
     decided_at: str = ""
+    live: Evidence | None = None  # live shadow traffic, when there was enough of it
 
     def to_json(self) -> dict:
         """Plain dict for logs and --json output."""
@@ -99,14 +103,16 @@ def _fmt(value: float | None) -> str:
 
 
 def judge(metric: str, margin: float, tolerance: float, recent: Evidence, holdout: Evidence | None,
-          slices: list[Evidence]) -> Verdict:
-    """The gate rule on fixed figures: better by more than `margin` on recent rows and on the holdout (when given),
-    and not worse by more than `tolerance` on any slice. Slices passed here are already large enough to judge."""
+          slices: list[Evidence], live: Evidence | None = None) -> Verdict:
+    """The gate rule on fixed figures: better by more than `margin` on recent rows, on the holdout and on live shadow
+    rows (each when given), and not worse by more than `tolerance` on any slice. Slices passed here are already
+    large enough to judge."""
     figures = f"{metric} {_fmt(recent.challenger)} vs champion {_fmt(recent.champion)} on {recent.rows:,} recent rows"
-    if holdout is not None:
-        figures += f", {_fmt(holdout.challenger)} vs {_fmt(holdout.champion)} on {holdout.rows:,} holdout rows"
+    for extra in (holdout, live):
+        if extra is not None:
+            figures += f", {_fmt(extra.challenger)} vs {_fmt(extra.champion)} on {extra.rows:,} {extra.name} rows"
     faults = []
-    for evidence in (recent, holdout):
+    for evidence in (recent, holdout, live):
         if evidence is None:
             continue
         gain = evidence.gain(metric)
@@ -148,9 +154,24 @@ def slice_evidence(config: Config, window: pd.DataFrame, new: np.ndarray, old: n
     return found
 
 
+def shadow_evidence(config: Config, logged: pd.DataFrame, challenger: str, champion: str) -> Evidence | None:
+    """Both versions' metric on labelled logged requests the champion answered and the challenger scored in shadow
+    mode (prediction log columns); None with fewer than registry.min_shadow_rows such rows."""
+    if logged.empty or "shadow_version" not in logged.columns:
+        return None
+    mask = ((logged["shadow_version"] == challenger) & (logged["model_version"] == champion)
+            & logged["label"].notna() & logged["shadow_prediction"].notna())
+    if int(mask.sum()) < config.registry.min_shadow_rows:
+        return None
+    rows = logged.loc[mask]
+    return compare("live shadow", rows["label"].to_numpy(), rows["shadow_prediction"].to_numpy(dtype=float),
+                   rows["prediction"].to_numpy(dtype=float), config.gate_metric(), config.data.task)
+
+
 def evaluate(config: Config, challenger: str, champion: str, window: pd.DataFrame, holdout: pd.DataFrame | None,
-             new: Scorer, old: Scorer, holdout_source: str = "exact") -> GateDecision:
-    """The decision from two versions' predictions on the recent `window` and, when given, the `holdout`."""
+             new: Scorer, old: Scorer, holdout_source: str = "exact", live: Evidence | None = None) -> GateDecision:
+    """The decision from two versions' predictions on the recent `window` and, when given, the `holdout`, plus
+    the `live` shadow evidence when there is some."""
     metric, registry, target, task = config.gate_metric(), config.registry, config.data.target, config.data.task
     new_recent, old_recent = np.asarray(new(window), dtype=float), np.asarray(old(window), dtype=float)
     recent = compare("recent", window[target].to_numpy(), new_recent, old_recent, metric, task)
@@ -159,10 +180,10 @@ def evaluate(config: Config, challenger: str, champion: str, window: pd.DataFram
         held = compare("holdout", holdout[target].to_numpy(), np.asarray(new(holdout), dtype=float),
                        np.asarray(old(holdout), dtype=float), metric, task)
     slices = slice_evidence(config, window, new_recent, old_recent)
-    verdict = judge(metric, registry.gate_margin, registry.slice_tolerance, recent, held, slices)
+    verdict = judge(metric, registry.gate_margin, registry.slice_tolerance, recent, held, slices, live)
     return GateDecision(challenger, champion, metric, recent.challenger, recent.champion, registry.gate_margin,
                         recent.rows, verdict.promoted, verdict.reason, held, holdout_source if held else "off",
-                        registry.slice_tolerance, len(slices), verdict.failed_slices, tuple(slices), now_iso())
+                        registry.slice_tolerance, len(slices), verdict.failed_slices, tuple(slices), now_iso(), live)
 
 
 def challenger_holdout(config: Config, version: str) -> tuple[pd.DataFrame, str]:
@@ -187,9 +208,9 @@ def challenger_holdout(config: Config, version: str) -> tuple[pd.DataFrame, str]
 
 
 def decide(config: Config, challenger: str, champion: str | None, window: pd.DataFrame,
-           holdout: pd.DataFrame | None = None) -> GateDecision:
+           holdout: pd.DataFrame | None = None, logged: pd.DataFrame | None = None) -> GateDecision:
     """Compare challenger and champion; no side effects. Without `holdout`, registry.gate_on_holdout loads the
-    challenger's own (see challenger_holdout)."""
+    challenger's own (see challenger_holdout). `logged`: prediction log rows, searched for live shadow evidence."""
     metric, margin = config.gate_metric(), config.registry.gate_margin
     if champion is None:
         return GateDecision(challenger, None, metric, None, None, margin, len(window), True, "no champion yet",
@@ -198,8 +219,9 @@ def decide(config: Config, challenger: str, champion: str | None, window: pd.Dat
     if holdout is None and config.registry.gate_on_holdout:
         holdout, source = challenger_holdout(config, challenger)
     new, old = load_version(config, challenger), load_version(config, champion)
+    live = shadow_evidence(config, logged, challenger, champion) if logged is not None else None
     return evaluate(config, challenger, champion, window, holdout if config.registry.gate_on_holdout else None,
-                    new.predict, old.predict, source)
+                    new.predict, old.predict, source, live)
 
 
 def _details(decision: GateDecision) -> str:
@@ -236,6 +258,12 @@ def decision_tags(decision: GateDecision) -> dict[str, str]:
             value = getattr(decision.holdout, role)
             if value is not None:
                 tags[f"gate.holdout_{role}_score"] = f"{value:.6f}"
+    if decision.live is not None:
+        tags["gate.live_rows"] = str(decision.live.rows)
+        for role in ("challenger", "champion"):
+            value = getattr(decision.live, role)
+            if value is not None:
+                tags[f"gate.live_{role}_score"] = f"{value:.6f}"
     if decision.failed_slices:
         tags["gate.failed_slices"] = ",".join(s.name for s in decision.failed_slices)[:TAG_LIMIT]
     return tags
@@ -249,10 +277,10 @@ def _log_record(config: Config, version: str, decision: GateDecision) -> None:
         client.log_dict(run_id, decision.to_json(), "gate/decision.json")
 
 
-def apply_gate(config: Config, challenger: str, window: pd.DataFrame,
-               holdout: pd.DataFrame | None = None) -> GateDecision:
+def apply_gate(config: Config, challenger: str, window: pd.DataFrame, holdout: pd.DataFrame | None = None,
+               logged: pd.DataFrame | None = None) -> GateDecision:
     """Decide, move the alias (champion if promoted, else challenger) and record the decision on the version."""
-    decision = decide(config, challenger, alias_version(config, CHAMPION), window, holdout)
+    decision = decide(config, challenger, alias_version(config, CHAMPION), window, holdout, logged)
     if decision.promoted:
         promote(config, challenger, f"gate: {decision.reason}")
     else:

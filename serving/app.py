@@ -43,11 +43,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from driftloop.config import Config
 from driftloop.errors import RegistryError
 from driftloop.metrics import ServingMetrics, serving_metrics
+from driftloop.pii import pii_policy
 from driftloop.state import prediction_log_path
 from serving.admin import admin_token, authorized
 from serving.prediction_log import PredictionLog, UnknownPredictionIds
 from serving.quantization import frame_rows, quantize_if_close
-from serving.validation import Batch, InvalidRequest, check_known_categories, json_type, parse_labels, parse_rows
+from serving.validation import InvalidRequest, check_known_categories, json_type, parse_labels, parse_rows
 from training.artifacts import LoadedModel
 
 ModelSource = Callable[[], LoadedModel]
@@ -59,10 +60,6 @@ Role = Literal["champion", "challenger"]
 
 # Recent logged rows a new model must score before it serves; a handful catches a broken model.
 SMOKE_ROWS = 8
-# Batches up to this many rows are scored on the event loop, larger ones in the threadpool. Measured on the 2-core
-# machine (32 concurrent 1-row clients): scoring on the loop wins at concurrency 1 but serialises all scoring on one
-# thread and doubles p99 at 32, so everything goes to the threadpool; raise it for latency-bound, low-traffic use.
-INLINE_ROWS = 0
 # Scoring threads per request: requests already run in parallel in the threadpool, one per core is enough.
 TORCH_THREADS = 1
 
@@ -344,7 +341,7 @@ def create_app(config: Config, load_champion: ModelSource, champion_version: Ver
     `challenger` is followed only with serving.shadow; `rollback` backs POST /admin/rollback (501 without it).
     """
     owns_log = log is None
-    log = log or PredictionLog(prediction_log_path(config), pii=config.data.pii)
+    log = log or PredictionLog(prediction_log_path(config), pii=pii_policy(config))
     metrics = serving_metrics()
     champion = AliasSlot("champion", config, AliasSource(load_champion, champion_version), log, metrics)
     shadow = AliasSlot("challenger", config, challenger, log, metrics) if config.serving.shadow and challenger \
@@ -389,8 +386,10 @@ def create_app(config: Config, load_champion: ModelSource, champion_version: Ver
                 "quantized": bool(served and served.model.quantized),
                 "challenger_version": challenger_served.version if challenger_served else None}
 
-    def score(served: Served, rows: list[Any]) -> tuple[Batch, list[float], str | None, list[float] | None]:
-        """Validate and score rows (champion, then challenger in shadow mode); HTTPException on bad input."""
+    def score(served: Served, body: bytes) -> tuple[list[float], list[tuple]]:
+        """Parse, validate and score a /predict body (champion, then challenger in shadow mode) and prepare its
+        log records; HTTPException on bad input. Runs in the threadpool: none of it holds up the event loop."""
+        rows = request_rows(body)
         try:
             batch = parse_rows(rows, config.data, config.serving.max_batch_rows)
             if config.serving.unknown_category == "reject":
@@ -400,28 +399,26 @@ def create_app(config: Config, load_champion: ModelSource, champion_version: Ver
         predictions = np.asarray(served.model.predict_rows(batch.rows), dtype="float64")
         if not np.isfinite(predictions).all():
             raise HTTPException(500, f"model version {served.version} returned non-finite predictions")
+        values = predictions.tolist()
         shadow_version, shadow_values = shadow_scores(shadow, batch.rows, metrics)  # after the answer exists
-        return batch, predictions.tolist(), shadow_version, shadow_values
+        records = log.records(batch.rows, values, served.version, batch.event_times, shadow_version, shadow_values)
+        return values, records
 
     @app.post("/predict", openapi_extra=PREDICT_OPENAPI)
     async def predict(request: Request) -> Response:
         """Score rows with the champion, log them, answer once the log's commit holding them is on disk.
 
-        Async on purpose: scoring runs in the threadpool (or on the loop for batches up to INLINE_ROWS), and
-        waiting for the group commit's fsync holds no thread at all. The body is parsed with json.loads, not
-        pydantic: one pass over the rows instead of two.
+        Async on purpose: parsing, scoring and preparing the log rows run in the threadpool, and waiting for the
+        group commit's fsync holds no thread at all. Scoring on the loop instead was measured on the 2-core
+        machine: it wins at concurrency 1 but serialises all scoring on one thread and doubles p99 at 32. The
+        body is parsed with json.loads, not pydantic: one pass over the rows instead of two.
         """
         served = champion.current
         if served is None:
             raise HTTPException(503, _no_model(config))
-        rows = request_rows(await request.body())
-        if len(rows) <= INLINE_ROWS:
-            batch, values, shadow_version, shadow_values = score(served, rows)
-        else:
-            batch, values, shadow_version, shadow_values = await run_in_threadpool(score, served, rows)
+        values, records = await run_in_threadpool(score, served, await request.body())
         try:
-            ids = await asyncio.wrap_future(log.submit(batch.rows, values, served.version, batch.event_times,
-                                                       shadow_version, shadow_values))
+            ids = await asyncio.wrap_future(log.submit_records(records))
         except sqlite3.Error as error:  # no id, no answer: a prediction that cannot be labelled is not served
             raise HTTPException(503, f"prediction log unavailable: {error}") from None
         metrics.prediction_rows.labels(served.version).inc(len(values))

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,22 +20,26 @@ import yaml
 from driftloop.config import Config
 from driftloop.errors import DataError, RegistryError
 from driftloop.state import prediction_log_path
-from registry.gate import Evidence, apply_gate, evaluate, judge
+from registry.gate import Evidence, apply_gate, evaluate, judge, shadow_evidence
 from registry.history import champion_stack, rollback
 from registry.store import (
     CHALLENGER,
     CHAMPION,
     alias_version,
     champion_history,
+    load_version,
     mlflow_client,
     promote,
     register,
+    set_alias,
     version_tags,
 )
 from serving.prediction_log import PredictionLog
-from tests.conftest import make_config
+from tests.conftest import free_port, make_config
 from tests.test_cli import assert_one_clean_error, run_cli
 from tests.test_registry import lineage_for, scrambled, trained  # noqa: F401 - `trained` is a fixture
+from tests.test_serving import REPO, rows_json, wait_for
+from training.artifacts import LoadedModel
 from training.trainer import TrainResult
 
 # --- the rule on fixed figures -------------------------------------------------------------------------------
@@ -62,6 +73,30 @@ def test_a_slice_worse_beyond_tolerance_refuses_and_is_named() -> None:
     assert not verdict.promoted and [s.name for s in verdict.failed_slices] == ["carrier=UA"]
     assert "slice carrier=UA worse by 0.031 > 0.02" in verdict.reason
     assert judge("auc", 0.0, 0.02, recent, holdout, slices[1:]).promoted
+
+
+def test_live_shadow_evidence_is_one_more_body_the_challenger_must_win() -> None:
+    recent, holdout = Evidence("recent", 900, 0.70, 0.60), Evidence("holdout", 400, 0.71, 0.62)
+    losing_live = Evidence("live shadow", 3000, 0.58, 0.63)
+    refused = judge("auc", 0.0, 0.02, recent, holdout, [], losing_live)
+    assert not refused.promoted and "not better on live shadow rows" in refused.reason
+    assert "0.5800 vs 0.6300 on 3,000 live shadow rows" in refused.reason
+    assert judge("auc", 0.0, 0.02, recent, holdout, [], Evidence("live shadow", 3000, 0.66, 0.63)).promoted
+
+
+def test_shadow_evidence_counts_only_labelled_rows_of_that_pair(tmp_path: Path) -> None:
+    config = make_config(tmp_path, registry={"min_shadow_rows": 4})
+    logged = pd.DataFrame({
+        "model_version": ["1"] * 6 + ["3"] * 2,
+        "shadow_version": ["2", "2", "2", "2", "2", None, "2", "2"],
+        "label": [1.0, 0.0, 1.0, 0.0, np.nan, 1.0, 1.0, 0.0],
+        "prediction": [0.6, 0.4, 0.4, 0.6, 0.5, 0.9, 0.5, 0.5],
+        "shadow_prediction": [0.9, 0.1, 0.8, 0.2, 0.5, np.nan, 0.1, 0.9],
+    })
+    live = shadow_evidence(config, logged, "2", "1")
+    assert live is not None and live.rows == 4 and (live.challenger, live.champion) == (1.0, 0.5)
+    assert shadow_evidence(config, logged, "2", "3") is None  # 2 rows < min_shadow_rows
+    assert shadow_evidence(config, logged, "4", "1") is None
 
 
 def test_champion_stack_pops_on_rollback() -> None:
@@ -285,6 +320,98 @@ def test_models_and_rollback_commands(config: Config, tmp_path: Path, trained: T
     refused = run_cli("rollback", "--config", str(path), cwd=tmp_path)
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
     assert_one_clean_error(refused, "nothing to roll back to")
+
+
+def shadow_logged(config: Config, window: pd.DataFrame, champion: LoadedModel, challenger_outputs: np.ndarray,
+                  challenger: str) -> None:
+    """`window` logged as the server logs it in shadow mode (champion answered, challenger scored), then labelled."""
+    rows = window[config.data.features].to_dict("records")
+    times = window[config.data.timestamp].map(lambda t: t.isoformat()).tolist()
+    with PredictionLog(prediction_log_path(config)) as log:
+        ids = log.append(rows, champion.predict(window).tolist(), champion.version, times, challenger,
+                         challenger_outputs.tolist())
+        log.attach_labels(ids, window[config.data.target].astype(float).tolist())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("live_behaviour", ["as offline", "inverted"])
+def test_gate_command_uses_live_shadow_evidence(tmp_path: Path, trained: TrainResult,  # noqa: F811
+                                                flights_jan: pd.DataFrame, flights_jul: pd.DataFrame,
+                                                live_behaviour: str) -> None:
+    config = make_config(tmp_path / "state")
+    path = config_file(config, tmp_path)
+    weak = register(config, scrambled(trained), lineage_for(config, flights_jan), flights_jan).version
+    good = register(config, trained, lineage_for(config, flights_jan), flights_jan).version
+    set_alias(config, CHALLENGER, good)  # as if it had lost an earlier gate and been shadowed since
+    outputs = load_version(config, good).predict(flights_jul)
+    live = outputs if live_behaviour == "as offline" else 1.0 - outputs
+    shadow_logged(config, flights_jul, load_version(config, weak), live, good)
+
+    result = run_cli("gate", "--config", str(path), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    decision = json.loads(result.stdout)
+    assert decision["live"]["rows"] == len(flights_jul) and decision["challenger_version"] == good
+    assert decision["challenger_score"] > decision["champion_score"]  # it wins on the recent window either way
+    tags = version_tags(config, good)
+    assert tags["gate.live_rows"] == str(len(flights_jul))
+    if live_behaviour == "as offline":
+        assert decision["promoted"] and alias_version(config, CHAMPION) == good
+    else:
+        assert not decision["promoted"] and "not better on live shadow rows" in decision["reason"]
+        assert alias_version(config, CHAMPION) == weak and alias_version(config, CHALLENGER) == good
+        again = run_cli("gate", "--config", str(path), "--version", weak, cwd=tmp_path)
+        assert_one_clean_error(again, "is the champion already")
+
+
+@contextmanager
+def served(path: Path, cwd: Path) -> Iterator[str]:
+    """`driftloop serve` in a child process (its own session), until the block ends; yields its base URL."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DRIFTLOOP_ADMIN_TOKEN": "rollback-test-token"}
+    child = subprocess.Popen([sys.executable, "-m", "driftloop.cli", "serve", "--config", str(path), "--port",
+                              str(port)], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             start_new_session=True)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(child.pid, signal.SIGTERM)
+        child.wait(timeout=30)
+
+
+def serving_version(base: str) -> str | None:
+    """The version /healthz reports, None while the server is not answering."""
+    try:
+        return httpx.get(f"{base}/healthz", timeout=5).json().get("model_version")
+    except httpx.TransportError:
+        return None
+
+
+@pytest.mark.slow
+def test_the_server_follows_a_rollback_through_the_registry(tmp_path: Path, trained: TrainResult,  # noqa: F811
+                                                            flights_jan: pd.DataFrame) -> None:
+    config = make_config(tmp_path / "state", serving={"reload_interval_s": 0.2})
+    path = config_file(config, tmp_path)
+    first = register(config, trained, lineage_for(config, flights_jan), flights_jan).version
+    second = register(config, trained, lineage_for(config, flights_jan), flights_jan).version
+    promote(config, second, "test")
+    rows = rows_json(flights_jan[config.data.features].head(3))
+    with served(path, tmp_path) as base:
+        wait_for(lambda: serving_version(base) == second, timeout=120)
+
+        back = run_cli("rollback", "--config", str(path), cwd=tmp_path)
+        assert back.returncode == 0, back.stderr
+        wait_for(lambda: serving_version(base) == first, timeout=30)
+        answer = httpx.post(f"{base}/predict", json={"rows": rows}, timeout=30).json()
+        assert answer["model_version"] == first and len(answer["prediction_ids"]) == 3
+
+        admin = {"Authorization": "Bearer rollback-test-token"}
+        refused = httpx.post(f"{base}/admin/rollback", headers=admin, timeout=30)
+        assert refused.status_code == 409 and "no champion before" in refused.json()["detail"]
+        forth = httpx.post(f"{base}/admin/rollback", headers=admin, json={"to_version": second}, timeout=30)
+        assert forth.status_code == 200, forth.text
+        assert forth.json()["model_version"] == second and alias_version(config, CHAMPION) == second
+        assert httpx.post(f"{base}/predict", json={"rows": rows}, timeout=30).json()["model_version"] == second
+    assert [e["event"] for e in champion_history(config)][-2:] == ["rollback", "rollback"]
 
 
 def logged_predictions(config: Config, frame: pd.DataFrame) -> list[int]:

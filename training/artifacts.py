@@ -97,7 +97,8 @@ def category_key(value: object) -> str | None:
 
 def output(net: nn.Module, spec: FeatureSpec, x: torch.Tensor) -> np.ndarray:
     """Run the network on an encoded batch and map its output to P(positive) or the target's units."""
-    net.eval()
+    if net.training:  # eval() walks every submodule: a cost on each request of the server's hot path
+        net.eval()
     with torch.inference_mode():
         out = net(x).double()
     if spec.task == "classification":

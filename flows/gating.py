@@ -1,0 +1,42 @@
+"""Judging a registered version again, now: the latest labelled window of logged traffic and live shadow figures.
+
+A version that lost its gate keeps the alias `challenger`; with `serving.shadow` the server scores live traffic
+with it beside the champion. Once labels have arrived for those requests, `driftloop gate` judges it again with
+that live evidence (registry/gate.py) and promotes it if it now wins.
+"""
+
+from __future__ import annotations
+
+from driftloop.config import Config
+from driftloop.errors import DataError, RegistryError
+from driftloop.state import prediction_log_path
+from flows.monitoring import log_to_contract
+from monitoring.windows import cut_windows
+from registry.gate import GateDecision, apply_gate
+from registry.store import CHALLENGER, CHAMPION, alias_version
+from serving.prediction_log import PredictionLog
+
+
+def regate(config: Config, version: str | None = None) -> GateDecision:
+    """Gate `version` (default: the challenger alias) against the champion on the latest window of logged traffic
+    with at least monitoring.min_labelled_rows labels, its holdout and its live shadow rows; moves the aliases."""
+    version = version or alias_version(config, CHALLENGER)
+    if version is None:
+        raise RegistryError(f"model {config.model.name} has no challenger; name a version with --version")
+    champion = alias_version(config, CHAMPION)
+    if champion is None:
+        raise RegistryError(f"model {config.model.name} has no champion yet: train one (driftloop train)")
+    if version == champion:
+        raise RegistryError(f"version {version} is the champion already")
+    path = prediction_log_path(config)
+    if not path.is_file():
+        raise DataError(f"no prediction log at {path}: the gate judges on labelled logged traffic")
+    with PredictionLog(path) as log:
+        labelled = log.read(labelled_only=True)
+    minimum = config.monitoring.min_labelled_rows
+    windows = [] if labelled.empty else [
+        w for w in cut_windows(log_to_contract(config, labelled), config) if len(w.frame) >= minimum]
+    if not windows:
+        raise DataError(f"no window of logged traffic has {minimum} labels (monitoring.min_labelled_rows): "
+                        "attach labels first (driftloop label)")
+    return apply_gate(config, version, windows[-1].frame, logged=labelled)
