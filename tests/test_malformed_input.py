@@ -131,8 +131,14 @@ def test_validate_never_crashes(tmp_path: Path, demo_config: Path, good: pd.Data
     check_outcome(code, capsys.readouterr().err, path, case, tmp_path / "state")
 
 
+# The console script runs the same `main` as the test above, which covers every case: here one case per kind of
+# outcome (unreadable, wrong encoding, broken CSV, huge values, PII), each a process start of several seconds.
+CONSOLE_CASES = ["zero bytes", "png as parquet", "utf-16", "ragged rows", "very long strings",
+                 "e-mail addresses in free text"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", CONSOLE_CASES)
 def test_validate_console_script_never_crashes(tmp_path: Path, demo_config: Path, good: pd.DataFrame,
                                                case: str) -> None:
     name, write, _, _ = CASES[case]
@@ -143,8 +149,7 @@ def test_validate_console_script_never_crashes(tmp_path: Path, demo_config: Path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["png as csv", "latin-1 with accents", "ragged rows", "duplicate csv header",
-                                  "a directory", "none of the contract's columns"])
+@pytest.mark.parametrize("case", ["png as csv", "latin-1 with accents", "none of the contract's columns"])
 def test_train_refuses_unusable_files_in_one_line(tmp_path: Path, demo_config: Path, good: pd.DataFrame,
                                                   case: str) -> None:
     name, write, code, fragment = CASES[case]
