@@ -8,14 +8,13 @@ it names and only those a person may override (data_checks.findings.OVERRIDABLE_
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from driftloop.batches import FINGERPRINT
 from driftloop.config import Config
 from driftloop.errors import DataError
-from driftloop.state import state_path
+from driftloop.state import state_path, write_atomic
 
 APPROVALS = "approvals"  # the folder under state_dir
 
@@ -48,9 +47,7 @@ def approval_path(config: Config, fingerprint: str) -> Path:
 def save_approval(config: Config, approval: Approval) -> Path:
     """Write the approval atomically (a reader sees the old one or the new one); a later one replaces it."""
     path = state_path(config, APPROVALS, f"{approval.fingerprint}.json")
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(approval.to_json(), indent=2), encoding="utf-8")
-    partial.replace(path)
+    write_atomic(path, json.dumps(approval.to_json(), indent=2))
     return path
 
 

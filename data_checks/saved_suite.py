@@ -24,6 +24,7 @@ from data_checks.suite import build_suite, check_reference
 from driftloop.config import Config
 from driftloop.data import fingerprint, read_table
 from driftloop.errors import ConfigError
+from driftloop.state import write_atomic
 
 GENERATOR = "driftloop checks init"
 JSON_INDENT = 2
@@ -83,11 +84,7 @@ def config_digest(config: Config) -> str:
 
 def write_suite(suite: gx.ExpectationSuite, path: Path) -> None:
     """GX's JSON of the suite, written atomically (a reader never sees half a suite)."""
-    text = json.dumps(suite.to_json_dict(), indent=JSON_INDENT, allow_nan=False) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
+    write_atomic(path, json.dumps(suite.to_json_dict(), indent=JSON_INDENT, allow_nan=False) + "\n")
 
 
 def saved_suite(config: Config) -> gx.ExpectationSuite | None:

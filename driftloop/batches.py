@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,7 +23,7 @@ from pathlib import Path
 
 from driftloop.config import Config
 from driftloop.errors import DataError
-from driftloop.state import batches_dir
+from driftloop.state import batches_dir, write_atomic
 
 STATUSES = ("accepted", "quarantined", "approved")
 # Fingerprints are hex digests (driftloop.data.fingerprint); anything else must not become a file name.
@@ -62,10 +61,7 @@ def _load(path: Path) -> dict | None:
 
 def _write(config: Config, record: dict) -> None:
     """Write a record atomically: a reader sees the old record or the new one, never half of one."""
-    path = batch_path(config, record["fingerprint"])
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
-    partial.replace(path)
+    write_atomic(batch_path(config, record["fingerprint"]), json.dumps(record, indent=2, default=str))
 
 
 def read_batch(config: Config, fingerprint: str) -> dict | None:

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from driftloop.config import Config
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a text file whole: a reader (or a process killed halfway) sees the old content or the new, never
+    half of it. The temporary name is per process, so two writers never share one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
 
 
 def state_path(config: Config, *parts: str) -> Path:

@@ -30,7 +30,7 @@ from data_checks.approvals import find_approval
 from driftloop.config import Config, load_config
 from driftloop.data import Window
 from driftloop.errors import ConfigError
-from driftloop.state import prediction_log_path, state_path
+from driftloop.state import prediction_log_path, state_path, write_atomic
 from flows.monitoring import DRIFT_EVENT, drift_resource, log_to_contract, monitoring_flow
 from flows.retraining import retraining_flow
 from monitoring.policy import PolicyState, new_champion
@@ -60,9 +60,7 @@ class MonitorCursor:
 
     def save(self, path: Path) -> None:
         """Write atomically: a killed run leaves the previous cursor."""
-        partial = path.with_suffix(".partial")
-        partial.write_text(json.dumps(asdict(self)), encoding="utf-8")
-        partial.replace(path)
+        write_atomic(path, json.dumps(asdict(self)))
 
 
 def complete_windows(config: Config, logged: pd.DataFrame) -> list[Window]:
@@ -178,10 +176,8 @@ def retrain_from_log(config_path: str, reason: str = "scheduled") -> dict:
     if outcome["status"] == "quarantined":
         logger.warning("retraining (%s) refused, batch quarantined in %s: %s", reason, outcome["quarantine"],
                        outcome["summary"])
-    partial = last_path.with_suffix(".partial")
-    partial.write_text(json.dumps({"gate": list(plan.gate), "version": version, "status": outcome["status"],
-                                   "fingerprint": outcome.get("fingerprint")}))
-    partial.replace(last_path)
+    write_atomic(last_path, json.dumps({"gate": list(plan.gate), "version": version, "status": outcome["status"],
+                                        "fingerprint": outcome.get("fingerprint")}))
     return {**outcome, "reason": reason}
 
 

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from driftloop.config import Config
 from driftloop.errors import ConfigError
+from driftloop.state import write_atomic
 from stack.parts import (
     PART_NAMES,
     Part,
@@ -60,10 +61,7 @@ def read_record(config: Config, name: str) -> dict | None:
 
 def _write_json(path: Path, payload: dict) -> None:
     """Write a JSON file whole (a reader never sees half of it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".json.tmp")
-    partial.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    partial.replace(path)
+    write_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def _remove_record(config: Config, name: str) -> None:
