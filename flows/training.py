@@ -28,9 +28,9 @@ from training.trainer import TrainResult, train
 
 
 def prepare_training_data(config: Config, data: Path | None) -> Path:
-    """The file to train on: `data` if given (read once to fail early on a bad file), else the demo's months."""
+    """The file to train on: `data` if given (`driftloop train` checks it before the flow starts), else the demo's
+    months."""
     if data is not None:
-        read_table(data)
         return data
     flights = load_flights()
     until = pd.Timestamp(config.demo.train_until, tz="UTC")
