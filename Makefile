@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LINKED := $(VENV)/.linked
+# The folders that install as the driftloop package (core/ is driftloop itself, each stage driftloop.<stage>).
+PACKAGES := core data_checks training registry serving monitoring flows stack dashboards
+EDITABLE := --config-settings editable_mode=strict
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export MLFLOW_ENABLE_TELEMETRY := false
@@ -14,10 +18,16 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# The constraints file pins the CPU build of torch; GPU users install their own torch first.
-	$(BIN)/pip install --quiet -c constraints/cpu.txt -e '.[dev]'
-	touch $(STAMP)
+	# Strict editable mode: a tree of links under build/ that type checkers and IDEs can follow (no import hook).
+	$(BIN)/pip install --quiet -c constraints/cpu.txt -e '.[dev]' $(EDITABLE)
+	touch $(STAMP) $(LINKED)
 
-setup: $(STAMP)
+# A module added or removed changes its folder's time: link the tree again (the dependencies stay as they are).
+$(LINKED): $(STAMP) $(PACKAGES) $(filter-out %/__pycache__/,$(wildcard $(addsuffix /*/,$(PACKAGES))))
+	$(BIN)/pip install --quiet --no-deps -e . $(EDITABLE)
+	touch $(LINKED)
+
+setup: $(LINKED)
 
 # Prometheus and Alertmanager (Debian packages) for `driftloop stack up`, the alert-rule and integration tests.
 system-deps:
@@ -29,21 +39,21 @@ system-deps:
 	    exit 1; \
 	  fi; }
 
-demo: $(STAMP)
+demo: $(LINKED)
 	$(BIN)/driftloop demo
 
 # The local stack (Prefect server, Prometheus, Alertmanager, model server, receiver, deployments) on 127.0.0.1.
-stack: $(STAMP) system-deps
+stack: $(LINKED) system-deps
 	$(BIN)/driftloop stack up
 
-test: $(STAMP) system-deps
+test: $(LINKED) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
-test-quick: $(STAMP)
+test-quick: $(LINKED)
 	$(BIN)/pytest -q -m "not slow"
 
-lint: $(STAMP)
+lint: $(LINKED)
 	$(BIN)/ruff check .
 
 clean:

@@ -60,11 +60,11 @@ from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder  # noqa: E402
 
 from driftloop.config import Config, parse_config  # noqa: E402
 from driftloop.datasets import load_flights  # noqa: E402
-from monitoring.calibration import Calibration, cached_calibration, column_references  # noqa: E402
-from monitoring.drift import ColumnDrift, DriftResult, check_drift, monitored_kinds, typed_columns  # noqa: E402
-from monitoring.performance import ReferencePerformance, reference_performance, window_performance  # noqa: E402
-from monitoring.policy import PolicyState, decide  # noqa: E402
-from monitoring.statistics import DISPLAY_NAMES, score_columns  # noqa: E402
+from driftloop.monitoring.calibration import Calibration, cached_calibration, column_references  # noqa: E402
+from driftloop.monitoring.drift import ColumnDrift, DriftResult, check_drift, monitored_kinds, typed_columns  # noqa: E402
+from driftloop.monitoring.performance import ReferencePerformance, reference_performance, window_performance  # noqa: E402
+from driftloop.monitoring.policy import PolicyState, decide  # noqa: E402
+from driftloop.monitoring.statistics import DISPLAY_NAMES, score_columns  # noqa: E402
 
 SIZES = (200, 1000, 5000)
 SCENARIOS = ("no_drift", "mean_shift", "variance", "categorical", "subpopulation", "concept", "ignored_feature")

@@ -1,4 +1,6 @@
-"""The driftloop Grafana dashboard, built with grafana-foundation-sdk; `python -m dashboards.build` writes its JSON.
+"""The driftloop Grafana dashboard, built with grafana-foundation-sdk.
+
+`python -m driftloop.dashboards.build` writes its JSON.
 
 Every query is built from the metric names in driftloop.metrics, so a renamed metric cannot leave a stale panel.
 Prometheus is the datasource with the fixed uid DATASOURCE_UID, the one provisioning/datasources/prometheus.yml

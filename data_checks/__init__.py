@@ -11,10 +11,10 @@ import os
 # GX phones home on import unless told not to; there is no network here, so nothing may wait on it.
 os.environ["GX_ANALYTICS_ENABLED"] = "false"
 
-from data_checks.quarantine import list_quarantine, quarantine  # noqa: E402
-from data_checks.saved_suite import init_suite  # noqa: E402
-from data_checks.suite import build_suite  # noqa: E402
-from data_checks.validate import FailedExpectation, ValidationReport, validate_file, validate_frame  # noqa: E402
+from driftloop.data_checks.quarantine import list_quarantine, quarantine  # noqa: E402
+from driftloop.data_checks.saved_suite import init_suite  # noqa: E402
+from driftloop.data_checks.suite import build_suite  # noqa: E402
+from driftloop.data_checks.validate import FailedExpectation, ValidationReport, validate_file, validate_frame  # noqa: E402
 
 __all__ = [
     "FailedExpectation",

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from data_checks.findings import Finding
-from data_checks.leakage import rank_correlation
 from driftloop.config import Config
+from driftloop.data_checks.findings import Finding
+from driftloop.data_checks.leakage import rank_correlation
 from driftloop.scoring import score
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from data_checks.contract import category_text, parsed_times
-from data_checks.findings import Finding
 from driftloop.config import Config
+from driftloop.data_checks.contract import category_text, parsed_times
+from driftloop.data_checks.findings import Finding
 
 # Out-of-fold target encoding of categories: a category's rate comes from the other folds only, so a column of
 # unique ids (each value seen once) encodes to the overall rate and scores 0.5, not a perfect memorised 1.0.

@@ -1,6 +1,6 @@
 """Provenance of the batches offered to training: what each was, where it came from, what validation said.
 
-The records live in the driftloop core (driftloop/batches.py) so that the registry can read them; this module
+The records live in the driftloop core (core/batches.py) so that the registry can read them; this module
 builds them from a validated batch and writes them through it. Nothing here stores a data value: the record
 holds counts, column names, times, paths and the validation's reasons, which never quote a PII column.
 """
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from data_checks.report_html import GX_PAGE_SUFFIX
-from data_checks.validate import ValidationReport, batch_fingerprint
 from driftloop.batches import note_model, record_offer
 from driftloop.config import Config
 from driftloop.data import time_range
+from driftloop.data_checks.report_html import GX_PAGE_SUFFIX
+from driftloop.data_checks.validate import ValidationReport, batch_fingerprint
 from driftloop.errors import DataError
 
 # How many failure reasons the Prefect artifact lists; the rest are in the report.

@@ -12,12 +12,12 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from data_checks.approvals import Approval, find_approval, save_approval
-from data_checks.findings import Finding, blocking
-from data_checks.report_html import GX_PAGE_SUFFIX
-from data_checks.validate import ValidationReport, batch_fingerprint, batch_label
 from driftloop.batches import update_batch
 from driftloop.config import Config
+from driftloop.data_checks.approvals import Approval, find_approval, save_approval
+from driftloop.data_checks.findings import Finding, blocking
+from driftloop.data_checks.report_html import GX_PAGE_SUFFIX
+from driftloop.data_checks.validate import ValidationReport, batch_fingerprint, batch_label
 from driftloop.errors import DataError
 from driftloop.state import quarantine_dir
 
@@ -143,7 +143,7 @@ def approve_batch(config: Config, batch: str, who: str, reason: str) -> Approval
 
 
 def mark_batch_record(config: Config, approval: Approval) -> None:
-    """Note the approval on the batch's provenance record (driftloop/batches.py), when it has one."""
+    """Note the approval on the batch's provenance record (core/batches.py), when it has one."""
     def note(record: dict) -> None:
         record["approval"] = approval.to_json()
         record["status"] = "approved"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from data_checks.approvals import find_approval
-from data_checks.quarantine import list_quarantine
 from driftloop.config import Config
+from driftloop.data_checks.approvals import find_approval
+from driftloop.data_checks.quarantine import list_quarantine
 
 if TYPE_CHECKING:
     from rich.table import Table

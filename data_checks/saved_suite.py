@@ -19,10 +19,10 @@ from great_expectations.core.expectation_suite import expectationSuiteSchema
 from great_expectations.exceptions import GreatExpectationsError
 from marshmallow import ValidationError as SchemaError
 
-from data_checks.contract import contract_columns
-from data_checks.suite import build_suite, check_reference
 from driftloop.config import Config
 from driftloop.data import fingerprint, read_table
+from driftloop.data_checks.contract import contract_columns
+from driftloop.data_checks.suite import build_suite, check_reference
 from driftloop.errors import ConfigError
 from driftloop.state import write_atomic
 

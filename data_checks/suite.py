@@ -14,8 +14,8 @@ import great_expectations as gx
 import great_expectations.expectations as gxe
 import pandas as pd
 
-from data_checks.contract import NUMERIC_TYPES, category_text, timestamp_column
 from driftloop.config import Config
+from driftloop.data_checks.contract import NUMERIC_TYPES, category_text, timestamp_column
 from driftloop.errors import DataError
 from driftloop.pii import PII_PATTERNS, pii_kind
 

@@ -16,12 +16,18 @@ from great_expectations.core import ExpectationSuiteValidationResult
 from great_expectations.core.expectation_validation_result import ExpectationValidationResult
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
-from data_checks.contract import contract_columns, gx_view, scan_columns, timestamp_column
-from data_checks.report_html import Check, write_report
-from data_checks.saved_suite import saved_suite
-from data_checks.suite import build_suite, check_reference, pii_scan_expectations, pii_scan_kind, with_expectations
 from driftloop.config import Config
 from driftloop.data import fingerprint, read_table
+from driftloop.data_checks.contract import contract_columns, gx_view, scan_columns, timestamp_column
+from driftloop.data_checks.report_html import Check, write_report
+from driftloop.data_checks.saved_suite import saved_suite
+from driftloop.data_checks.suite import (
+    build_suite,
+    check_reference,
+    pii_scan_expectations,
+    pii_scan_kind,
+    with_expectations,
+)
 from driftloop.errors import ConfigError, DataError
 from driftloop.pii import redact
 from driftloop.state import reports_dir

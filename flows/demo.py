@@ -26,14 +26,14 @@ from driftloop.config import Config
 from driftloop.data import Window
 from driftloop.datasets import load_flights
 from driftloop.errors import DriftloopError
+from driftloop.flows.monitoring import monitoring_flow
+from driftloop.flows.retraining import retraining_flow
+from driftloop.flows.summary import WindowRow, markdown_table, write_summary
+from driftloop.flows.training import training_pipeline
+from driftloop.monitoring.policy import PolicyState, new_champion
+from driftloop.monitoring.windows import cut_windows
+from driftloop.registry.store import holdout_figures
 from driftloop.state import reports_dir, state_path
-from flows.monitoring import monitoring_flow
-from flows.retraining import retraining_flow
-from flows.summary import WindowRow, markdown_table, write_summary
-from flows.training import training_pipeline
-from monitoring.policy import PolicyState, new_champion
-from monitoring.windows import cut_windows
-from registry.store import holdout_figures
 
 # Logs and CI capture are wider than rich's 80-column fallback for a non-terminal.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)

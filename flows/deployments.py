@@ -26,17 +26,17 @@ from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron
 
-from data_checks.approvals import find_approval
 from driftloop.config import Config, load_config
 from driftloop.data import Window
+from driftloop.data_checks.approvals import find_approval
 from driftloop.errors import ConfigError
+from driftloop.flows.monitoring import DRIFT_EVENT, drift_resource, log_to_contract, monitoring_flow
+from driftloop.flows.retraining import retraining_flow
+from driftloop.monitoring.policy import PolicyState, new_champion
+from driftloop.monitoring.windows import cut_windows
+from driftloop.registry.store import CHAMPION, alias_version, holdout_figures
+from driftloop.serving.prediction_log import PredictionLog
 from driftloop.state import prediction_log_path, state_path, write_atomic
-from flows.monitoring import DRIFT_EVENT, drift_resource, log_to_contract, monitoring_flow
-from flows.retraining import retraining_flow
-from monitoring.policy import PolicyState, new_champion
-from monitoring.windows import cut_windows
-from registry.store import CHAMPION, alias_version, holdout_figures
-from serving.prediction_log import PredictionLog
 
 MONITOR = "monitor"
 SCHEDULED_RETRAINING = "scheduled-retraining"

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from driftloop.config import Config
 from driftloop.errors import DataError, RegistryError
+from driftloop.flows.monitoring import log_to_contract
+from driftloop.monitoring.windows import cut_windows
+from driftloop.registry.gate import GateDecision, apply_gate
+from driftloop.registry.store import CHALLENGER, CHAMPION, alias_version
+from driftloop.serving.prediction_log import PredictionLog
 from driftloop.state import prediction_log_path
-from flows.monitoring import log_to_contract
-from monitoring.windows import cut_windows
-from registry.gate import GateDecision, apply_gate
-from registry.store import CHALLENGER, CHAMPION, alias_version
-from serving.prediction_log import PredictionLog
 
 
 def regate(config: Config, version: str | None = None) -> GateDecision:

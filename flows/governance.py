@@ -14,18 +14,18 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from data_checks.approvals import Approval, find_approval
-from data_checks.balance import champion_agreement, class_balance, label_shift
-from data_checks.findings import Finding, blocking
-from data_checks.leakage import feature_leakage, overlap_finding, time_finding
-from data_checks.validate import batch_fingerprint
 from driftloop.config import Config
 from driftloop.data import split_by_fraction
+from driftloop.data_checks.approvals import Approval, find_approval
+from driftloop.data_checks.balance import champion_agreement, class_balance, label_shift
+from driftloop.data_checks.findings import Finding, blocking
+from driftloop.data_checks.leakage import feature_leakage, overlap_finding, time_finding
+from driftloop.data_checks.validate import batch_fingerprint
+from driftloop.flows.monitoring import log_to_contract
+from driftloop.monitoring.drift import check_drift
+from driftloop.registry.store import load_reference, load_version
+from driftloop.serving.prediction_log import PredictionLog
 from driftloop.state import prediction_log_path
-from flows.monitoring import log_to_contract
-from monitoring.drift import check_drift
-from registry.store import load_reference, load_version
-from serving.prediction_log import PredictionLog
 
 # Samples for the drift checks are drawn with a fixed seed: the same batch always gets the same verdict.
 SAMPLE_SEED = 0

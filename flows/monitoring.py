@@ -13,14 +13,14 @@ from prefect.events import emit_event
 from driftloop.config import Config
 from driftloop.errors import RegistryError
 from driftloop.metrics import MonitorMetrics, monitor_metrics
+from driftloop.monitoring.cli_monitor import monitor_files
+from driftloop.monitoring.drift import DriftResult, check_drift
+from driftloop.monitoring.export import export_window, write_textfile
+from driftloop.monitoring.policy import PolicyState, decide
+from driftloop.monitoring.summary import markdown_summary
+from driftloop.registry.store import CHAMPION, alias_version, load_reference
+from driftloop.serving.prediction_log import PredictionLog
 from driftloop.state import prediction_log_path, reports_dir, state_path
-from monitoring.cli_monitor import monitor_files
-from monitoring.drift import DriftResult, check_drift
-from monitoring.export import export_window, write_textfile
-from monitoring.policy import PolicyState, decide
-from monitoring.summary import markdown_summary
-from registry.store import CHAMPION, alias_version, load_reference
-from serving.prediction_log import PredictionLog
 
 DRIFT_EVENT = "driftloop.drift.detected"
 _METRICS: dict[str, MonitorMetrics] = {}

@@ -5,15 +5,15 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from data_checks.provenance import prediction_log_source
 from driftloop.config import Config
+from driftloop.data_checks.provenance import prediction_log_source
 from driftloop.errors import DataError
+from driftloop.flows.monitoring import log_to_contract
+from driftloop.flows.training import training_pipeline
+from driftloop.registry.gate import GateDecision, apply_gate
+from driftloop.registry.store import CHAMPION, alias_version
+from driftloop.serving.prediction_log import PredictionLog
 from driftloop.state import prediction_log_path, state_path
-from flows.monitoring import log_to_contract
-from flows.training import training_pipeline
-from registry.gate import GateDecision, apply_gate
-from registry.store import CHAMPION, alias_version
-from serving.prediction_log import PredictionLog
 
 
 def labelled_rows(config: Config, first_id: int, last_id: int):  # noqa: ANN201 - a DataFrame

@@ -12,19 +12,19 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from data_checks.findings import Finding
-from data_checks.provenance import gx_page, record_batch, record_model, validation_markdown
-from data_checks.quarantine import quarantine
-from data_checks.validate import ValidationReport, validate_frame
 from driftloop.config import Config
 from driftloop.data import read_table, sort_by_time
+from driftloop.data_checks.findings import Finding
+from driftloop.data_checks.provenance import gx_page, record_batch, record_model, validation_markdown
+from driftloop.data_checks.quarantine import quarantine
+from driftloop.data_checks.validate import ValidationReport, validate_frame
 from driftloop.datasets import load_flights
+from driftloop.flows.governance import governance_gate
+from driftloop.registry.lineage import build_lineage
+from driftloop.registry.provenance import report_links
+from driftloop.registry.store import CHAMPION, Registered, alias_version, load_reference, register
 from driftloop.state import state_path
-from flows.governance import governance_gate
-from registry.lineage import build_lineage
-from registry.provenance import report_links
-from registry.store import CHAMPION, Registered, alias_version, load_reference, register
-from training.trainer import TrainResult, train
+from driftloop.training.trainer import TrainResult, train
 
 
 def prepare_training_data(config: Config, data: Path | None) -> Path:

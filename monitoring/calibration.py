@@ -36,14 +36,14 @@ from scipy.stats import beta
 
 from driftloop.config import Config
 from driftloop.data import fingerprint
-from driftloop.state import state_path
-from monitoring.statistics import (
+from driftloop.monitoring.statistics import (
     JENSEN_SHANNON,
     WASSERSTEIN,
     CategoricalReference,
     ColumnReference,
     NumericReference,
 )
+from driftloop.state import state_path
 
 # Bump when the statistics or the rule change: old cache entries then no longer match.
 CALIBRATION_VERSION = 2

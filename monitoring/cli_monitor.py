@@ -8,9 +8,9 @@ from pathlib import Path
 from driftloop.config import Config
 from driftloop.data import read_table
 from driftloop.metrics import monitor_metrics
+from driftloop.monitoring.drift import DriftResult, check_drift, validate_window
+from driftloop.monitoring.export import export_window, write_textfile
 from driftloop.state import reports_dir, state_path
-from monitoring.drift import DriftResult, check_drift, validate_window
-from monitoring.export import export_window, write_textfile
 
 
 def monitor_files(current_path: Path, reference_path: Path, config: Config) -> DriftResult:

@@ -34,9 +34,9 @@ from evidently.presets import DataDriftPreset  # noqa: E402
 from driftloop.config import Config  # noqa: E402
 from driftloop.data import missing_columns  # noqa: E402
 from driftloop.errors import ConfigError, DataError  # noqa: E402
-from monitoring.calibration import Calibration, cached_calibration, calibration_rows  # noqa: E402
-from monitoring.performance import Performance, measure_performance  # noqa: E402
-from monitoring.statistics import DISPLAY_NAMES  # noqa: E402
+from driftloop.monitoring.calibration import Calibration, cached_calibration, calibration_rows  # noqa: E402
+from driftloop.monitoring.performance import Performance, measure_performance  # noqa: E402
+from driftloop.monitoring.statistics import DISPLAY_NAMES  # noqa: E402
 
 # The reference is sampled with a fixed seed: the same reference always gives the same rows, so
 # every window of a run is compared against the same sample (and its calibration is reused).

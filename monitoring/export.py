@@ -7,9 +7,9 @@ from pathlib import Path
 from prometheus_client import write_to_textfile
 
 from driftloop.metrics import MonitorMetrics
-from monitoring.drift import DriftResult
-from monitoring.performance import Performance
-from monitoring.policy import Decision
+from driftloop.monitoring.drift import DriftResult
+from driftloop.monitoring.performance import Performance
+from driftloop.monitoring.policy import Decision
 
 
 def export_drift(result: DriftResult, metrics: MonitorMetrics, model: str, output_column: str = "prediction") -> None:

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, replace
 from statistics import NormalDist
 
 from driftloop.config import Config
-from monitoring.drift import DriftResult
-from monitoring.performance import Performance, worse_by
+from driftloop.monitoring.drift import DriftResult
+from driftloop.monitoring.performance import Performance, worse_by
 
 
 @dataclass(frozen=True)

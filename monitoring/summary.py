@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-from monitoring.drift import ColumnDrift, DriftResult
-from monitoring.performance import Figures
-from monitoring.policy import Decision
+from driftloop.monitoring.drift import ColumnDrift, DriftResult
+from driftloop.monitoring.performance import Figures
+from driftloop.monitoring.policy import Decision
 
 
 def markdown_summary(result: DriftResult, model: str, label: str, decision: Decision | None = None) -> str:

@@ -1,6 +1,6 @@
 """The champion/challenger gate: a new version is promoted only if it beats the champion on every body of evidence.
 
-The evidence (registry settings in driftloop/config.py):
+The evidence (registry settings in core/config.py):
 
 - the most recent labelled window: the challenger must beat the champion by more than `gate_margin`;
 - with `gate_on_holdout`, the challenger's holdout, the time-later `training.holdout_fraction` of its training rows
@@ -26,8 +26,7 @@ import pandas as pd
 
 from driftloop.config import Config
 from driftloop.errors import DataError
-from driftloop.scoring import HIGHER_IS_BETTER, score
-from registry.store import (
+from driftloop.registry.store import (
     CHALLENGER,
     CHAMPION,
     TAG_LIMIT,
@@ -40,6 +39,7 @@ from registry.store import (
     set_alias,
     tag_version,
 )
+from driftloop.scoring import HIGHER_IS_BETTER, score
 
 # Predictions of one version on a table of rows (P(positive) for classification).
 Scorer = Callable[[pd.DataFrame], np.ndarray]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from driftloop.config import Config
 from driftloop.errors import RegistryError
-from registry.store import (
+from driftloop.registry.store import (
     CHALLENGER,
     CHAMPION,
     alias_version,

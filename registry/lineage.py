@@ -35,9 +35,9 @@ def build_lineage(config: Config, frame: pd.DataFrame, validation_success: bool 
     """Tags naming the data (fingerprint, time range, rows), its validation, the config, the code and the champion
     when it was trained (parent.champion: empty for a first model).
 
-    `data.batches` is a JSON list of the fingerprints of the batch records (driftloop/batches.py) the model was
+    `data.batches` is a JSON list of the fingerprints of the batch records (core/batches.py) the model was
     trained on; by default the one batch `frame` is."""
-    from registry.store import alias_version  # MLflow is slow to import: only when lineage is built
+    from driftloop.registry.store import alias_version  # MLflow is slow to import: only when lineage is built
 
     span = time_range(frame, config.data)
     digest = fingerprint(frame)

@@ -1,7 +1,7 @@
 """Provenance of a model version: its training batches, then its parent champion and that one's batches, back to
 the first model (`driftloop lineage VERSION`).
 
-MLflow holds the versions and their lineage tags (registry/lineage.py); the batch records (driftloop/batches.py)
+MLflow holds the versions and their lineage tags (registry/lineage.py); the batch records (core/batches.py)
 say where each batch came from and what validation made of it. A record that is missing (the state dir wiped, a
 version trained on another machine) leaves what MLflow knows, and the view says the record is missing.
 """
@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 from driftloop.batches import read_batch
 from driftloop.config import Config
 from driftloop.errors import DataError, RegistryError
+from driftloop.registry.lineage import BATCHES_TAG
+from driftloop.registry.store import REPORT_URI_TAG, list_versions, mlflow_client, model_aliases
 from driftloop.state import mlflow_tracking_uri
-from registry.lineage import BATCHES_TAG
-from registry.store import REPORT_URI_TAG, list_versions, mlflow_client, model_aliases
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion

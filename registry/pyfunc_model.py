@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from training.artifacts import LoadedModel, load_model
+from driftloop.training.artifacts import LoadedModel, load_model
 
 
 class DriftloopPyfunc(PythonModel):

@@ -20,14 +20,14 @@ from driftloop.config import Config
 from driftloop.data import reference_frame
 from driftloop.errors import RegistryError
 from driftloop.state import mlflow_artifact_root, mlflow_tracking_uri, state_path
-from training.artifacts import WEIGHTS, LoadedModel, load_model, predict, save_model
+from driftloop.training.artifacts import WEIGHTS, LoadedModel, load_model, predict, save_model
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
     from mlflow.models.model import ModelInfo
 
-    from training.trainer import TrainResult
+    from driftloop.training.trainer import TrainResult
 
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 

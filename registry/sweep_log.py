@@ -6,10 +6,10 @@ import math
 from typing import TYPE_CHECKING
 
 from driftloop.config import Config
-from registry.store import experiment_id, mlflow_client
+from driftloop.registry.store import experiment_id, mlflow_client
 
 if TYPE_CHECKING:
-    from training.sweep import Sweep
+    from driftloop.training.sweep import Sweep
 
 KIND_TAG = "driftloop.kind"
 SWEEP_KIND = "pipeline-sweep"

@@ -44,12 +44,12 @@ from driftloop.config import Config
 from driftloop.errors import RegistryError
 from driftloop.metrics import ServingMetrics, serving_metrics
 from driftloop.pii import pii_policy
+from driftloop.serving.admin import admin_token, authorized
+from driftloop.serving.prediction_log import PredictionLog, UnknownPredictionIds
+from driftloop.serving.quantization import frame_rows, quantize_if_close
+from driftloop.serving.validation import InvalidRequest, check_known_categories, json_type, parse_labels, parse_rows
 from driftloop.state import prediction_log_path
-from serving.admin import admin_token, authorized
-from serving.prediction_log import PredictionLog, UnknownPredictionIds
-from serving.quantization import frame_rows, quantize_if_close
-from serving.validation import InvalidRequest, check_known_categories, json_type, parse_labels, parse_rows
-from training.artifacts import LoadedModel
+from driftloop.training.artifacts import LoadedModel
 
 ModelSource = Callable[[], LoadedModel]
 VersionProbe = Callable[[], str | None]

@@ -22,8 +22,8 @@ import pandas as pd
 
 from driftloop.config import Config
 from driftloop.scoring import score
-from serving.prediction_log import PredictionLog
-from training.artifacts import LoadedModel, quantize
+from driftloop.serving.prediction_log import PredictionLog
+from driftloop.training.artifacts import LoadedModel, quantize
 
 # Recent log rows searched for labels, and rows compared when there are no labels.
 EVIDENCE_ROWS = 5000

@@ -8,7 +8,7 @@ from typing import Any
 import uvicorn
 
 from driftloop.config import Config
-from serving.app import AliasSource, ModelSource, Rollback, VersionProbe, create_app
+from driftloop.serving.app import AliasSource, ModelSource, Rollback, VersionProbe, create_app
 
 
 def serve(config: Config, load_champion: ModelSource, champion_version: VersionProbe,
@@ -29,7 +29,7 @@ def registry_rollback(config: Config) -> Rollback:
     """The registry's rollback bound to `config`, imported when first called (MLflow is slow to import)."""
 
     def call(to_version: str | None = None) -> Any:
-        from registry.history import rollback
+        from driftloop.registry.history import rollback
 
         return rollback(config, to_version=to_version)
 
@@ -38,7 +38,11 @@ def registry_rollback(config: Config) -> Rollback:
 
 def serve_champion(config: Config, host: str | None = None, port: int | None = None) -> None:
     """Serve the registry's `champion` alias (what `driftloop serve` runs); `challenger` too in shadow mode."""
-    from registry.store import CHALLENGER, alias_version, load_alias  # imported here: MLflow is slow to import
+    from driftloop.registry.store import (  # imported here: MLflow is slow to import
+        CHALLENGER,
+        alias_version,
+        load_alias,
+    )
 
     challenger = AliasSource(functools.partial(load_alias, config, CHALLENGER),
                              functools.partial(alias_version, config, CHALLENGER))

@@ -12,9 +12,9 @@ from typing import Any
 
 from driftloop.config import DataConfig
 from driftloop.errors import DataError
-from serving.prediction_log import utc_iso
-from training.artifacts import category_key
-from training.features import FeatureSpec
+from driftloop.serving.prediction_log import utc_iso
+from driftloop.training.artifacts import category_key
+from driftloop.training.features import FeatureSpec
 
 # A 10,000-row batch with one column missing everywhere would otherwise answer 10,000 entries.
 MAX_REPORTED_ERRORS = 100

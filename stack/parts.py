@@ -138,7 +138,7 @@ def write_part_files(config: Config, name: str) -> None:
     """Render the config files a part reads at start: prometheus.yml and alertmanager.yml; nothing for the others."""
     if name not in ("prometheus", "alertmanager"):
         return
-    from monitoring.alerting import alertmanager_config, prometheus_config, rules_path, write_yaml
+    from driftloop.monitoring.alerting import alertmanager_config, prometheus_config, rules_path, write_yaml
 
     stack, host, folder = config.stack, config.stack.host, stack_dir(config)
     if name == "prometheus":
@@ -147,7 +147,7 @@ def write_part_files(config: Config, name: str) -> None:
         document = prometheus_config(config, targets, f"{host}:{stack.alertmanager_port}", [rules_path()])
         write_yaml(document, folder / "prometheus.yml")
         return
-    from monitoring.receiver import ensure_webhook_token
+    from driftloop.monitoring.receiver import ensure_webhook_token
 
     receiver_url = f"{base_url(config, stack.receiver_port)}/alerts"
     write_yaml(alertmanager_config(config, receiver_url, ensure_webhook_token(config)), folder / "alertmanager.yml")

@@ -16,8 +16,7 @@ from rich.table import Table
 
 from driftloop.config import Config
 from driftloop.errors import ConfigError
-from driftloop.state import write_atomic
-from stack.parts import (
+from driftloop.stack.parts import (
     PART_NAMES,
     Part,
     build_parts,
@@ -28,7 +27,8 @@ from stack.parts import (
     select_parts,
     write_part_files,
 )
-from stack.process import is_ours, log_tail, pid_alive, port_free, process_start, spawn, stop_group
+from driftloop.stack.process import is_ours, log_tail, pid_alive, port_free, process_start, spawn, stop_group
+from driftloop.state import write_atomic
 
 HEALTH_TIMEOUT_S = 2.0  # one probe; a healthy part answers in milliseconds
 POLL_S = 0.5
@@ -82,7 +82,7 @@ def _record_alive(record: dict) -> bool:
 
 def champion_version(config: Config) -> str | None:
     """The registry's champion version, None without one (MLflow is imported only here: it is slow to import)."""
-    from registry.store import alias_version
+    from driftloop.registry.store import alias_version
 
     return alias_version(config, "champion")
 

@@ -14,10 +14,10 @@ import torch
 
 from driftloop.config import Config
 from driftloop.errors import TrainingError
+from driftloop.training import checkpoint
+from driftloop.training.checkpoint import KILL_AT_ENV, PARTIAL, PROGRESS, Checkpoint, CheckpointJob
+from driftloop.training.trainer import LoopSettings, TrainResult, run_loop, train
 from tests.conftest import make_config
-from training import checkpoint
-from training.checkpoint import KILL_AT_ENV, PARTIAL, PROGRESS, Checkpoint, CheckpointJob
-from training.trainer import LoopSettings, TrainResult, run_loop, train
 
 EXACT = 1e-6
 KILL_BOUND_S = 30  # a killed rank must end the run this fast (start-up included); it takes about 4 s here
@@ -128,7 +128,7 @@ def test_the_loop_resumes_at_its_position() -> None:
 def test_single_process_checkpoint_resumes_exactly(rows: pd.DataFrame, uninterrupted: TrainResult, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """stages 1: a run that dies after its checkpoint at step 8 resumes there and ends as if never stopped."""
-    from training import trainer
+    from driftloop.training import trainer
 
     config = resume_config(tmp_path)
     original = checkpoint.save

@@ -12,11 +12,11 @@ import pytest
 import yaml
 from great_expectations.core.expectation_suite import expectationSuiteSchema
 
-from data_checks.saved_suite import read_suite, suite_columns
-from data_checks.validate import validate_file, validate_frame
 from driftloop.cli import main
 from driftloop.config import Config, demo_config_path, load_config
 from driftloop.data import fingerprint, read_table
+from driftloop.data_checks.saved_suite import read_suite, suite_columns
+from driftloop.data_checks.validate import validate_file, validate_frame
 from driftloop.errors import ConfigError
 from tests.conftest import demo_suite_path, make_config
 
@@ -33,7 +33,7 @@ def reference(tmp_path: Path, flights_jan: pd.DataFrame) -> Path:
 def suite_file(tmp_path: Path, reference: Path) -> Path:
     """A suite written by `driftloop checks init` (in this process) from the January flights."""
     config = make_config(tmp_path / "state")
-    from data_checks.saved_suite import init_suite
+    from driftloop.data_checks.saved_suite import init_suite
 
     return init_suite(config, reference, tmp_path / "suites" / "flights.json").path
 
@@ -103,7 +103,7 @@ def test_init_never_overwrites_without_force(tmp_path: Path, reference: Path, su
 
 
 def test_init_writes_to_validation_suite_or_asks_for_out(tmp_path: Path, reference: Path) -> None:
-    from data_checks.saved_suite import init_suite
+    from driftloop.data_checks.saved_suite import init_suite
 
     target = tmp_path / "owned.json"
     assert init_suite(saved(tmp_path, target), reference).path == target and target.is_file()
@@ -222,7 +222,7 @@ def test_the_demo_suite_passes_every_four_weeks_of_2013(tmp_path: Path, flights:
 
 
 def test_profiles_near_the_float_limit_leave_bounds_open(tmp_path: Path, flights_jan: pd.DataFrame) -> None:
-    from data_checks.saved_suite import init_suite
+    from driftloop.data_checks.saved_suite import init_suite
 
     huge = flights_jan.copy()
     huge.loc[0, "distance"] = 1.5e308

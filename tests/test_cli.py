@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +17,8 @@ from driftloop.config import demo_config_path
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run `driftloop ...` in a child process, as the console script does."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     return subprocess.run([sys.executable, "-m", "driftloop.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env=env)
+                          timeout=600)
 
 
 @pytest.fixture

@@ -20,12 +20,12 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from dashboards.build import dashboard_json
-from dashboards.queries import query_all
 from driftloop.config import Config
+from driftloop.dashboards.build import dashboard_json
+from driftloop.dashboards.queries import query_all
+from driftloop.flows.deployments import MONITOR, MONITOR_FLOW, RETRAIN_FLOW, RETRAIN_ON_DRIFT, SCHEDULED_RETRAINING
+from driftloop.flows.monitoring import DRIFT_EVENT
 from driftloop.metrics import RETRAIN_RECOMMENDED, WINDOW_PERFORMANCE
-from flows.deployments import MONITOR, MONITOR_FLOW, RETRAIN_FLOW, RETRAIN_ON_DRIFT, SCHEDULED_RETRAINING
-from flows.monitoring import DRIFT_EVENT
 from tests.conftest import free_port, make_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
@@ -87,7 +87,7 @@ def loop_config(state_dir: Path) -> Config:
 
 def send_traffic(loop: Loop, frame: pd.DataFrame) -> None:
     """Predictions through the model server, then their labels, as clients would send them."""
-    from flows.demo import request_rows
+    from driftloop.flows.demo import request_rows
 
     with httpx.Client(base_url=loop.url(loop.config.serving.port), timeout=60) as client:
         ids: list[int] = []
@@ -147,7 +147,7 @@ def wait_until(condition, timeout_s: float, what: str):  # noqa: ANN001, ANN201 
 
 
 def model_versions(config: Config) -> list[str]:
-    from registry.store import mlflow_client
+    from driftloop.registry.store import mlflow_client
 
     return sorted(v.version for v in mlflow_client(config).search_model_versions(f"name='{config.model.name}'"))
 

@@ -19,8 +19,8 @@ from grafana_foundation_sdk.models.dashboard import Dashboard
 from prometheus_client import CollectorRegistry, start_http_server
 
 import driftloop.metrics as metrics
-from dashboards.build import DATASOURCE_UID, JSON_DIR, JSON_FILE, dashboard_json, render, write_dashboards
-from dashboards.queries import QueryError, panel_queries, query_all, resolve_variables
+from driftloop.dashboards.build import DATASOURCE_UID, JSON_DIR, JSON_FILE, dashboard_json, render, write_dashboards
+from driftloop.dashboards.queries import QueryError, panel_queries, query_all, resolve_variables
 from tests.conftest import free_port, wait_for_http
 
 PROVISIONING = Path(__file__).resolve().parents[1] / "dashboards" / "provisioning"
@@ -48,9 +48,9 @@ def data_panels(dashboard: dict) -> list[dict]:
 
 def test_committed_json_matches_a_fresh_build(dashboard: dict):
     committed = JSON_DIR / JSON_FILE
-    assert committed.exists(), f"{committed} is missing: run `python -m dashboards.build`"
+    assert committed.exists(), f"{committed} is missing: run `python -m driftloop.dashboards.build`"
     assert committed.read_text(encoding="utf-8") == render(dashboard), (
-        f"{committed} is out of date with dashboards/build.py: run `python -m dashboards.build`")
+        f"{committed} is out of date with dashboards/build.py: run `python -m driftloop.dashboards.build`")
 
 
 def test_write_dashboards_is_deterministic(tmp_path: Path):
@@ -118,7 +118,7 @@ def test_every_metric_in_a_query_is_defined_in_driftloop_metrics(dashboard: dict
                     name = name.removesuffix(suffix)
             used.add(name)
     assert used, "no metric found in the queries"
-    assert used <= defined, f"not in driftloop/metrics.py: {sorted(used - defined)}"
+    assert used <= defined, f"not in core/metrics.py: {sorted(used - defined)}"
 
 
 def test_rates_use_the_rate_interval_and_monitor_queries_the_model_variable(dashboard: dict):

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_checks import (
+from driftloop.config import Config
+from driftloop.data_checks import (
     FailedExpectation,
     ValidationReport,
     build_suite,
@@ -18,8 +19,7 @@ from data_checks import (
     validate_file,
     validate_frame,
 )
-from data_checks.contract import gx_view
-from driftloop.config import Config
+from driftloop.data_checks.contract import gx_view
 from driftloop.errors import DataError
 from tests.conftest import make_config
 

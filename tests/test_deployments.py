@@ -11,7 +11,7 @@ import pandas as pd
 import yaml
 
 from driftloop.config import Config
-from flows.deployments import (
+from driftloop.flows.deployments import (
     MONITOR,
     RETRAIN_ON_DRIFT,
     SCHEDULED_RETRAINING,
@@ -20,7 +20,7 @@ from flows.deployments import (
     complete_windows,
     plan_retraining,
 )
-from flows.monitoring import DRIFT_EVENT
+from driftloop.flows.monitoring import DRIFT_EVENT
 from tests.conftest import make_config
 
 PREFECT_YAML = Path(__file__).resolve().parents[1] / "prefect.yaml"
@@ -61,7 +61,7 @@ def test_deployments_carry_schedules_trigger_and_one_at_a_time(tmp_path: Path) -
     assert "{{ event.payload.window }}" in trigger.parameters["reason"]
     for deployment in deployments.values():
         assert deployment.parameters["config_path"] == str(tmp_path / "c.yaml")
-        assert deployment.entrypoint.startswith("flows.deployments.")  # module path: runs from any folder
+        assert deployment.entrypoint.startswith("driftloop.flows.deployments.")  # module path: runs from any folder
         assert deployment.work_pool_name is None
 
 
@@ -80,7 +80,8 @@ def test_prefect_yaml_declares_the_same_deployments(tmp_path: Path) -> None:
     for name, deployment in built.items():
         entry = declared[name]
         module, function = deployment.entrypoint.rsplit(".", 1)
-        assert entry["entrypoint"] == f"{module.replace('.', '/')}.py:{function}"
+        # prefect.yaml names the file in this repository: driftloop.flows.deployments lives in flows/deployments.py
+        assert entry["entrypoint"] == f"{module.removeprefix('driftloop.').replace('.', '/')}.py:{function}"
         assert [(s["cron"], s["timezone"]) for s in entry.get("schedules", [])] == [
             (s.schedule.cron, s.schedule.timezone) for s in deployment.schedules]
         if deployment.concurrency_limit:

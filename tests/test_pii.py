@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_checks import list_quarantine, quarantine, validate_frame
-from data_checks.contract import gx_view
 from driftloop.config import Config
 from driftloop.data import reference_frame
+from driftloop.data_checks import list_quarantine, quarantine, validate_frame
+from driftloop.data_checks.contract import gx_view
 from driftloop.errors import ConfigError
 from driftloop.pii import PII_KEY_ENV, PiiPolicy, pii_kind, pii_policy
-from serving.prediction_log import PredictionLog
+from driftloop.serving.prediction_log import PredictionLog
 from tests.conftest import make_config
 from tests.test_cli import run_cli
 

@@ -13,17 +13,17 @@ import pandas as pd
 import pytest
 import yaml
 
-from data_checks.approvals import Approval, save_approval
-from data_checks.provenance import gx_page, prediction_log_source, record_batch
-from data_checks.quarantine import quarantine
-from data_checks.validate import batch_fingerprint, validate_frame
 from driftloop.batches import list_batches, read_batch
 from driftloop.cli import main
 from driftloop.config import Config
 from driftloop.data import read_table, sort_by_time, time_range
+from driftloop.data_checks.approvals import Approval, save_approval
+from driftloop.data_checks.provenance import gx_page, prediction_log_source, record_batch
+from driftloop.data_checks.quarantine import quarantine
+from driftloop.data_checks.validate import batch_fingerprint, validate_frame
 from driftloop.errors import DataError
+from driftloop.serving.prediction_log import PredictionLog
 from driftloop.state import batches_dir, prediction_log_path
-from serving.prediction_log import PredictionLog
 from tests.conftest import make_config
 
 PII_COLUMN = "tailnum"
@@ -139,8 +139,8 @@ class Loop:
 @pytest.fixture(scope="module")
 def loop(flights_jan: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory, prefect_api: None) -> Iterator[Loop]:
     """Train v1 on a file, refuse a broken file, log traffic with labels, retrain v2 on it (tiny, one process)."""
-    from flows.retraining import retraining_flow
-    from flows.training import training_pipeline
+    from driftloop.flows.retraining import retraining_flow
+    from driftloop.flows.training import training_pipeline
 
     folder = tmp_path_factory.mktemp("loop")
     config = make_config(folder / "state", model={"hidden": 8, "blocks": 2}, training={"stages": 1})
@@ -162,7 +162,7 @@ def loop(flights_jan: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory, pr
 
 @pytest.mark.slow
 def test_training_records_its_batch_and_the_version_points_to_it(loop: Loop) -> None:
-    from registry.store import version_tags
+    from driftloop.registry.store import version_tags
 
     config, frame = loop.config, loop.first_batch
     assert loop.first["train"]["model_version"] == "1" and loop.refused.get("quarantine")
@@ -192,8 +192,8 @@ def test_the_run_holds_the_validation_reports_and_the_prefect_artifact_links_the
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from flows.training import validation_artifact_key
-    from registry.store import REPORT_URI_TAG, mlflow_client
+    from driftloop.flows.training import validation_artifact_key
+    from driftloop.registry.store import REPORT_URI_TAG, mlflow_client
 
     config = loop.config
     client = mlflow_client(config)

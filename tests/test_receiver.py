@@ -19,7 +19,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-import monitoring.receiver as receiver
+import driftloop.monitoring.receiver as receiver
 from driftloop.config import Config
 from driftloop.errors import ConfigError
 from driftloop.metrics import (
@@ -31,9 +31,15 @@ from driftloop.metrics import (
     monitor_metrics,
     training_metrics,
 )
-from monitoring.alerting import alertmanager_config, prometheus_config, prometheus_duration, rules_path, write_yaml
-from monitoring.export import write_textfile
-from monitoring.receiver import (
+from driftloop.monitoring.alerting import (
+    alertmanager_config,
+    prometheus_config,
+    prometheus_duration,
+    rules_path,
+    write_yaml,
+)
+from driftloop.monitoring.export import write_textfile
+from driftloop.monitoring.receiver import (
     TOKEN_ENV,
     create_receiver_app,
     ensure_webhook_token,

@@ -11,10 +11,9 @@ import torch
 
 from driftloop.config import Config
 from driftloop.errors import RegistryError
-from driftloop.scoring import score
-from registry.gate import apply_gate
-from registry.lineage import build_lineage
-from registry.store import (
+from driftloop.registry.gate import apply_gate
+from driftloop.registry.lineage import build_lineage
+from driftloop.registry.store import (
     CHALLENGER,
     CHAMPION,
     alias_version,
@@ -24,8 +23,9 @@ from registry.store import (
     register,
     version_tags,
 )
-from training.artifacts import predict
-from training.trainer import TrainResult, train
+from driftloop.scoring import score
+from driftloop.training.artifacts import predict
+from driftloop.training.trainer import TrainResult, train
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_gate_rejects_worse_and_promotes_better(config: Config, trained: TrainRe
     tags = version_tags(config, bad.version)
     assert tags["gate.decision"] == "rejected" and "kept as challenger" in tags["gate.reason"]
     # Now the roles are reversed: the good model challenges the scrambled one as champion.
-    from registry.store import set_alias
+    from driftloop.registry.store import set_alias
 
     set_alias(config, CHAMPION, bad.version)
     better = register(config, trained, lineage, flights_jan)

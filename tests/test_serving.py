@@ -33,12 +33,12 @@ from driftloop.metrics import (
     PREDICT_REQUESTS,
     PREDICTION_ROWS,
 )
-from serving.app import create_app
-from serving.prediction_log import PredictionLog, UnknownPredictionIds
+from driftloop.serving.app import create_app
+from driftloop.serving.prediction_log import PredictionLog, UnknownPredictionIds
+from driftloop.training.artifacts import LoadedModel, load_model, save_model
+from driftloop.training.features import fit_spec
+from driftloop.training.model import build_model
 from tests.conftest import free_port, make_config
-from training.artifacts import LoadedModel, load_model, save_model
-from training.features import fit_spec
-from training.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 FAST_RELOAD = {"serving": {"reload_interval_s": 0.02, "max_batch_rows": 600}}
@@ -346,7 +346,7 @@ def test_no_request_fails_during_swaps(server, flights_jan: pd.DataFrame, model_
 CHILD_APPENDER = textwrap.dedent("""
     import json, sys
     from pathlib import Path
-    from serving.prediction_log import PredictionLog
+    from driftloop.serving.prediction_log import PredictionLog
 
     log = PredictionLog(Path(sys.argv[1]), pii=["tailnum"])
     n = 0
@@ -394,8 +394,8 @@ CHILD_SERVER = textwrap.dedent("""
     import sys
     from pathlib import Path
     from driftloop.config import load_config
-    from serving.server import serve
-    from training.artifacts import load_model
+    from driftloop.serving.server import serve
+    from driftloop.training.artifacts import load_model
 
     config, folder, port = load_config(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
     serve(config, lambda: load_model(folder, version="1"), lambda: "1", port=port)

@@ -31,12 +31,12 @@ from fastapi.testclient import TestClient
 from driftloop.config import Config
 from driftloop.errors import DriftloopError, RegistryError
 from driftloop.metrics import MODEL_QUANTIZED, SHADOW_FAILURES, SHADOW_ROWS
-from serving.app import AliasSource, create_app
-from serving.prediction_log import PredictionLog
+from driftloop.serving.app import AliasSource, create_app
+from driftloop.serving.prediction_log import PredictionLog
+from driftloop.training.artifacts import LoadedModel, PickledArtifactError, load_model
 from tests import test_serving
 from tests.conftest import free_port, make_config
 from tests.test_serving import REPO, Shelf, metric, rows_json, wait_for
-from training.artifacts import LoadedModel, PickledArtifactError, load_model
 
 model_folders = test_serving.model_folders  # the same two real saved models (a module-scoped fixture)
 
@@ -390,8 +390,8 @@ CHILD_SERVER = textwrap.dedent("""
     import sys
     from pathlib import Path
     from driftloop.config import load_config
-    from serving.server import serve
-    from training.artifacts import load_model
+    from driftloop.serving.server import serve
+    from driftloop.training.artifacts import load_model
 
     config, folder, port = load_config(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
     serve(config, lambda: load_model(folder, version="1"), lambda: "1", port=port)
@@ -435,7 +435,7 @@ def test_acknowledged_predictions_survive_kill_9_of_the_server(config, model_fol
 CHILD_WRITER = textwrap.dedent("""
     import json, sys
     from pathlib import Path
-    from serving.prediction_log import PredictionLog
+    from driftloop.serving.prediction_log import PredictionLog
 
     log = PredictionLog(Path(sys.argv[1]))
     tag, ids = sys.argv[2], []

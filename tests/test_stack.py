@@ -18,10 +18,10 @@ import yaml
 from driftloop.config import Config
 from driftloop.env import stack_prefect_url
 from driftloop.errors import ConfigError
-from stack import supervisor
-from stack.parts import PART_NAMES, build_parts, prefect_record_path, record_path, select_parts, stack_dir
-from stack.process import pid_alive, port_free, spawn, stop_group
-from stack.supervisor import stack_down, stack_status, stack_up
+from driftloop.stack import supervisor
+from driftloop.stack.parts import PART_NAMES, build_parts, prefect_record_path, record_path, select_parts, stack_dir
+from driftloop.stack.process import pid_alive, port_free, spawn, stop_group
+from driftloop.stack.supervisor import stack_down, stack_status, stack_up
 from tests.conftest import make_config
 
 

@@ -28,13 +28,12 @@ from torch import nn
 from driftloop import metrics as names
 from driftloop.config import SCHEDULES, Config, DataConfig, ModelConfig, TrainingConfig
 from driftloop.errors import TrainingError
-from tests.conftest import make_config
-from training import trainer
-from training.artifacts import predict
-from training.features import fit_spec
-from training.model import build_model, build_stage, cut_stage, stage_blocks
-from training.partition import balanced_blocks, plan_partition, unit_parameters
-from training.pipeline import (
+from driftloop.training import trainer
+from driftloop.training.artifacts import predict
+from driftloop.training.features import fit_spec
+from driftloop.training.model import build_model, build_stage, cut_stage, stage_blocks
+from driftloop.training.partition import balanced_blocks, plan_partition, unit_parameters
+from driftloop.training.pipeline import (
     SCHEDULE_CLASSES,
     SINGLE_STAGE,
     V_SHAPED,
@@ -43,8 +42,9 @@ from training.pipeline import (
     check_settings,
     derive_stages_per_rank,
 )
-from training.telemetry import summarize
-from training.trainer import FAIL_RANK_ENV, METRICS_FILE, TrainResult, epoch_order, fitted_batch_size, train
+from driftloop.training.telemetry import summarize
+from driftloop.training.trainer import FAIL_RANK_ENV, METRICS_FILE, TrainResult, epoch_order, fitted_batch_size, train
+from tests.conftest import make_config
 
 TOLERANCE = 1e-5
 # benchmarks/gpu_check.sh runs the one-process exactness tests with this set to cuda (or cpu to check the script).
@@ -406,7 +406,7 @@ def test_training_exports_prometheus_metrics(tiny_rows: pd.DataFrame, tmp_path: 
 def test_mlflow_gets_the_pipelines_measurements(tiny_single: TrainResult, tmp_path: Path) -> None:
     import mlflow
 
-    from registry.store import _log_training, experiment_id, mlflow_client
+    from driftloop.registry.store import _log_training, experiment_id, mlflow_client
 
     config = tiny_config(tmp_path / "state")
     client = mlflow_client(config)
@@ -513,7 +513,6 @@ def test_cli_pipeline_matches_one_stage(tiny_rows: pd.DataFrame, tmp_path: Path)
         raw = json.loads(tiny_config(folder / "state").model_dump_json())
         (folder / "config.yaml").write_text(yaml.safe_dump(raw))
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
         runs[stages] = subprocess.Popen(
             [sys.executable, "-m", "driftloop.cli", "train", "--config", "config.yaml", "--data", str(data),
              "--stages", str(stages), "--schedule", schedule, "--seed", "5", "--json"],
@@ -534,13 +533,13 @@ def test_cli_pipeline_matches_one_stage(tiny_rows: pd.DataFrame, tmp_path: Path)
 
 
 def test_torchrun_commands_follow_the_rendezvous_settings() -> None:
-    from training.launcher import torchrun_commands
+    from driftloop.training.launcher import torchrun_commands
 
     entry = ["--config", "/shared/c.yaml", "--data", "/shared/d.csv"]
     (c10d,) = torchrun_commands(4, nnodes=2, nproc_per_node=None, rdzv_backend="c10d", rdzv_endpoint="node0:29400",
                                 rdzv_id="job7", node_rank=None, entry_args=entry)
     assert c10d == ["torchrun", "--nnodes=2", "--nproc-per-node=2", "--rdzv-backend=c10d",
-                    "--rdzv-endpoint=node0:29400", "--rdzv-id=job7", "-m", "training.torchrun_entry", *entry]
+                    "--rdzv-endpoint=node0:29400", "--rdzv-id=job7", "-m", "driftloop.training.torchrun_entry", *entry]
     static = torchrun_commands(4, nnodes=2, nproc_per_node=2, rdzv_backend="static", rdzv_endpoint="node0:29400",
                                rdzv_id="job7", node_rank=None, entry_args=entry)
     assert [c[6] for c in static] == ["--node-rank=0", "--node-rank=1"]
@@ -559,12 +558,12 @@ def test_torchrun_launcher_outside_torchrun_says_how_to_start_it(tiny_rows: pd.D
 
 @pytest.mark.slow
 def test_torchrun_trains_the_same_model_as_the_local_launcher(tiny_rows: pd.DataFrame, tmp_path: Path) -> None:
-    """`torchrun --standalone --nproc-per-node 2 -m training.torchrun_entry` on this machine (gloo): the merged
-    weights rank 0 saves equal the local launcher's on the same file, config and seed."""
+    """`torchrun --standalone --nproc-per-node 2 -m driftloop.training.torchrun_entry` on this machine (gloo): the
+    merged weights rank 0 saves equal the local launcher's on the same file, config and seed."""
     from safetensors.torch import load_file
 
     from driftloop.data import read_table, sort_by_time
-    from training.artifacts import WEIGHTS
+    from driftloop.training.artifacts import WEIGHTS
 
     data = tmp_path / "rows.csv"
     tiny_rows.to_csv(data, index=False)
@@ -572,11 +571,10 @@ def test_torchrun_trains_the_same_model_as_the_local_launcher(tiny_rows: pd.Data
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
     torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     worker = subprocess.Popen(
-        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "training.torchrun_entry",
+        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "driftloop.training.torchrun_entry",
          "--config", str(config_path), "--data", str(data), "--stages", "2", "--seed", "3",
-         "--output", str(tmp_path / "out")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--output", str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # The local run trains meanwhile: the two share the 2 cores, but each waits mostly on imports.
     frame = sort_by_time(read_table(data), config.data)
     local = train(frame, tiny_config(tmp_path / "local"), stages=2, seed=3, progress=False)
@@ -594,7 +592,7 @@ def test_torchrun_trains_the_same_model_as_the_local_launcher(tiny_rows: pd.Data
 
 
 def test_the_ideal_step_is_the_bubble_of_p_stages_and_m_microbatches() -> None:
-    from training.sweep import ideal_seconds, parse_grid
+    from driftloop.training.sweep import ideal_seconds, parse_grid
 
     assert ideal_seconds(260, 2, 8) == pytest.approx(146.25)  # DESIGN.md's measured example: 260 x 9 / 16
     assert ideal_seconds(1.0, 1, 4) == 1.0
@@ -610,8 +608,8 @@ def test_tune_pipeline_prints_the_grid_and_records_it_in_mlflow(tiny_rows: pd.Da
     """A 2 x 2 grid (stages 2, 4 x microbatches 2, 4; 1F1B) of 2 steps each, through the CLI in this process:
     the one-process rows, three measured pipelines, 1F1B at 4 stages and 2 microbatches skipped with the reason."""
     from driftloop.cli import main
-    from registry.store import mlflow_client
-    from registry.sweep_log import KIND_TAG, SWEEP_KIND, TABLE_ARTIFACT
+    from driftloop.registry.store import mlflow_client
+    from driftloop.registry.sweep_log import KIND_TAG, SWEEP_KIND, TABLE_ARTIFACT
 
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))  # nothing here may point Prefect elsewhere
     data = tmp_path / "rows.csv"

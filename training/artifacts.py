@@ -25,8 +25,8 @@ from torch import nn
 
 from driftloop.config import ModelConfig
 from driftloop.errors import RegistryError
-from training.features import UNKNOWN, FeatureSpec, encode
-from training.model import TabularNet, build_model
+from driftloop.training.features import UNKNOWN, FeatureSpec, encode
+from driftloop.training.model import TabularNet, build_model
 
 WEIGHTS = "weights.safetensors"
 SPEC = "feature_spec.json"

@@ -248,7 +248,7 @@ def run_here(fn: RankFn, payload: Any, setup: RankSetup, on_message: Callable[[A
 
 # --- torchrun: ranks on several machines ---------------------------------------------------------------------------
 
-TORCHRUN_ENTRY = "training.torchrun_entry"  # the module every torchrun worker runs
+TORCHRUN_ENTRY = "driftloop.training.torchrun_entry"  # the module every torchrun worker runs
 
 
 def under_torchrun() -> bool:

@@ -9,7 +9,7 @@ from torch import nn
 
 from driftloop.config import ModelConfig
 from driftloop.errors import TrainingError
-from training.features import FeatureSpec
+from driftloop.training.features import FeatureSpec
 
 
 class InputLayer(nn.Module):

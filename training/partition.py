@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.model import TabularNet, stage_blocks
-from training.telemetry import StageClock, imbalance
+from driftloop.training.model import TabularNet, stage_blocks
+from driftloop.training.telemetry import StageClock, imbalance
 
 PROFILE_REPEATS = 5
 

@@ -41,7 +41,7 @@ from torch.distributed.pipelining.schedules import _PipelineSchedule
 
 from driftloop.config import SCHEDULES, Config
 from driftloop.errors import TrainingError
-from training.telemetry import StageClock
+from driftloop.training.telemetry import StageClock
 
 SCHEDULE_CLASSES: dict[str, type[_PipelineSchedule]] = {
     "GPipe": ScheduleGPipe,

@@ -24,11 +24,11 @@ from rich.table import Table
 
 from driftloop.config import Config
 from driftloop.errors import TrainingError
-from training.features import fit_spec
-from training.model import build_model
-from training.partition import unit_parameters
-from training.pipeline import check_settings, schedule_name
-from training.trainer import TrainResult, train
+from driftloop.training.features import fit_spec
+from driftloop.training.model import build_model
+from driftloop.training.partition import unit_parameters
+from driftloop.training.pipeline import check_settings, schedule_name
+from driftloop.training.trainer import TrainResult, train
 
 DEFAULT_STAGES = (2, 4)
 DEFAULT_SCHEDULES = ("GPipe", "1F1B", "Interleaved1F1B")

@@ -1,7 +1,8 @@
 """What every torchrun worker runs: one rank of a pipeline over several machines (training.launcher torchrun).
 
     torchrun --nnodes=2 --nproc-per-node=2 --rdzv-backend=c10d --rdzv-endpoint=node0:29500 --rdzv-id=job7 \\
-        -m training.torchrun_entry --config C --data FILE [--stages N] [--schedule S] [--microbatches M] [--seed S]
+        -m driftloop.training.torchrun_entry --config C --data FILE [--stages N] [--schedule S] [--microbatches M] \\
+        [--seed S]
 
 `driftloop train --launcher torchrun` prints this command from the config's rendezvous settings. Every worker
 reads the same config and data (the paths must exist on every node), trains its stages, and receives the merged
@@ -21,15 +22,15 @@ from driftloop.config import load_config, parse_config
 from driftloop.data import read_table, sort_by_time
 from driftloop.errors import DriftloopError
 from driftloop.state import state_path
-from training.artifacts import save_model
-from training.trainer import TrainResult, train
+from driftloop.training.artifacts import save_model
+from driftloop.training.trainer import TrainResult, train
 
 SUMMARY = "train.json"
 
 
 def parser() -> argparse.ArgumentParser:
     """The worker's arguments: those of `driftloop train` that shape the run."""
-    p = argparse.ArgumentParser(prog="python -m training.torchrun_entry", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m driftloop.training.torchrun_entry", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML config file (the same on every node)")
     p.add_argument("--data", required=True, help="CSV or Parquet training data (the same on every node)")

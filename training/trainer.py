@@ -25,15 +25,15 @@ from driftloop.config import Config, ModelConfig
 from driftloop.data import require_columns, split_by_fraction
 from driftloop.errors import TrainingError
 from driftloop.state import state_path
-from training import checkpoint
-from training.artifacts import predict
-from training.checkpoint import CheckpointJob
-from training.features import FeatureSpec, encode, encode_target, fit_spec, numeric_column
-from training.launcher import RankSetup, free_port, join_torchrun, launch, run_here
-from training.model import TabularNet, build_model, build_stage
-from training.partition import Partition, plan_partition
-from training.pipeline import PipelineSettings, ScaledLoss, build_schedule, check_settings, rank_device
-from training.telemetry import StageClock, Telemetry, TrainingExporter, summarize
+from driftloop.training import checkpoint
+from driftloop.training.artifacts import predict
+from driftloop.training.checkpoint import CheckpointJob
+from driftloop.training.features import FeatureSpec, encode, encode_target, fit_spec, numeric_column
+from driftloop.training.launcher import RankSetup, free_port, join_torchrun, launch, run_here
+from driftloop.training.model import TabularNet, build_model, build_stage
+from driftloop.training.partition import Partition, plan_partition
+from driftloop.training.pipeline import PipelineSettings, ScaledLoss, build_schedule, check_settings, rank_device
+from driftloop.training.telemetry import StageClock, Telemetry, TrainingExporter, summarize
 
 DATA = "data.safetensors"
 LOSSES = "losses.json"

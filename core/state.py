@@ -36,7 +36,7 @@ def quarantine_dir(config: Config) -> Path:
 
 
 def batches_dir(config: Config) -> Path:
-    """Folder holding one provenance record per batch offered to training (driftloop/batches.py)."""
+    """Folder holding one provenance record per batch offered to training (core/batches.py)."""
     return state_path(config, "batches", "x").parent
 
 

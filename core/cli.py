@@ -27,7 +27,7 @@ def _err(message: str) -> None:
 
 def cmd_validate(args: argparse.Namespace, config: Config) -> int:
     """GX gate on one file: 0 pass, 1 expectations failed, 2 unusable input."""
-    from data_checks.validate import validate_file
+    from driftloop.data_checks.validate import validate_file
 
     report = validate_file(Path(args.data), config, Path(args.reference) if args.reference else None)
     if args.json:
@@ -41,7 +41,7 @@ def cmd_validate(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_checks(args: argparse.Namespace, config: Config) -> int:
     """`checks init`: profile a reference file into a GX suite file the team then owns: 0 written, 2 bad input."""
-    from data_checks.saved_suite import init_suite
+    from driftloop.data_checks.saved_suite import init_suite
 
     written = init_suite(config, Path(args.data), Path(args.out) if args.out else None, force=args.force)
     if args.json:
@@ -72,8 +72,8 @@ def _print_torchrun(config: Config, data_path: Path, overrides: dict, as_json: b
     import yaml
 
     from driftloop.state import state_path
-    from training.launcher import torchrun_commands
-    from training.pipeline import check_settings
+    from driftloop.training.launcher import torchrun_commands
+    from driftloop.training.pipeline import check_settings
 
     settings = check_settings(config, **overrides)
     t = config.training
@@ -99,8 +99,8 @@ def _print_torchrun(config: Config, data_path: Path, overrides: dict, as_json: b
 def _check_training_input(config: Config, data_path: Path) -> None:
     """Unusable input (unreadable file, timestamps that do not parse, a broken saved suite) as one line, here:
     raised inside the training flow, Prefect would print it with a traceback."""
-    from data_checks.validate import check_usable
     from driftloop.data import read_table, sort_by_time
+    from driftloop.data_checks.validate import check_usable
 
     check_usable(sort_by_time(read_table(data_path), config.data), config, str(data_path))
 
@@ -124,8 +124,8 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
     """Validate, train pipeline-parallel and register: 0 ok, 2 bad input (including data that fails validation).
 
     With training.launcher torchrun it prints the torchrun command(s) to run instead."""
-    from flows.training import prepare_training_data, training_pipeline
-    from training.pipeline import check_settings
+    from driftloop.flows.training import prepare_training_data, training_pipeline
+    from driftloop.training.pipeline import check_settings
 
     config = _training_flags(config, args)
     overrides = {"stages": args.stages, "schedule": args.schedule, "microbatches": args.microbatches,
@@ -161,8 +161,8 @@ def cmd_tune_pipeline(args: argparse.Namespace, config: Config) -> int:
     from rich.console import Console
 
     from driftloop.data import read_table, sort_by_time
-    from registry.sweep_log import log_sweep
-    from training import sweep as sweeps
+    from driftloop.registry.sweep_log import log_sweep
+    from driftloop.training import sweep as sweeps
 
     stages = sweeps.parse_grid(args.stages, sweeps.DEFAULT_STAGES, int, "--stages")
     schedules = sweeps.parse_grid(args.schedules, sweeps.DEFAULT_SCHEDULES, str, "--schedules")
@@ -170,7 +170,7 @@ def cmd_tune_pipeline(args: argparse.Namespace, config: Config) -> int:
     if args.data:
         frame = read_table(Path(args.data))
     else:
-        from flows.training import prepare_training_data
+        from driftloop.flows.training import prepare_training_data
 
         frame = read_table(prepare_training_data(config, None))
     frame = sort_by_time(frame, config.data)
@@ -201,7 +201,7 @@ def cmd_tune_pipeline(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_monitor(args: argparse.Namespace, config: Config) -> int:
     """Drift check of one window: 0 done (drift or not), 2 bad input."""
-    from flows.monitoring import monitor_file
+    from driftloop.flows.monitoring import monitor_file
 
     result = monitor_file(config, Path(args.current), Path(args.reference) if args.reference else None)
     if args.json:
@@ -217,7 +217,7 @@ def cmd_monitor(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     """Serve the champion over HTTP until interrupted."""
-    from serving.server import serve_champion
+    from driftloop.serving.server import serve_champion
 
     serve_champion(config, host=args.host, port=args.port)
     return EXIT_OK
@@ -225,7 +225,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_stack(args: argparse.Namespace, config: Config) -> int:
     """Bring the local stack up, down, or print each part's URL and health: 0 ok, 1 a part is down or failed."""
-    from stack.supervisor import stack_down, stack_status, stack_up
+    from driftloop.stack.supervisor import stack_down, stack_status, stack_up
 
     config_path = Path(args.config or demo_config_path()).resolve()
     if args.action == "up":
@@ -239,7 +239,7 @@ def cmd_stack(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_deploy(args: argparse.Namespace, config: Config) -> int:
     """Register the deployments (monitor, scheduled retraining, retrain-on-drift) and serve them until stopped."""
-    from flows.deployments import deploy
+    from driftloop.flows.deployments import deploy
 
     deploy(config, Path(args.config or demo_config_path()).resolve(), serve_them=not args.no_serve)
     return EXIT_OK
@@ -247,8 +247,8 @@ def cmd_deploy(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_receiver(args: argparse.Namespace, config: Config) -> int:
     """The monitor's metrics endpoint and Alertmanager's webhook receiver, until interrupted."""
-    from flows.deployments import retraining_starter
-    from monitoring.receiver import serve_receiver
+    from driftloop.flows.deployments import retraining_starter
+    from driftloop.monitoring.receiver import serve_receiver
 
     config_path = Path(args.config or demo_config_path()).resolve()
     serve_receiver(config, retraining_starter(config, config_path), host=args.host, port=args.port)
@@ -257,7 +257,7 @@ def cmd_receiver(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_rollback(args: argparse.Namespace, config: Config) -> int:
     """Move the champion back to the previous champion (or --to VERSION): 0 ok, 2 nothing to roll back to."""
-    from registry.history import rollback
+    from driftloop.registry.history import rollback
 
     result = rollback(config, args.to)
     if args.json:
@@ -271,7 +271,7 @@ def cmd_models(args: argparse.Namespace, config: Config) -> int:
     """Every version of the configured model with aliases, gate figures, lineage and the champion history: 0 ok."""
     from rich.console import Console
 
-    from registry.history import history_lines, model_overview, overview_table
+    from driftloop.registry.history import history_lines, model_overview, overview_table
 
     overview = model_overview(config)
     if args.json:
@@ -298,7 +298,7 @@ def cmd_lineage(args: argparse.Namespace, config: Config) -> int:
     2 unknown version."""
     from rich.console import Console
 
-    from registry.provenance import chain_tree, version_chain
+    from driftloop.registry.provenance import chain_tree, version_chain
 
     view = version_chain(config, args.version)
     if args.json:
@@ -315,7 +315,7 @@ def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
     """The quarantined batches, oldest first, with their reasons and whether approved: 0."""
     from rich.console import Console
 
-    from data_checks.quarantine_view import quarantine_entries, quarantine_table
+    from driftloop.data_checks.quarantine_view import quarantine_entries, quarantine_table
 
     entries = quarantine_entries(config)
     if args.json:
@@ -335,7 +335,7 @@ def cmd_approve(args: argparse.Namespace, config: Config) -> int:
     approval may override (validation, leakage)."""
     import getpass
 
-    from data_checks.quarantine import approve_batch
+    from driftloop.data_checks.quarantine import approve_batch
 
     try:
         who = getpass.getuser()
@@ -353,7 +353,7 @@ def cmd_approve(args: argparse.Namespace, config: Config) -> int:
 def cmd_gate(args: argparse.Namespace, config: Config) -> int:
     """Judge the challenger (or --version) against the champion again, with live shadow figures: 0 decided (either
     way), 2 nothing to judge."""
-    from flows.gating import regate
+    from driftloop.flows.gating import regate
 
     decision = regate(config, args.version)
     if args.json:
@@ -367,9 +367,9 @@ def cmd_gate(args: argparse.Namespace, config: Config) -> int:
 def cmd_label(args: argparse.Namespace, config: Config) -> int:
     """Attach delayed labels from a file to the prediction log, all or nothing: 0 ok, 2 bad file or unknown ids."""
     from driftloop.errors import DataError
+    from driftloop.serving.labels import read_label_file
+    from driftloop.serving.prediction_log import PredictionLog, UnknownPredictionIds
     from driftloop.state import prediction_log_path
-    from serving.labels import read_label_file
-    from serving.prediction_log import PredictionLog, UnknownPredictionIds
 
     ids, labels = read_label_file(config, Path(args.file))
     path = prediction_log_path(config)
@@ -389,7 +389,7 @@ def cmd_label(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     """The whole loop on the bundled data."""
-    from flows.demo import run_demo
+    from driftloop.flows.demo import run_demo
 
     run_demo(config)
     return EXIT_OK
