@@ -7,10 +7,6 @@ LINKED := $(VENV)/.linked
 # The folders that install as the driftloop package (core/ is driftloop itself, each stage driftloop.<stage>).
 PACKAGES := core data_checks training registry serving monitoring flows stack dashboards
 EDITABLE := --config-settings editable_mode=strict
-export GX_ANALYTICS_ENABLED := false
-export DO_NOT_TRACK := 1
-export MLFLOW_ENABLE_TELEMETRY := false
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .PHONY: setup system-deps demo stack test test-quick lint clean
 
@@ -48,6 +44,7 @@ stack: $(LINKED) system-deps
 
 test: $(LINKED) system-deps
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest -q
 
 test-quick: $(LINKED)
@@ -55,6 +52,7 @@ test-quick: $(LINKED)
 
 lint: $(LINKED)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf .driftloop

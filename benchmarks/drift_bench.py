@@ -34,7 +34,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import sys
 import tempfile
 import time
 import warnings
@@ -42,11 +41,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-os.environ.setdefault("DO_NOT_TRACK", "1")
 # One thread per worker: two workers on two cores, no oversubscription by BLAS or OpenMP pools.
 for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_threads, "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from driftloop.env import switch_off_telemetry  # noqa: E402 - before Evidently's import, which reads the setting
+
+switch_off_telemetry()
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402

@@ -44,10 +44,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 ROW_SIZES = (1, 64)
 CONCURRENCY = (1, 8, 32)
@@ -107,13 +104,10 @@ def free_port() -> int:
 
 
 def child_env() -> dict[str, str]:
-    """Environment for the servers and `driftloop train`: this repo importable, the venv's scripts on PATH
-    (mlflow starts `uvicorn` by name), telemetry off."""
+    """Environment for the servers and `driftloop train`: the venv's scripts on PATH (mlflow starts `uvicorn` by
+    name); telemetry is off in os.environ since driftloop was imported."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.update({"DO_NOT_TRACK": "1", "MLFLOW_ENABLE_TELEMETRY": "false", "GX_ANALYTICS_ENABLED": "false",
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
     return env
 
 
@@ -124,10 +118,10 @@ def prepare_data(folder: Path) -> tuple[Path, list[dict], list[str], list[str]]:
     """
     import pandas as pd
 
-    from driftloop.config import load_config
+    from driftloop.config import demo_config_path, load_config
     from driftloop.datasets import load_flights
 
-    data = load_config(ROOT / "driftloop" / "configs" / "flights.yaml").data
+    data = load_config(demo_config_path()).data
     flights = load_flights()
     jan = flights[flights["time_hour"] < pd.Timestamp("2013-02-01", tz="UTC")]
     train = jan.sample(TRAIN_ROWS, random_state=0).sort_values("time_hour", kind="stable")
@@ -143,7 +137,9 @@ def write_config(folder: Path) -> Path:
     """The demo config with a private state dir and small, fast training (as tests/conftest.py make_config)."""
     import yaml
 
-    raw = yaml.safe_load((ROOT / "driftloop" / "configs" / "flights.yaml").read_text())
+    from driftloop.config import demo_config_path
+
+    raw = yaml.safe_load(demo_config_path().read_text())
     raw["state_dir"] = str(folder / "state")
     raw["training"].update({"epochs": 1, "batch_size": 256})
     raw["validation"].pop("suite", None)  # relative to the shipped config's folder, not this copy's

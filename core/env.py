@@ -6,11 +6,15 @@ import json
 import os
 from pathlib import Path
 
-DEFAULTS = {
+# The libraries' usage reporting: the network may be closed, and nothing may wait on a connection that never opens.
+TELEMETRY_OFF = {
     "GX_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
+    "DO_NOT_TRACK": "1",  # Evidently, Prefect's client and others
     "MLFLOW_ENABLE_TELEMETRY": "false",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+DEFAULTS = {
+    **TELEMETRY_OFF,
     "PREFECT_UI_ENABLED": "false",
     "TOKENIZERS_PARALLELISM": "false",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
@@ -18,6 +22,13 @@ DEFAULTS = {
     # A first start migrates a new SQLite database; on 2 busy cores that can exceed Prefect's 20 s default.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
 }
+
+
+def switch_off_telemetry() -> None:
+    """Telemetry off for this process and its children, unless the user set a variable: the libraries read these
+    when imported, so the driftloop package calls this before any stage imports them."""
+    for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
 
 
 def stack_prefect_url(state_dir: Path) -> str | None:

@@ -6,15 +6,10 @@ with GX, plus a scan of every text column for PII-looking values, and write an H
 `quarantine` keeps a failed batch aside with its reasons.
 """
 
-import os
-
-# GX phones home on import unless told not to; there is no network here, so nothing may wait on it.
-os.environ["GX_ANALYTICS_ENABLED"] = "false"
-
-from driftloop.data_checks.quarantine import list_quarantine, quarantine  # noqa: E402
-from driftloop.data_checks.saved_suite import init_suite  # noqa: E402
-from driftloop.data_checks.suite import build_suite  # noqa: E402
-from driftloop.data_checks.validate import FailedExpectation, ValidationReport, validate_file, validate_frame  # noqa: E402
+from driftloop.data_checks.quarantine import list_quarantine, quarantine
+from driftloop.data_checks.saved_suite import init_suite
+from driftloop.data_checks.suite import build_suite
+from driftloop.data_checks.validate import FailedExpectation, ValidationReport, validate_file, validate_frame
 
 __all__ = [
     "FailedExpectation",

@@ -16,13 +16,9 @@ Either way the window's performance (actual and estimated) is measured when it h
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-
-# Evidently sends usage events unless DO_NOT_TRACK is set; set it before the import.
-os.environ.setdefault("DO_NOT_TRACK", "1")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 from collections.abc import Sequence
@@ -17,12 +18,14 @@ from driftloop.data import fingerprint, time_range
 BATCHES_TAG = "data.batches"
 
 
+@functools.cache  # the code a process runs does not change while it runs: one look-up per process
 def code_version() -> str:
     """The git commit of the code that trained the model, or the package version outside a checkout."""
+    source = Path(__file__).resolve().parent  # the checkout itself, not an editable install's tree of links
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=source,
                                 capture_output=True, text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=source,
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return f"{commit}{'-dirty' if dirty else ''}"
     except (OSError, subprocess.SubprocessError):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -28,8 +27,6 @@ if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
 
     from driftloop.training.trainer import TrainResult
-
-os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

@@ -94,8 +94,8 @@ def prefect_environment(config: Config) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
     for key, value in DEFAULTS.items():
         env.setdefault(key, value)
-    env.update({"PREFECT_HOME": str(stack_dir(config) / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "DO_NOT_TRACK": "1", "PREFECT_UI_ENABLED": "false", "PYTHONUNBUFFERED": "1"})
+    env.update({"PREFECT_HOME": str(stack_dir(config) / "prefect"), "PREFECT_UI_ENABLED": "false",
+                "PYTHONUNBUFFERED": "1"})
     return env
 
 

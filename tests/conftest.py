@@ -1,27 +1,23 @@
-"""Shared fixtures: telemetry off, a config for the demo data and small real samples of it."""
+"""Shared fixtures (real samples of the demo data, trained and saved models, Prefect's harness) and the quick-test
+rules: a test not marked slow starts no process and takes a few seconds at most."""
 
 from __future__ import annotations
 
+import multiprocessing.util
 import os
-import socket
-import time
-import urllib.error
-import urllib.request
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+import pandas as pd
+import pytest
 
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import yaml  # noqa: E402
-
-from driftloop.config import Config, demo_config_path, parse_config  # noqa: E402
-from driftloop.datasets import load_flights  # noqa: E402
+from driftloop.config import Config
+from driftloop.datasets import load_flights
+from driftloop.registry.lineage import code_version
+from driftloop.training.trainer import TrainResult
+from tests.helpers import make_config
 
 # A first start migrates a new SQLite database: on 2 busy cores that can exceed the harness's 30 s default.
 HARNESS_STARTUP_TIMEOUT_S = 180
@@ -46,25 +42,6 @@ def flights_jul(flights: pd.DataFrame) -> pd.DataFrame:
     jul = flights[(flights["time_hour"] >= pd.Timestamp("2013-07-01", tz="UTC"))
                   & (flights["time_hour"] < pd.Timestamp("2013-08-01", tz="UTC"))]
     return jul.sample(2000, random_state=0).sort_values("time_hour", kind="stable").reset_index(drop=True)
-
-
-def demo_suite_path() -> Path:
-    """The demo's saved suite (driftloop/configs/suites/), as an absolute path."""
-    raw = yaml.safe_load(demo_config_path().read_text())
-    return (demo_config_path().parent / raw["validation"]["suite"]).resolve()
-
-
-def make_config(state_dir: Path, **overrides: dict) -> Config:
-    """The demo config with a private state dir and small, fast settings, plus `overrides` per section."""
-    raw = yaml.safe_load(demo_config_path().read_text())
-    raw["state_dir"] = str(state_dir)
-    raw["training"].update({"epochs": 1, "batch_size": 256})
-    # Suites built from each test's own reference, as its data expects; tests/test_checks_init.py tests the demo's
-    # saved suite (validation.suite), which a test asks for with validation={"suite": demo_suite_path()}.
-    raw["validation"].pop("suite", None)
-    for section, values in overrides.items():
-        raw.setdefault(section, {}).update(values)
-    return parse_config(raw, "test config")
 
 
 @pytest.fixture
@@ -94,24 +71,92 @@ def restored_environ(tmp_path: Path) -> Iterator[None]:
     os.environ.update(saved)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+@pytest.fixture(scope="module")
+def model_folders(tmp_path_factory: pytest.TempPathFactory, flights_jan: pd.DataFrame) -> dict[str, Path]:
+    """Two real models saved with training.artifacts: versions '1' and '2' (different weights)."""
+    from driftloop.training.artifacts import save_model
+    from driftloop.training.features import fit_spec
+    from driftloop.training.model import build_model
+
+    config = make_config(tmp_path_factory.mktemp("unused"))
+    spec = fit_spec(flights_jan, config.data)
+    folders = {}
+    for version, seed in (("1", 0), ("2", 1)):
+        net = build_model(spec, config.model, seed=seed)
+        folders[version] = save_model(tmp_path_factory.mktemp(f"model{version}"), net.state_dict(), spec,
+                                      config.model)
+    return folders
 
 
-def wait_for_http(url: str, timeout_s: float = 30.0) -> None:
-    """Wait until `url` answers 200, or fail the test saying what did not come up."""
-    deadline = time.monotonic() + timeout_s
-    last = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-                last = f"HTTP {response.status}"
-        except (OSError, urllib.error.URLError) as error:
-            last = str(error)
-        time.sleep(0.2)
-    pytest.fail(f"{url} did not answer 200 within {timeout_s:g}s ({last})")
+@pytest.fixture(scope="module")
+def trained(flights_jan: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    """One real single-process training on January flights (the trainer itself is tested elsewhere)."""
+    from driftloop.training.trainer import train
+
+    config = make_config(tmp_path_factory.mktemp("train"), training={"epochs": 2})
+    return train(flights_jan, config, stages=1, progress=False)
+
+
+# `make test-quick` runs every test not marked slow: such a test starts no process and stays within a few seconds.
+QUICK_TEST_LIMIT_S = 5.0
+# What the standard library's `platform` module runs when a library asks at import (MLflow, Prefect's croniter): not
+# processes of the test's own.
+PLATFORM_PROBES = {"uname", "file"}
+code_version()  # cached per process: the git look-up every registration records, done once here
+
+
+class ProcessStarted(AssertionError):
+    """A test not marked slow started a process."""
+
+
+def _refuse_process(*args: object, **kwargs: object) -> None:
+    raise ProcessStarted("this test starts a process: mark it @pytest.mark.slow")
+
+
+def _guarded_child(original: Callable[..., None]) -> Callable[..., None]:
+    """subprocess.Popen's child start, refusing every program but the platform probes."""
+
+    def start(self: subprocess.Popen, args: object, *rest: object, **kwargs: object) -> None:
+        program = args[0] if isinstance(args, list | tuple) else str(args).split()[0]
+        if Path(str(program)).name not in PLATFORM_PROBES:
+            _refuse_process()
+        original(self, args, *rest, **kwargs)
+
+    return start
+
+
+@contextmanager
+def _no_processes(item: pytest.Item) -> Iterator[None]:
+    """For a test not marked slow: any process it (or a fixture it sets up) starts fails it."""
+    if item.get_closest_marker("slow") is not None:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess.Popen, "_execute_child", _guarded_child(subprocess.Popen._execute_child))
+        patch.setattr(multiprocessing.util, "spawnv_passfds", _refuse_process)
+        patch.setattr(os, "fork", _refuse_process)
+        yield
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _no_processes(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _no_processes(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[pytest.TestReport]:
+    """An unmarked test that passed but took longer than QUICK_TEST_LIMIT_S fails, saying to mark it slow."""
+    report = yield
+    if (call.when == "call" and report.passed and item.get_closest_marker("slow") is None
+            and call.duration > QUICK_TEST_LIMIT_S):
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} took {call.duration:.1f} s, over the {QUICK_TEST_LIMIT_S:g} s of a quick "
+                           "test: mark it @pytest.mark.slow (make test-quick runs every unmarked test)")
+    return report

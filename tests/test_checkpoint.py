@@ -17,7 +17,7 @@ from driftloop.errors import TrainingError
 from driftloop.training import checkpoint
 from driftloop.training.checkpoint import KILL_AT_ENV, PARTIAL, PROGRESS, Checkpoint, CheckpointJob
 from driftloop.training.trainer import LoopSettings, TrainResult, run_loop, train
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 EXACT = 1e-6
 KILL_BOUND_S = 30  # a killed rank must end the run this fast (start-up included); it takes about 4 s here

@@ -18,7 +18,7 @@ from driftloop.data import fingerprint, read_table
 from driftloop.data_checks.saved_suite import read_suite, suite_columns
 from driftloop.data_checks.validate import validate_file, validate_frame
 from driftloop.errors import ConfigError
-from tests.conftest import demo_suite_path, make_config
+from tests.helpers import demo_suite_path, make_config
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,12 +11,7 @@ import yaml
 from sklearn.datasets import load_diabetes
 
 from driftloop.config import demo_config_path
-
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run `driftloop ...` in a child process, as the console script does."""
-    return subprocess.run([sys.executable, "-m", "driftloop.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+from tests.helpers import assert_one_clean_error, run_cli
 
 
 @pytest.fixture
@@ -31,12 +24,7 @@ def demo_yaml(tmp_path: Path) -> Path:
     return path
 
 
-def assert_one_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert "Traceback" not in result.stderr, result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr, result.stderr
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["empty", "not_csv", "binary"])
 def test_validate_unusable_files_exit_2(tmp_path: Path, demo_yaml: Path, case: str) -> None:
     path = {"empty": tmp_path / "empty.csv", "not_csv": tmp_path / "data.txt", "binary": tmp_path / "bin.csv"}[case]
@@ -48,6 +36,7 @@ def test_validate_unusable_files_exit_2(tmp_path: Path, demo_yaml: Path, case: s
     assert not (tmp_path / "state" / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_validate_missing_column_and_wrong_type_exit_1(tmp_path: Path, demo_yaml: Path,
                                                       flights_jan: pd.DataFrame) -> None:
     broken = flights_jan.drop(columns=["distance"]).assign(temp="warm")
@@ -63,6 +52,7 @@ def test_validate_missing_column_and_wrong_type_exit_1(tmp_path: Path, demo_yaml
     assert not (tmp_path / "state" / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_validate_good_file_passes(tmp_path: Path, demo_yaml: Path, flights_jan: pd.DataFrame) -> None:
     path = tmp_path / "good.parquet"
     flights_jan.to_parquet(path)
@@ -72,6 +62,7 @@ def test_validate_good_file_passes(tmp_path: Path, demo_yaml: Path, flights_jan:
     assert payload["success"] is True and Path(payload["report"]).is_file()
 
 
+@pytest.mark.slow
 def test_bad_config_key_is_named(tmp_path: Path, flights_jan: pd.DataFrame) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump({"data": {"target": "y", "numerical": ["x"]}, "trainig": {"epochs": 1}}))
@@ -80,6 +71,7 @@ def test_bad_config_key_is_named(tmp_path: Path, flights_jan: pd.DataFrame) -> N
     assert_one_clean_error(result, "unknown key 'trainig'")
 
 
+@pytest.mark.slow
 def test_monitor_bad_window_exit_2(tmp_path: Path, demo_yaml: Path, flights_jan: pd.DataFrame) -> None:
     reference, current = tmp_path / "ref.csv", tmp_path / "cur.csv"
     flights_jan.to_csv(reference, index=False)

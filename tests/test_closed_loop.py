@@ -26,7 +26,7 @@ from driftloop.dashboards.queries import query_all
 from driftloop.flows.deployments import MONITOR, MONITOR_FLOW, RETRAIN_FLOW, RETRAIN_ON_DRIFT, SCHEDULED_RETRAINING
 from driftloop.flows.monitoring import DRIFT_EVENT
 from driftloop.metrics import RETRAIN_RECOMMENDED, WINDOW_PERFORMANCE
-from tests.conftest import free_port, make_config
+from tests.helpers import free_port, make_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 import driftloop.metrics as metrics
 from driftloop.dashboards.build import DATASOURCE_UID, JSON_DIR, JSON_FILE, dashboard_json, render, write_dashboards
 from driftloop.dashboards.queries import QueryError, panel_queries, query_all, resolve_variables
-from tests.conftest import free_port, wait_for_http
+from tests.helpers import free_port, wait_for_http
 
 PROVISIONING = Path(__file__).resolve().parents[1] / "dashboards" / "provisioning"
 METRIC_NAME = re.compile(r"driftloop_[a-z_]+")

@@ -21,7 +21,7 @@ from driftloop.data_checks import (
 )
 from driftloop.data_checks.contract import gx_view
 from driftloop.errors import DataError
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 
 def failures(report: ValidationReport) -> set[tuple[str, str | None]]:

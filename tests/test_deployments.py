@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from driftloop.config import Config
@@ -21,7 +22,7 @@ from driftloop.flows.deployments import (
     plan_retraining,
 )
 from driftloop.flows.monitoring import DRIFT_EVENT
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 PREFECT_YAML = Path(__file__).resolve().parents[1] / "prefect.yaml"
 
@@ -128,6 +129,7 @@ def test_monitor_cursor_survives_a_restart(tmp_path: Path) -> None:
     assert not path.with_suffix(".partial").exists()
 
 
+@pytest.mark.slow
 def test_deploy_without_a_prefect_server_says_how_to_get_one(tmp_path: Path) -> None:
     config_path = tmp_path / "c.yaml"
     config_path.write_text(yaml.safe_dump(make_config(tmp_path / "state").model_dump(mode="json")))

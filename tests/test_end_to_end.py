@@ -10,7 +10,7 @@ import yaml
 
 from driftloop.config import demo_config_path, load_config
 from driftloop.registry.store import CHAMPION, alias_version, mlflow_client
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 
 
 @pytest.mark.slow

@@ -37,10 +37,16 @@ from driftloop.serving.prediction_log import PredictionLog
 from driftloop.state import prediction_log_path
 from driftloop.training.artifacts import LoadedModel
 from driftloop.training.trainer import TrainResult
-from tests.conftest import free_port, make_config
-from tests.test_cli import assert_one_clean_error, run_cli
-from tests.test_registry import lineage_for, scrambled, trained  # noqa: F401 - `trained` is a fixture
-from tests.test_serving import rows_json, wait_for
+from tests.helpers import (
+    assert_one_clean_error,
+    free_port,
+    lineage_for,
+    make_config,
+    rows_json,
+    run_cli,
+    scrambled,
+    wait_for,
+)
 
 # --- the rule on fixed figures -------------------------------------------------------------------------------
 
@@ -282,6 +288,7 @@ def config_file(config: Config, tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_models_and_rollback_commands(config: Config, tmp_path: Path, trained: TrainResult,  # noqa: F811
                                       flights_jan: pd.DataFrame, flights_jul: pd.DataFrame) -> None:
     path = config_file(config, tmp_path)
@@ -426,6 +433,7 @@ def labels_read_back(config: Config) -> pd.Series:
         return log.read()["label"]
 
 
+@pytest.mark.slow
 def test_label_command_attaches_labels_all_or_nothing(config: Config, tmp_path: Path,
                                                       flights_jan: pd.DataFrame) -> None:
     path = config_file(config, tmp_path)

@@ -35,7 +35,7 @@ from driftloop.errors import DataError
 from driftloop.flows.governance import GovernanceResult, honour_approval, leakage_checks, recent_traffic, run_checks
 from driftloop.serving.prediction_log import PredictionLog
 from driftloop.state import prediction_log_path
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 LEAK = "leak"
 

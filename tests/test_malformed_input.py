@@ -19,8 +19,7 @@ import yaml
 
 from driftloop.cli import main
 from driftloop.config import demo_config_path
-from tests.conftest import demo_suite_path
-from tests.test_cli import run_cli
+from tests.helpers import demo_suite_path, run_cli
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x00\x00\x00\x10\x08\x06\x00\x00\x00" + bytes(range(256))
 LONG = "Q" * 100_000

@@ -51,7 +51,7 @@ from driftloop.monitoring.statistics import NumericReference, score_columns
 from driftloop.monitoring.summary import markdown_summary
 from driftloop.monitoring.windows import cut_windows, reference_frame
 from driftloop.state import reports_dir
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 
 @pytest.fixture(scope="module")
@@ -733,6 +733,7 @@ def test_the_retrain_rule_is_the_alert_that_starts_retraining():
     assert RETRAIN_RECOMMENDED in rules["DriftloopRetrainRecommended"]["expr"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) is not installed")
 def test_promtool_checks_and_unit_tests_the_alert_rules():
     for command in (["check", "rules", "driftloop.rules.yml"], ["test", "rules", *RULE_TESTS]):

@@ -20,8 +20,7 @@ from driftloop.data_checks.contract import gx_view
 from driftloop.errors import ConfigError
 from driftloop.pii import PII_KEY_ENV, PiiPolicy, pii_kind, pii_policy
 from driftloop.serving.prediction_log import PredictionLog
-from tests.conftest import make_config
-from tests.test_cli import run_cli
+from tests.helpers import make_config, run_cli
 
 ADDRESSES = [f"jane.doe{i}@example.org" for i in range(12)]
 PHONES = ["+1 212 555 0147", "(718) 555-0199", "+44 20 7946 0958"]

@@ -24,7 +24,7 @@ from driftloop.data_checks.validate import batch_fingerprint, validate_frame
 from driftloop.errors import DataError
 from driftloop.serving.prediction_log import PredictionLog
 from driftloop.state import batches_dir, prediction_log_path
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 PII_COLUMN = "tailnum"
 

@@ -47,7 +47,7 @@ from driftloop.monitoring.receiver import (
     receiver_token,
     webhook_token_path,
 )
-from tests.conftest import free_port, make_config, wait_for_http
+from tests.helpers import free_port, make_config, wait_for_http
 
 TOKEN = "s3cret-token"
 RETRAIN = "DriftloopRetrainRecommended"
@@ -272,6 +272,7 @@ def write_textfiles(folder: Path) -> None:
     write_textfile(training, folder / "training.prom")
 
 
+@pytest.mark.slow
 def test_metrics_serves_the_textfiles_and_the_receivers_counters(client: TestClient, tmp_path: Path):
     write_textfiles(tmp_path / "metrics")
     (tmp_path / "metrics" / "notes.txt").write_text("not a metrics file")
@@ -367,6 +368,7 @@ def test_rendered_configs_have_the_settings(config: Config, tmp_path: Path):
     assert webhook["http_config"]["authorization"] == {"type": "Bearer", "credentials_file": str(tmp_path / "token")}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) is not installed")
 def test_promtool_accepts_the_rendered_prometheus_config(config: Config, tmp_path: Path):
     prometheus, _ = render_configs(config, tmp_path, "127.0.0.1:9108", "127.0.0.1:9093", tmp_path / "token")
@@ -375,6 +377,7 @@ def test_promtool_accepts_the_rendered_prometheus_config(config: Config, tmp_pat
     assert "SUCCESS: 1 rule files found" in done.stdout and done.stdout.count("SUCCESS") >= 3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("amtool") is None, reason="amtool (Debian package prometheus-alertmanager) is absent")
 def test_amtool_accepts_the_rendered_alertmanager_config_and_routes_it(tmp_path: Path):
     config = make_config(tmp_path / "state", alerts={"retrain_alerts": [RETRAIN, "Odd.Name\"x"]})

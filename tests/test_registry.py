@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from driftloop.config import Config
 from driftloop.errors import RegistryError
 from driftloop.registry.gate import apply_gate
-from driftloop.registry.lineage import build_lineage
 from driftloop.registry.store import (
     CHALLENGER,
     CHAMPION,
@@ -25,27 +21,8 @@ from driftloop.registry.store import (
 )
 from driftloop.scoring import score
 from driftloop.training.artifacts import predict
-from driftloop.training.trainer import TrainResult, train
-
-
-@pytest.fixture(scope="module")
-def trained(flights_jan: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
-    """One real single-process training on January flights (the trainer itself is tested elsewhere)."""
-    from tests.conftest import make_config
-
-    config = make_config(tmp_path_factory.mktemp("train"), training={"epochs": 2})
-    return train(flights_jan, config, stages=1, progress=False)
-
-
-def scrambled(result: TrainResult) -> TrainResult:
-    """The same model with random weights: a clearly worse challenger."""
-    generator = torch.Generator().manual_seed(1)
-    state = {k: torch.randn(v.shape, generator=generator) for k, v in result.state.items()}
-    return dataclasses.replace(result, state=state)
-
-
-def lineage_for(config: Config, frame: pd.DataFrame) -> dict[str, str]:
-    return build_lineage(config, frame, True, "report.html", "flow-run-1")
+from driftloop.training.trainer import TrainResult
+from tests.helpers import lineage_for, scrambled
 
 
 def test_first_model_becomes_champion_with_lineage(config: Config, trained: TrainResult,

@@ -10,7 +10,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,8 @@ import pytest
 import torch
 import yaml
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from driftloop.config import Config
-from driftloop.errors import RegistryError
 from driftloop.metrics import (
     MODEL_INFO,
     MODEL_SWAP_FAILURES,
@@ -35,75 +33,13 @@ from driftloop.metrics import (
 )
 from driftloop.serving.app import create_app
 from driftloop.serving.prediction_log import PredictionLog, UnknownPredictionIds
-from driftloop.training.artifacts import LoadedModel, load_model, save_model
-from driftloop.training.features import fit_spec
-from driftloop.training.model import build_model
-from tests.conftest import free_port, make_config
+from driftloop.training.artifacts import load_model, save_model
+from tests.helpers import REPO, Shelf, free_port, make_config, metric, rows_json, scrape, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
 FAST_RELOAD = {"serving": {"reload_interval_s": 0.02, "max_batch_rows": 600}}
 
 
 # ---------------------------------------------------------------- helpers
-
-
-@pytest.fixture(scope="module")
-def model_folders(tmp_path_factory: pytest.TempPathFactory, flights_jan: pd.DataFrame) -> dict[str, Path]:
-    """Two real models saved with training.artifacts: versions '1' and '2' (different weights)."""
-    config = make_config(tmp_path_factory.mktemp("unused"))
-    spec = fit_spec(flights_jan, config.data)
-    folders = {}
-    for version, seed in (("1", 0), ("2", 1)):
-        net = build_model(spec, config.model, seed=seed)
-        folders[version] = save_model(tmp_path_factory.mktemp(f"model{version}"), net.state_dict(), spec,
-                                      config.model)
-    return folders
-
-
-class Shelf:
-    """Stand-in for the registry (not part of serving): saved versions and which one is champion."""
-
-    def __init__(self, folders: dict[str, Path], champion: str | None = "1") -> None:
-        self.folders = dict(folders)
-        self.champion = champion
-        self.loads = 0
-
-    def version(self) -> str | None:
-        return self.champion
-
-    def load(self) -> LoadedModel:
-        self.loads += 1
-        version = self.champion
-        if version not in self.folders:
-            raise RegistryError(f"version {version} cannot be loaded")
-        return load_model(self.folders[version], version=str(version))
-
-
-def rows_json(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows as a real client sends them: JSON with ISO timestamps and null for missing values."""
-    return json.loads(frame.to_json(orient="records", date_format="iso"))
-
-
-def scrape(client: TestClient) -> dict[tuple[str, tuple], float]:
-    """/metrics parsed: {(sample name, sorted labels): value}."""
-    response = client.get("/metrics")
-    assert response.status_code == 200
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(response.text) for s in family.samples}
-
-
-def metric(client: TestClient, name: str, **labels: str) -> float:
-    """One sample from /metrics, 0 when absent."""
-    return scrape(client).get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Poll `condition` until true, failing the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -358,6 +294,7 @@ CHILD_APPENDER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_prediction_log_survives_sigkill(tmp_path: Path) -> None:
     path = tmp_path / "crash.db"
     child = subprocess.Popen([sys.executable, "-c", CHILD_APPENDER, str(path)], cwd=REPO,

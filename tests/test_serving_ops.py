@@ -34,11 +34,7 @@ from driftloop.metrics import MODEL_QUANTIZED, SHADOW_FAILURES, SHADOW_ROWS
 from driftloop.serving.app import AliasSource, create_app
 from driftloop.serving.prediction_log import PredictionLog
 from driftloop.training.artifacts import LoadedModel, PickledArtifactError, load_model
-from tests import test_serving
-from tests.conftest import free_port, make_config
-from tests.test_serving import REPO, Shelf, metric, rows_json, wait_for
-
-model_folders = test_serving.model_folders  # the same two real saved models (a module-scoped fixture)
+from tests.helpers import REPO, Shelf, free_port, make_config, metric, rows_json, wait_for
 
 TOKEN = "s3cret-admin-token"
 

@@ -22,7 +22,7 @@ from driftloop.stack import supervisor
 from driftloop.stack.parts import PART_NAMES, build_parts, prefect_record_path, record_path, select_parts, stack_dir
 from driftloop.stack.process import pid_alive, port_free, spawn, stop_group
 from driftloop.stack.supervisor import stack_down, stack_status, stack_up
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 
 def free_ports(count: int) -> list[int]:
@@ -121,6 +121,7 @@ def test_missing_binary_is_one_clear_line(tmp_path: Path) -> None:
     assert not record_path(config, "alertmanager").exists()
 
 
+@pytest.mark.slow
 def test_stale_record_shows_down_and_down_cleans_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config, _ = stack_config(tmp_path)
     dead = subprocess.Popen(["true"])
@@ -176,6 +177,7 @@ def fake_binary(folder: Path, name: str, text: str) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_failed_part_prints_its_log_and_stops_what_this_call_started(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ready, failing = fake_binary(tmp_path, "ready", FAKE_READY), fake_binary(tmp_path, "failing", FAKE_FAILING)
@@ -192,6 +194,7 @@ def test_failed_part_prints_its_log_and_stops_what_this_call_started(
     assert port_free("127.0.0.1", config.stack.prometheus_port)
 
 
+@pytest.mark.slow
 def test_spawned_group_is_stopped(tmp_path: Path) -> None:
     log = tmp_path / "logs" / "sleeper.log"
     # A shell with a child of its own: stopping the group must take both.

@@ -44,7 +44,7 @@ from driftloop.training.pipeline import (
 )
 from driftloop.training.telemetry import summarize
 from driftloop.training.trainer import FAIL_RANK_ENV, METRICS_FILE, TrainResult, epoch_order, fitted_batch_size, train
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 TOLERANCE = 1e-5
 # benchmarks/gpu_check.sh runs the one-process exactness tests with this set to cuda (or cpu to check the script).

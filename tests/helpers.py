@@ -1,0 +1,141 @@
+"""Helpers the test modules share: configs, ports, the CLI in a child process, HTTP waits."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from driftloop.config import Config, demo_config_path, parse_config
+from driftloop.errors import RegistryError
+from driftloop.registry.lineage import build_lineage
+from driftloop.training.artifacts import LoadedModel, load_model
+from driftloop.training.trainer import TrainResult
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def demo_suite_path() -> Path:
+    """The demo's saved suite (driftloop/configs/suites/), as an absolute path."""
+    raw = yaml.safe_load(demo_config_path().read_text())
+    return (demo_config_path().parent / raw["validation"]["suite"]).resolve()
+
+
+def make_config(state_dir: Path, **overrides: dict) -> Config:
+    """The demo config with a private state dir and small, fast settings, plus `overrides` per section."""
+    raw = yaml.safe_load(demo_config_path().read_text())
+    raw["state_dir"] = str(state_dir)
+    raw["training"].update({"epochs": 1, "batch_size": 256})
+    # Suites built from each test's own reference, as its data expects; tests/test_checks_init.py tests the demo's
+    # saved suite (validation.suite), which a test asks for with validation={"suite": demo_suite_path()}.
+    raw["validation"].pop("suite", None)
+    for section, values in overrides.items():
+        raw.setdefault(section, {}).update(values)
+    return parse_config(raw, "test config")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout_s: float = 30.0) -> None:
+    """Wait until `url` answers 200, or fail the test saying what did not come up."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+                last = f"HTTP {response.status}"
+        except (OSError, urllib.error.URLError) as error:
+            last = str(error)
+        time.sleep(0.2)
+    pytest.fail(f"{url} did not answer 200 within {timeout_s:g}s ({last})")
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run `driftloop ...` in a child process, as the console script does."""
+    return subprocess.run([sys.executable, "-m", "driftloop.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+def assert_one_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+def rows_json(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as a real client sends them: JSON with ISO timestamps and null for missing values."""
+    return json.loads(frame.to_json(orient="records", date_format="iso"))
+
+
+def scrape(client: TestClient) -> dict[tuple[str, tuple], float]:
+    """/metrics parsed: {(sample name, sorted labels): value}."""
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(response.text) for s in family.samples}
+
+
+def metric(client: TestClient, name: str, **labels: str) -> float:
+    """One sample from /metrics, 0 when absent."""
+    return scrape(client).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Poll `condition` until true, failing the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+class Shelf:
+    """Stand-in for the registry (not part of serving): saved versions and which one is champion."""
+
+    def __init__(self, folders: dict[str, Path], champion: str | None = "1") -> None:
+        self.folders = dict(folders)
+        self.champion = champion
+        self.loads = 0
+
+    def version(self) -> str | None:
+        return self.champion
+
+    def load(self) -> LoadedModel:
+        self.loads += 1
+        version = self.champion
+        if version not in self.folders:
+            raise RegistryError(f"version {version} cannot be loaded")
+        return load_model(self.folders[version], version=str(version))
+
+
+def scrambled(result: TrainResult) -> TrainResult:
+    """The same model with random weights: a clearly worse challenger."""
+    generator = torch.Generator().manual_seed(1)
+    state = {k: torch.randn(v.shape, generator=generator) for k, v in result.state.items()}
+    return dataclasses.replace(result, state=state)
+
+
+def lineage_for(config: Config, frame: pd.DataFrame) -> dict[str, str]:
+    return build_lineage(config, frame, True, "report.html", "flow-run-1")
