@@ -1,4 +1,4 @@
-"""Pipeline-parallel benchmark of issue 3: efficiency against the ideal bubble, memory per rank, scaling.
+"""Pipeline-parallel benchmark: efficiency against the ideal bubble, memory per rank, scaling.
 
 Run:  .venv/bin/python benchmarks/pipeline_bench.py [--quick] [--out benchmarks/results/pipeline.json]
 

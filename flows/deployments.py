@@ -98,7 +98,8 @@ def monitor_traffic(config_path: str) -> dict:
     logger = get_run_logger()
     cursor_path = state_path(config, "monitor", "cursor.json")
     cursor = MonitorCursor.load(cursor_path)
-    logged = PredictionLog(prediction_log_path(config), config.data.pii).read(first_id=cursor.last_id + 1)
+    with PredictionLog(prediction_log_path(config), config.data.pii) as log:
+        logged = log.read(first_id=cursor.last_id + 1)
     windows = complete_windows(config, logged)
     if not windows:
         logger.info("no complete window since prediction id %d (%d new rows)", cursor.last_id, len(logged))
@@ -158,7 +159,8 @@ def retrain_from_log(config_path: str, reason: str = "scheduled") -> dict:
     """
     config = load_config(config_path)
     logger = get_run_logger()
-    labelled = PredictionLog(prediction_log_path(config), config.data.pii).read(labelled_only=True)
+    with PredictionLog(prediction_log_path(config), config.data.pii) as log:
+        labelled = log.read(labelled_only=True)
     plan = plan_retraining(config, labelled) if not labelled.empty else None
     if plan is None:
         logger.warning("retraining (%s) skipped: fewer than two windows with %d labels each in the prediction log",

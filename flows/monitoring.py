@@ -77,7 +77,8 @@ def monitoring_flow(config: Config, first_id: int, last_id: int, label: str, pol
     policy says retrain, the flow emits `driftloop.drift.detected` for automations to act on.
     """
     logger = get_run_logger()
-    logged = PredictionLog(prediction_log_path(config)).read(first_id, last_id)
+    with PredictionLog(prediction_log_path(config)) as log:
+        logged = log.read(first_id, last_id)
     window = log_to_contract(config, logged)
     version, reference = champion_reference(config)
     result = check_window(config, reference, window, label)

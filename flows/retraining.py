@@ -18,7 +18,8 @@ from driftloop.state import prediction_log_path, state_path
 
 def labelled_rows(config: Config, first_id: int, last_id: int):  # noqa: ANN201 - a DataFrame
     """Logged predictions in the id range whose labels have arrived, in the config's columns."""
-    logged = PredictionLog(prediction_log_path(config)).read(first_id, last_id, labelled_only=True)
+    with PredictionLog(prediction_log_path(config)) as log:
+        logged = log.read(first_id, last_id, labelled_only=True)
     if logged.empty:
         raise DataError(f"no labelled predictions between ids {first_id} and {last_id}")
     return log_to_contract(config, logged)

@@ -10,9 +10,9 @@ Shadow mode (`serving.shadow`): the `challenger` alias, when there is one and it
 the same rows in the same request, after the champion's answer is computed; its outputs are logged beside
 the champion's. It runs in the request rather than in a background worker so that the log row is written
 once, complete, in the same commit (a worker would need a second write per row, and a queue that must never
-drop); it costs one more forward pass per request, about 0.8 ms for a 1-row request on the 2-core CPU machine,
-and nothing when shadow mode is off. A failing challenger never fails a request: its columns stay null and
-driftloop_shadow_failures_total counts it.
+drop); it costs one more forward pass per request, about 0.8 ms for a 1-row request on a CPU
+(benchmarks/serve_bench.py), and nothing when shadow mode is off. A failing challenger never fails a request:
+its columns stay null and driftloop_shadow_failures_total counts it.
 """
 
 from __future__ import annotations
@@ -409,9 +409,9 @@ def create_app(config: Config, load_champion: ModelSource, champion_version: Ver
         """Score rows with the champion, log them, answer once the log's commit holding them is on disk.
 
         Async on purpose: parsing, scoring and preparing the log rows run in the threadpool, and waiting for the
-        group commit's fsync holds no thread at all. Scoring on the loop instead was measured on the 2-core
-        machine: it wins at concurrency 1 but serialises all scoring on one thread and doubles p99 at 32. The
-        body is parsed with json.loads, not pydantic: one pass over the rows instead of two.
+        group commit's fsync holds no thread at all. Scoring on the loop instead was measured with
+        benchmarks/serve_bench.py: it wins at concurrency 1 but serialises all scoring on one thread and doubles p99
+        at 32. The body is parsed with json.loads, not pydantic: one pass over the rows instead of two.
         """
         served = champion.current
         if served is None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import driftloop
 
 REPO = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+STAGES = ("data_checks", "training", "registry", "serving", "monitoring", "flows", "stack", "dashboards")
 
 
 def lint_copy(tmp_path: Path, module: str | None = None, line: str = "") -> subprocess.CompletedProcess:
@@ -52,3 +55,29 @@ def test_an_import_against_the_architecture_breaks_a_contract(tmp_path: Path, mo
     broken = [text for text in run.stdout.splitlines() if text.endswith("BROKEN")]
     assert any(text.startswith(contract) for text in broken), run.stdout
     assert module in run.stdout
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_one_package_and_no_stage_at_the_top(tmp_path: Path) -> None:
+    """`pip install .` writes driftloop (the stages as its subpackages) and nothing else into site-packages."""
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path),
+                            str(REPO)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("driftloop-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    assert {name.split("/")[0] for name in names} == {"driftloop", wheel.name.split("-py3")[0] + ".dist-info"}
+    for stage in STAGES:
+        assert f"driftloop/{stage}/__init__.py" in names
+    for data in ("driftloop/configs/flights.yaml", "driftloop/monitoring/rules/driftloop.rules.yml",
+                 "driftloop/dashboards/json/driftloop.json"):
+        assert data in names
+
+
+@pytest.mark.slow
+def test_outside_the_repository_stages_import_only_under_driftloop(tmp_path: Path) -> None:
+    probe = ("import importlib.util, json; print(json.dumps({name: importlib.util.find_spec(name) is not None "
+             f"for name in {[*STAGES, *(f'driftloop.{stage}' for stage in STAGES)]!r}}}))")
+    found = json.loads(subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                                      check=True, timeout=60).stdout)
+    assert found == {**dict.fromkeys(STAGES, False), **{f"driftloop.{stage}": True for stage in STAGES}}

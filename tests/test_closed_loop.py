@@ -1,7 +1,7 @@
 """The closed loop on the real local stack: Prefect server, Prometheus, Alertmanager, the model server, the
 receiver and the served deployments, all started by `driftloop stack up` as a user would.
 
-One stack per module (about a minute to start on two cores); the tests run in file order and share it.
+One stack per module (about a minute to start); the tests run in file order and share it.
 """
 
 from __future__ import annotations

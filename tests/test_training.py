@@ -575,7 +575,7 @@ def test_torchrun_trains_the_same_model_as_the_local_launcher(tiny_rows: pd.Data
         [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "driftloop.training.torchrun_entry",
          "--config", str(config_path), "--data", str(data), "--stages", "2", "--seed", "3",
          "--output", str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # The local run trains meanwhile: the two share the 2 cores, but each waits mostly on imports.
+    # The local run trains meanwhile: the two share the CPU, but each waits mostly on imports.
     frame = sort_by_time(read_table(data), config.data)
     local = train(frame, tiny_config(tmp_path / "local"), stages=2, seed=3, progress=False)
     out, err = worker.communicate(timeout=120)
