@@ -62,10 +62,37 @@ class ModelConfig(_Strict):
     """Shape of the tabular network."""
 
     name: str = "driftloop-model"
-    embedding_dim: int = Field(8, ge=1)
+    embedding_dim: int = Field(8, ge=1, description="Width of each category's embedding with embedding_rule "
+                               "fixed; the largest width with embedding_rule cardinality.")
+    embedding_rule: Literal["fixed", "cardinality"] = Field(
+        "cardinality", description="fixed: every categorical column gets embedding_dim; cardinality: "
+        "min(embedding_dim, round(embedding_scale * levels ** embedding_power)), so a two-level flag gets a few "
+        "dimensions and a column of hundreds of codes the most (fast.ai's rule).")
+    embedding_scale: float = Field(1.6, gt=0, description="The factor of embedding_rule cardinality.")
+    embedding_power: float = Field(0.56, gt=0, le=1, description="The exponent of embedding_rule cardinality.")
     hidden: int = Field(64, ge=1)
     blocks: int = Field(4, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    scaling: Literal["standard", "robust", "quantile"] = Field(
+        "quantile", description="How numerical inputs are scaled, fitted on the training rows and stored in the "
+        "model's feature spec (serving applies the same): standard (mean, sd), robust (median, IQR), quantile "
+        "(the empirical CDF mapped to a standard normal: outliers and skew cannot dominate).")
+    quantiles: int = Field(128, ge=2, description="Quantile levels stored per numerical column with scaling "
+                           "quantile.")
+    numerical_embedding: Literal["none", "periodic"] = Field(
+        "none", description="none: each scaled number enters the network as it is; periodic: sin/cos of learned "
+        "frequencies, then a linear map and ReLU per column (PLR, Gorishniy et al. 2022).")
+    periodic_frequencies: int = Field(16, ge=1, description="Frequencies per column of the periodic embedding.")
+    periodic_sigma: float = Field(0.1, gt=0, description="Standard deviation of the periodic embedding's initial "
+                                  "frequencies.")
+    periodic_dim: int = Field(8, ge=1, description="Output width per column of the periodic embedding.")
+
+    def embedding_dims(self, cardinalities: list[int]) -> list[int]:
+        """Each categorical column's embedding width (cardinalities count the unknown bucket)."""
+        if self.embedding_rule == "fixed":
+            return [self.embedding_dim] * len(cardinalities)
+        return [max(1, min(self.embedding_dim, round(self.embedding_scale * n ** self.embedding_power)))
+                for n in cardinalities]
 
 
 class TrainingConfig(_Strict):
@@ -93,9 +120,25 @@ class TrainingConfig(_Strict):
     # How blocks are cut into stages: evenly, by parameter count, or by forward+backward time measured once.
     partition: Literal["uniform", "parameters", "time"] = "uniform"
     batch_size: int = Field(512, ge=1)
-    epochs: int = Field(3, ge=1)
-    learning_rate: float = Field(2e-3, gt=0)
+    epochs: int = Field(3, ge=1, description="The most epochs a run trains; early stopping may end it sooner.")
+    max_steps: int | None = Field(None, ge=1, description="The most optimizer steps a run takes (a large table "
+                                  "stops here, inside an epoch); None: epochs alone decide.")
+    learning_rate: float = Field(2e-3, gt=0, description="The peak learning rate (after warm-up).")
     weight_decay: float = Field(0.0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "cosine", description="constant: learning_rate throughout; cosine: linear warm-up over warmup_fraction "
+        "of the run's steps, then a cosine decay to min_lr_fraction x learning_rate at the last step.")
+    warmup_fraction: float = Field(0.05, ge=0, lt=1, description="Share of the steps spent warming up (cosine).")
+    min_lr_fraction: float = Field(0.05, ge=0, le=1, description="The cosine schedule's last learning rate, as a "
+                                   "share of learning_rate.")
+    validation_fraction: float = Field(
+        0.15, ge=0, lt=1, description="Share of the training rows set aside to choose the epoch: the time-latest "
+        "when data.timestamp is set, a random draw (training.seed) otherwise. The validation loss is measured after "
+        "every epoch, the run stops after `patience` epochs without improvement and the best epoch's weights are "
+        "kept. 0: no validation split; every row trains for exactly `epochs` (or max_steps).")
+    patience: int = Field(5, ge=1, description="Epochs without a validation improvement before the run stops.")
+    min_delta: float = Field(1e-4, ge=0, description="The least decrease of the validation loss that counts as "
+                             "an improvement.")
     seed: int = 0
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     threads_per_rank: int = Field(1, ge=1)

@@ -40,7 +40,8 @@ def make_config(state_dir: Path, **overrides: dict) -> Config:
     """The demo config with a private state dir and small, fast settings, plus `overrides` per section."""
     raw = yaml.safe_load(demo_config_path().read_text())
     raw["state_dir"] = str(state_dir)
-    raw["training"].update({"epochs": 1, "batch_size": 256})
+    # No validation split: tests count steps and rows of exactly `epochs` epochs; tests of early stopping set one.
+    raw["training"].update({"epochs": 1, "batch_size": 256, "validation_fraction": 0.0})
     # Suites built from each test's own reference, as its data expects; tests/test_checks_init.py tests the demo's
     # saved suite (validation.suite), which a test asks for with validation={"suite": demo_suite_path()}.
     raw["validation"].pop("suite", None)

@@ -25,7 +25,7 @@ from torch import nn
 
 from driftloop.config import ModelConfig
 from driftloop.errors import RegistryError
-from driftloop.training.features import UNKNOWN, FeatureSpec, encode
+from driftloop.training.features import UNKNOWN, FeatureSpec, encode, scale_column
 from driftloop.training.model import TabularNet, build_model
 
 WEIGHTS = "weights.safetensors"
@@ -40,6 +40,8 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
 PICKLED_FLAVOR_KEYS = ("python_model", "pickled_model", "pickle_module_name", "cloudpickle_model")
 # How far above the weights folder an MLflow model's root (its MLmodel file) may be: <root>/artifacts/model/.
 ROOT_SEARCH_DEPTH = 3
+# The architecture settings added after models were first saved, with the values those models were built with.
+LEGACY_MODEL: dict[str, Any] = {"embedding_rule": "fixed", "numerical_embedding": "none"}
 
 
 class PickledArtifactError(RegistryError):
@@ -70,9 +72,9 @@ class LoadedModel:
             self._lookups = [category_lookup(self.spec.vocab[c]) for c in self.spec.categorical]
         spec = self.spec
         matrix = np.zeros((len(rows), spec.width), dtype="float64")
-        for j, (column, mean, std) in enumerate(zip(spec.numerical, spec.means, spec.stds, strict=True)):
+        for j, column in enumerate(spec.numerical):
             values = np.array([row.get(column) for row in rows], dtype="float64")  # None -> NaN
-            matrix[:, j] = np.nan_to_num((values - mean) / std, nan=0.0, posinf=0.0, neginf=0.0)
+            matrix[:, j] = scale_column(values, spec, j)
         offset = len(spec.numerical)
         for j, (column, lookup) in enumerate(zip(spec.categorical, self._lookups, strict=True)):
             matrix[:, offset + j] = [lookup.get(category_key(row.get(column)), UNKNOWN) for row in rows]
@@ -197,7 +199,8 @@ def load_model(folder: Path, version: str = "") -> LoadedModel:
     if not weights.is_file():
         raise RegistryError(f"{folder}: no {WEIGHTS}; not a driftloop model")
     spec = FeatureSpec.from_json((folder / SPEC).read_text())
-    config = ModelConfig.model_validate(json.loads((folder / MODEL).read_text()))
+    # A model saved before a setting existed was built without it: its missing keys take the old behaviour.
+    config = ModelConfig.model_validate({**LEGACY_MODEL, **json.loads((folder / MODEL).read_text())})
     net = build_model(spec, config, seed=0)
     net.load_state_dict(load_file(str(weights)))
     net.eval()

@@ -127,8 +127,10 @@ def _named_parameters(modules: Mapping[int, nn.Module]) -> list[tuple[str, nn.Pa
 
 
 def rank_state(modules: Mapping[int, nn.Module], optimizer: torch.optim.Optimizer,
-               losses: Sequence[float] | None) -> dict[str, torch.Tensor]:
-    """The keys this rank saves: its stages' weights and AdamW state, and the losses if it has the last stage."""
+               losses: Sequence[float] | None, extra: Mapping[str, torch.Tensor] | None = None) -> dict[str,
+                                                                                                  torch.Tensor]:
+    """The keys this rank saves: its stages' weights and AdamW state, the losses if it has the last stage, and
+    `extra` (early stopping's validation losses and best weights, `loop.validation` and `best.<name>`)."""
     state = {f"model.{name}": tensor for stage in sorted(modules)
              for name, tensor in modules[stage].state_dict().items()}
     for name, param in _named_parameters(modules):
@@ -136,6 +138,7 @@ def rank_state(modules: Mapping[int, nn.Module], optimizer: torch.optim.Optimize
             state[f"optim.{name}.{key}"] = value
     if losses is not None:
         state["loop.losses"] = torch.tensor(list(losses), dtype=torch.float64)
+    state.update(extra or {})
     return state
 
 
@@ -156,9 +159,10 @@ def save(job: CheckpointJob, step: int, state: dict[str, torch.Tensor], *, rank:
 
 
 def load(checkpoint: Checkpoint, modules: Mapping[int, nn.Module], optimizer: torch.optim.Optimizer, *,
-         with_losses: bool, distributed: bool) -> list[float]:
-    """Load this rank's keys from `checkpoint` into its stages and optimizer; returns the losses so far (empty
-    unless `with_losses`). Every rank of the group calls it (a collective)."""
+         with_losses: bool, distributed: bool, extra: Mapping[str, torch.Tensor] | None = None) -> list[float]:
+    """Load this rank's keys from `checkpoint` into its stages and optimizer, and into the tensors of `extra` (in
+    place); returns the losses so far (empty unless `with_losses`). Every rank of the group calls it (a
+    collective)."""
     named = _named_parameters(modules)
     state = {f"model.{name}": tensor for stage in sorted(modules)
              for name, tensor in modules[stage].state_dict().items()}
@@ -171,6 +175,7 @@ def load(checkpoint: Checkpoint, modules: Mapping[int, nn.Module], optimizer: to
         state.update({f"optim.{name}.{key}": value for key, value in moments[name].items()})
     if with_losses:
         state["loop.losses"] = torch.zeros(checkpoint.step, dtype=torch.float64)
+    state.update(extra or {})
     try:
         with torch.no_grad(), _quiet(distributed):  # DCP copies into the parameters in place
             dcp.load(state, checkpoint_id=str(checkpoint.path), no_dist=not distributed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -12,19 +13,44 @@ from driftloop.errors import TrainingError
 from driftloop.training.features import FeatureSpec
 
 
+class PeriodicEmbedding(nn.Module):
+    """Each number as sin/cos of learned frequencies, then its own linear map and ReLU (PLR in Gorishniy et al.,
+    "On Embeddings for Numerical Features in Tabular Deep Learning", 2022)."""
+
+    def __init__(self, columns: int, config: ModelConfig) -> None:
+        super().__init__()
+        k, d = config.periodic_frequencies, config.periodic_dim
+        self.frequencies = nn.Parameter(torch.randn(columns, k) * config.periodic_sigma)
+        self.weight = nn.Parameter(torch.randn(columns, 2 * k, d) / math.sqrt(2 * k))
+        self.bias = nn.Parameter(torch.zeros(columns, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        angles = 2 * math.pi * self.frequencies * x.unsqueeze(-1)  # rows x columns x k
+        features = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+        out = torch.relu(torch.einsum("rck,ckd->rcd", features, self.weight) + self.bias)
+        return out.flatten(1)
+
+
 class InputLayer(nn.Module):
-    """Embeds categories, concatenates them with the numbers and projects to the hidden width."""
+    """Embeds categories (and numbers, with model.numerical_embedding periodic), concatenates them and projects to
+    the hidden width."""
 
     def __init__(self, spec: FeatureSpec, config: ModelConfig) -> None:
         super().__init__()
         self.numerical = len(spec.numerical)
-        self.embeddings = nn.ModuleList(nn.Embedding(n, config.embedding_dim) for n in spec.cardinalities)
-        width = self.numerical + config.embedding_dim * len(spec.categorical)
-        self.project = nn.Linear(width, config.hidden)
+        dims = config.embedding_dims(spec.cardinalities)
+        self.embeddings = nn.ModuleList(nn.Embedding(n, dim) for n, dim in zip(spec.cardinalities, dims, strict=True))
+        periodic = config.numerical_embedding == "periodic" and self.numerical > 0
+        self.periodic = PeriodicEmbedding(self.numerical, config) if periodic else None
+        number_width = self.numerical * (config.periodic_dim if periodic else 1)
+        self.project = nn.Linear(number_width + sum(dims), config.hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         codes = x[:, self.numerical:].long()
-        parts = [x[:, : self.numerical]] + [emb(codes[:, i]) for i, emb in enumerate(self.embeddings)]
+        numbers = x[:, : self.numerical]
+        if self.periodic is not None:
+            numbers = self.periodic(numbers)
+        parts = [numbers] + [emb(codes[:, i]) for i, emb in enumerate(self.embeddings)]
         return self.project(torch.cat(parts, dim=1))
 
 

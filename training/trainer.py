@@ -34,9 +34,11 @@ from driftloop.training.model import TabularNet, build_model, build_stage
 from driftloop.training.partition import Partition, plan_partition
 from driftloop.training.pipeline import PipelineSettings, ScaledLoss, build_schedule, check_settings, rank_device
 from driftloop.training.telemetry import StageClock, Telemetry, TrainingExporter, summarize
+from driftloop.training.validation import EarlyStopping, lr_factor, model_loss, staged_loss, validation_split
 
 DATA = "data.safetensors"
 LOSSES = "losses.json"
+VALIDATION = "validation.json"
 METRICS_FILE = ("metrics", "training.prom")  # under state_dir
 # Test hook: a rank whose number this variable holds raises at its first step (proves a failure cannot hang).
 FAIL_RANK_ENV = "DRIFTLOOP_FAIL_RANK"
@@ -45,6 +47,8 @@ StepFn = Callable[[torch.Tensor], float | None]
 Report = Callable[[int, int, float], None]
 # Called after each optimizer step with (epoch, global step number from 1); checkpoints hang here.
 AfterStep = Callable[[int, int], None]
+# Called at the end of each epoch (and at the run's last step) with (epoch, global step); True stops the run.
+EndEpoch = Callable[[int, int], bool]
 # What the rank holding the last stage reports after each step: (epoch, step number from 1, loss, step seconds).
 StepReport = Callable[[int, int, float, float], None]
 
@@ -72,6 +76,9 @@ class TrainResult:
     partition: Partition | None = None  # blocks and cost of each stage, and their imbalance
     telemetry: Telemetry | None = None  # per-step times, per-stage compute, measured bubble (this run's steps)
     resumed_from: int = 0  # the global step of the checkpoint this run resumed from (0: from scratch)
+    validation_rows: int = 0  # rows set aside from the training rows to choose the epoch (training.validation_fraction)
+    validation_losses: list[float] = field(default_factory=list)  # after each epoch (and the last step)
+    best_epoch: int = -1  # the epoch whose weights were kept (-1: no validation, the last weights)
 
     def model(self) -> TabularNet:
         """The whole model with these weights, in eval mode."""
@@ -91,6 +98,20 @@ class LoopSettings:
     seed: int
     learning_rate: float
     weight_decay: float
+    max_steps: int | None = None
+    lr_schedule: str = "constant"
+    warmup_fraction: float = 0.0
+    min_lr_fraction: float = 1.0
+    patience: int = 1
+    min_delta: float = 0.0
+
+    def set_learning_rate(self, optimizer: torch.optim.Optimizer, step: int, total: int) -> None:
+        """The schedule's learning rate for optimizer step `step` (from 0) of `total`: a function of the step alone,
+        so every rank, and a resumed run, sets the same one."""
+        lr = self.learning_rate * lr_factor(step, total, self.lr_schedule, self.warmup_fraction,
+                                            self.min_lr_fraction)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
 
 
 @dataclass(frozen=True)
@@ -128,21 +149,26 @@ def step_loss(microbatch_losses: list[torch.Tensor]) -> float:
 
 
 def total_steps(rows: int, loop: LoopSettings) -> int:
-    """Optimizer steps of the whole run."""
-    return rows // loop.batch_size * loop.epochs
+    """Optimizer steps of the whole run if nothing stops it early: every epoch, capped at training.max_steps."""
+    steps = rows // loop.batch_size * loop.epochs
+    return steps if loop.max_steps is None else min(steps, loop.max_steps)
 
 
 def run_loop(step: StepFn, rows: int, loop: LoopSettings, report: Report | None = None, start: int = 0,
-             after_step: AfterStep | None = None, losses: list[float] | None = None) -> list[float]:
+             after_step: AfterStep | None = None, losses: list[float] | None = None,
+             end_epoch: EndEpoch | None = None) -> list[float]:
     """Run every epoch's full batches through `step` from global step `start` (a resumed run); returns the losses
     `step` reports (last stage only), appended to `losses` (a resumed run's earlier ones) when given.
 
     The last incomplete batch is dropped so that every step has the same static shapes. The position is all a
-    resumed run needs: each epoch's order depends only on (seed, epoch).
+    resumed run needs: each epoch's order depends only on (seed, epoch). `end_epoch` runs after each epoch's last
+    step (and after the run's last step, when training.max_steps ends it inside an epoch), before `after_step`, so
+    that a checkpoint taken there holds that epoch's validation; when it answers True the run stops.
     """
     steps = rows // loop.batch_size
     losses = [] if losses is None else losses
-    if steps == 0:
+    total = total_steps(rows, loop)
+    if steps == 0 or start >= total:
         return losses
     for epoch in range(start // steps, loop.epochs):
         order = epoch_order(rows, loop.seed, epoch)
@@ -153,28 +179,38 @@ def run_loop(step: StepFn, rows: int, loop: LoopSettings, report: Report | None 
                 losses.append(loss)
                 if report is not None:
                     report(epoch, done, loss)
-            if after_step is not None:
+            stop = end_epoch is not None and (index == steps - 1 or done == total) and end_epoch(epoch, done)
+            if after_step is not None and not stop:  # a stopped run needs no checkpoint
                 after_step(epoch, done)
+            if stop or done == total:
+                return losses
     return losses
 
 
 def _single_process(x: torch.Tensor, y: torch.Tensor, spec: FeatureSpec, model_config: ModelConfig,
                     loop: LoopSettings, threads: int, device: torch.device, on_step: StepReport | None,
-                    saving: CheckpointJob | None = None) -> tuple[dict[str, torch.Tensor], list[float],
-                                                                  dict[str, Any]]:
-    """Train the whole model here, accumulating gradients over microbatches exactly as the pipeline does."""
+                    saving: CheckpointJob | None = None, xv: torch.Tensor | None = None,
+                    yv: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], list[float], dict[str, Any],
+                                                            EarlyStopping]:
+    """Train the whole model here, accumulating gradients over microbatches exactly as the pipeline does; with
+    validation rows (xv, yv), stop early and keep the best epoch's weights."""
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     clock = StageClock([0], device)
     x, y = x.to(device), y.to(device)
+    stopper = EarlyStopping(loop.patience, loop.min_delta)
     try:
         with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG as it was
             model = build_model(spec, model_config, loop.seed).to(device).train()
             optimizer = make_optimizer(model, loop)
             loss_fn = ScaledLoss(loss_module(spec.task), loop.microbatches)
+            total = total_steps(len(x), loop)
+            position = [0]  # optimizer steps done (set to the checkpoint's step on resume)
 
             def step(rows: torch.Tensor) -> float:
                 started = clock.now()
+                loop.set_learning_rate(optimizer, position[0], total)
+                position[0] += 1
                 optimizer.zero_grad(set_to_none=True)
                 rows = rows.to(device)
                 parts = []
@@ -197,18 +233,26 @@ def _single_process(x: torch.Tensor, y: torch.Tensor, spec: FeatureSpec, model_c
                     on_step(epoch, index, loss, clock.steps[-1].seconds)
 
             # No process group here (nor needed): DCP reads and writes as a world of one.
-            past, start = _resume({0: model}, optimizer, saving, last=True, distributed=False)
-            total = total_steps(len(x), loop)
+            past, start = _resume({0: model}, optimizer, saving, last=True, distributed=False,
+                                  stopper=stopper if xv is not None else None, steps=len(x) // loop.batch_size)
+            position[0] = start
 
             def after_step(epoch: int, done: int) -> None:
                 if saving is not None and saving.due(done, total):
-                    checkpoint.save(saving, done, checkpoint.rank_state({0: model}, optimizer, past),
-                                    rank=0, stages=1, distributed=False)
+                    state = checkpoint.rank_state({0: model}, optimizer, past, extra=_stopper_state(stopper))
+                    checkpoint.save(saving, done, state, rank=0, stages=1, distributed=False)
 
-            losses = run_loop(step, len(x), loop, report, start, after_step, losses=past)
+            def end_epoch(epoch: int, done: int) -> bool:
+                assert xv is not None and yv is not None
+                loss = model_loss(model, xv.to(device), yv.to(device), spec.task, loop.batch_size)
+                return stopper.record(loss, {0: model})
+
+            losses = run_loop(step, len(x), loop, report, start, after_step, losses=past,
+                              end_epoch=end_epoch if xv is not None else None)
+            stopper.restore({0: model})
     finally:
         torch.set_num_threads(previous_threads)
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, losses, clock.to_json()
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, losses, clock.to_json(), stopper
 
 
 def _injected_failure(rank: int) -> None:
@@ -217,12 +261,38 @@ def _injected_failure(rank: int) -> None:
         raise RuntimeError(f"injected failure ({FAIL_RANK_ENV}={rank})")
 
 
+def _stopper_state(stopper: EarlyStopping) -> dict[str, torch.Tensor]:
+    """What a checkpoint keeps of early stopping: the validation losses so far and this rank's best weights."""
+    if not stopper.losses:
+        return {}
+    state = {"loop.validation": torch.tensor(stopper.losses, dtype=torch.float64)}
+    if stopper.best_state is not None:
+        state.update({f"best.{name}": tensor for name, tensor in stopper.best_state.items()})
+    return state
+
+
 def _resume(modules: dict[int, nn.Module], optimizer: torch.optim.Optimizer, saving: CheckpointJob | None, *,
-            last: bool, distributed: bool) -> tuple[list[float], int]:
-    """Load the checkpoint to resume from, if any: (the losses before it, on the last stage's rank; its step)."""
+            last: bool, distributed: bool, stopper: EarlyStopping | None = None,
+            steps: int = 1) -> tuple[list[float], int]:
+    """Load the checkpoint to resume from, if any: (the losses before it, on the last stage's rank; its step).
+
+    With early stopping (`stopper`), also its validation losses (one per epoch finished: the checkpoint's step over
+    `steps`, the steps per epoch) and this rank's best weights, into `stopper`."""
     if saving is None or saving.resume is None:
         return [], 0
-    losses = checkpoint.load(saving.resume, modules, optimizer, with_losses=last, distributed=distributed)
+    extra: dict[str, torch.Tensor] = {}
+    epochs_done = saving.resume.step // max(1, steps)
+    if stopper is not None and epochs_done:
+        extra["loop.validation"] = torch.zeros(epochs_done, dtype=torch.float64)
+        best = {name: torch.empty_like(tensor) for name, tensor in
+                {n: t for s in sorted(modules) for n, t in modules[s].state_dict().items()}.items()}
+        extra.update({f"best.{name}": tensor for name, tensor in best.items()})
+    losses = checkpoint.load(saving.resume, modules, optimizer, with_losses=last, distributed=distributed,
+                             extra=extra)
+    if stopper is not None and epochs_done:
+        stopper.losses = extra["loop.validation"].tolist()
+        stopper.best_state = {name[len("best."):]: tensor for name, tensor in extra.items()
+                              if name.startswith("best.")}
     return losses, saving.resume.step
 
 
@@ -234,6 +304,7 @@ def pipeline_rank(rank: int, world_size: int, job: RankJob, messages: Any) -> No
     device = rank_device(settings, rank)
     data = load_file(str(job.folder / DATA))
     x, y = data["x"].to(device), data["y"].to(device)
+    xv, yv = (data["xv"].to(device), data["yv"].to(device)) if len(data.get("xv", ())) else (None, None)
     spec = FeatureSpec.from_json(job.spec_json)
     local = settings.rank_stages(rank)
     ranges = [range(start, stop) for start, stop in job.blocks]
@@ -246,13 +317,17 @@ def pipeline_rank(rank: int, world_size: int, job: RankJob, messages: Any) -> No
     optimizer = make_optimizer(nn.ModuleList(modules[s] for s in local), job.loop)
     first, last = 0 in modules, settings.stages - 1 in modules
     saving = job.checkpoint
-    past, start = _resume(modules, optimizer, saving, last=last, distributed=True)
+    stopper = EarlyStopping(job.loop.patience, job.loop.min_delta)
+    past, start = _resume(modules, optimizer, saving, last=last, distributed=True,
+                          stopper=stopper if xv is not None else None, steps=len(x) // job.loop.batch_size)
     total = total_steps(len(x), job.loop)
     position = [start]  # global steps done so far (the kill hook's clock)
+    owners = [settings.stage_rank(stage) for stage in range(settings.stages)]
 
     def step(rows: torch.Tensor) -> float | None:
         _injected_failure(rank)
         checkpoint.injected_kill(rank, position[0] + 1)
+        job.loop.set_learning_rate(optimizer, position[0], total)
         position[0] += 1
         started = clock.now()
         optimizer.zero_grad(set_to_none=True)
@@ -270,17 +345,25 @@ def pipeline_rank(rank: int, world_size: int, job: RankJob, messages: Any) -> No
 
     def after_step(epoch: int, done: int) -> None:
         if saving is not None and saving.due(done, total):
-            state = checkpoint.rank_state(modules, optimizer, past if last else None)
+            state = checkpoint.rank_state(modules, optimizer, past if last else None, extra=_stopper_state(stopper))
             checkpoint.save(saving, done, state, rank=rank, stages=settings.stages, distributed=True)
+
+    def end_epoch(epoch: int, done: int) -> bool:
+        assert xv is not None and yv is not None
+        # Every rank gets the same loss (broadcast), so every rank takes the same decision.
+        loss = staged_loss(modules, owners, xv, yv, spec.task, job.loop.batch_size, job.model.hidden, device)
+        return stopper.record(loss, modules)
 
     # `past` grows with this run's losses: a checkpoint holds every loss since the first step.
     losses = run_loop(step, len(x), job.loop, report if last and messages is not None else None, start, after_step,
-                      losses=past)
+                      losses=past, end_epoch=end_epoch if xv is not None else None)
+    stopper.restore(modules)
     state = {k: v.detach().cpu().contiguous() for s in local for k, v in modules[s].state_dict().items()}
     save_file(state, str(job.folder / f"rank{rank}.safetensors"))
     (job.folder / f"telemetry{rank}.json").write_text(json.dumps(clock.to_json()))
     if last:
         (job.folder / LOSSES).write_text(json.dumps(losses))
+        (job.folder / VALIDATION).write_text(json.dumps(stopper.losses))
 
 
 def merge_ranks(folder: Path, ranks: int, expected: list[str]) -> dict[str, torch.Tensor]:
@@ -303,14 +386,24 @@ def merge_parts(parts: list[dict[str, torch.Tensor]], expected: list[str]) -> di
     return {name: state[name] for name in expected}
 
 
+def _data_file(folder: Path, x: torch.Tensor, y: torch.Tensor, validation: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """The rows every rank reads: training (x, y) and validation (xv, yv; empty without a validation split)."""
+    xv, yv = validation
+    save_file({"x": x.contiguous(), "y": y.contiguous(), "xv": xv.contiguous(), "yv": yv.contiguous()},
+              str(folder / DATA))
+
+
 def _pipelined(x: torch.Tensor, y: torch.Tensor, spec: FeatureSpec, config: Config, settings: PipelineSettings,
-               partition: Partition, loop: LoopSettings, on_step: StepReport,
-               saving: CheckpointJob | None = None) -> tuple[dict[str, torch.Tensor], list[float],
-                                                             list[dict[str, Any]]]:
-    """Train the stages on their ranks (processes here, or this process) and merge their weights and timings."""
+               partition: Partition, loop: LoopSettings, on_step: StepReport, saving: CheckpointJob | None = None,
+               validation: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor],
+                                                                                     list[float],
+                                                                                     list[dict[str, Any]],
+                                                                                     list[float]]:
+    """Train the stages on their ranks (processes here, or this process) and merge their weights and timings;
+    also returns the validation losses (one per epoch; empty without validation rows)."""
     with tempfile.TemporaryDirectory(prefix="driftloop-train-") as tmp:
         folder = Path(tmp)
-        save_file({"x": x.contiguous(), "y": y.contiguous()}, str(folder / DATA))
+        _data_file(folder, x, y, validation or _no_validation(x))
         job = RankJob(folder, spec.to_json(), config.model, settings, loop, partition.blocks, saving)
         backend = "nccl" if settings.device == "cuda" and settings.launcher == "local" else "gloo"
         setup = RankSetup(settings.ranks, free_port(), config.training.threads_per_rank, config.training.timeout_s,
@@ -321,14 +414,22 @@ def _pipelined(x: torch.Tensor, y: torch.Tensor, spec: FeatureSpec, config: Conf
             expected = list(build_model(spec, config.model, 0).state_dict())
         state = merge_ranks(folder, settings.ranks, expected)
         losses = json.loads((folder / LOSSES).read_text())
+        validated = json.loads((folder / VALIDATION).read_text())
         timings = [json.loads((folder / f"telemetry{rank}.json").read_text()) for rank in range(settings.ranks)]
-    return state, losses, timings
+    return state, losses, timings, validated
+
+
+def _no_validation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty validation tensors (no split): the ranks then train every epoch."""
+    return x[:0], torch.zeros(0)
 
 
 def _torchrun(x: torch.Tensor, y: torch.Tensor, spec: FeatureSpec, config: Config, settings: PipelineSettings,
-              partition: Partition, loop: LoopSettings,
-              saving: CheckpointJob) -> tuple[dict[str, torch.Tensor], list[float], list[dict[str, Any]], Partition,
-                                              CheckpointJob]:
+              partition: Partition, loop: LoopSettings, saving: CheckpointJob,
+              validation: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor],
+                                                                                    list[float],
+                                                                                    list[dict[str, Any]], Partition,
+                                                                                    CheckpointJob, list[float]]:
     """This worker's rank of the pipeline torchrun started (training.launcher torchrun); every worker returns the
     whole run: merged weights, losses, timings, and rank 0's partition and checkpoint, which all ranks used."""
     t = config.training
@@ -343,12 +444,13 @@ def _torchrun(x: torch.Tensor, y: torch.Tensor, spec: FeatureSpec, config: Confi
         partition, saving = agreed
         with tempfile.TemporaryDirectory(prefix="driftloop-torchrun-") as tmp:
             folder = Path(tmp)
-            save_file({"x": x.contiguous(), "y": y.contiguous()}, str(folder / DATA))
+            _data_file(folder, x, y, validation or _no_validation(x))
             job = RankJob(folder, spec.to_json(), config.model, settings, loop, partition.blocks, saving)
             pipeline_rank(rank, world, job, None)
             mine = (load_file(str(folder / f"rank{rank}.safetensors")),
                     json.loads((folder / f"telemetry{rank}.json").read_text()),
-                    json.loads((folder / LOSSES).read_text()) if (folder / LOSSES).is_file() else None)
+                    json.loads((folder / LOSSES).read_text()) if (folder / LOSSES).is_file() else None,
+                    json.loads((folder / VALIDATION).read_text()) if (folder / VALIDATION).is_file() else None)
         gathered: list[Any] = [None] * world
         dist.all_gather_object(gathered, mine)
     finally:
@@ -356,9 +458,10 @@ def _torchrun(x: torch.Tensor, y: torch.Tensor, spec: FeatureSpec, config: Confi
             dist.destroy_process_group()
     with torch.random.fork_rng(devices=[]):
         expected = list(build_model(spec, config.model, 0).state_dict())
-    state = merge_parts([part for part, _, _ in gathered], expected)
-    losses = next(found for _, _, found in gathered if found is not None)
-    return state, losses, [timing for _, timing, _ in gathered], partition, saving
+    state = merge_parts([part for part, _, _, _ in gathered], expected)
+    losses = next(found for _, _, found, _ in gathered if found is not None)
+    validated = next(found for _, _, _, found in gathered if found is not None)
+    return state, losses, [timing for _, timing, _, _ in gathered], partition, saving, validated
 
 
 def holdout_metrics(net: TabularNet, spec: FeatureSpec, holdout: pd.DataFrame) -> dict[str, float]:
@@ -443,8 +546,11 @@ def _exporter(config: Config, settings: PipelineSettings) -> TrainingExporter:
 def checkpoint_job(config: Config, spec: FeatureSpec, loop: LoopSettings, x: torch.Tensor,
                    y: torch.Tensor) -> CheckpointJob:
     """This run's checkpoint folder and interval, and the checkpoint to resume from (training.resume)."""
-    trajectory = {"batch_size": loop.batch_size, "seed": loop.seed, "learning_rate": loop.learning_rate,
-                  "weight_decay": loop.weight_decay}
+    trajectory: dict[str, Any] = {"batch_size": loop.batch_size, "seed": loop.seed,
+                                  "learning_rate": loop.learning_rate, "weight_decay": loop.weight_decay}
+    if loop.lr_schedule != "constant":  # the schedule's length shapes every step's learning rate
+        trajectory.update(lr_schedule=loop.lr_schedule, warmup_fraction=loop.warmup_fraction,
+                          min_lr_fraction=loop.min_lr_fraction, steps=total_steps(len(x), loop))
     key = checkpoint.run_key(spec.to_json(), config.model.model_dump_json(), trajectory, x, y)
     folder = state_path(config, "checkpoints", key, "x").parent
     return CheckpointJob(folder, config.training.checkpoint_every, checkpoint.prepare(folder, config.training.resume))
@@ -454,6 +560,10 @@ def train(frame: pd.DataFrame, config: Config, holdout: pd.DataFrame | None = No
           schedule: str | None = None, microbatches: int | None = None, seed: int | None = None,
           progress: bool = True) -> TrainResult:
     """Train on time-ordered `frame`; the holdout is `holdout` or else the latest training.holdout_fraction of rows.
+
+    training.validation_fraction of the remaining rows (the latest with data.timestamp, else a random draw) choose
+    the epoch: the run stops after training.patience epochs without a better validation loss and keeps the best
+    epoch's weights. The learning rate follows training.lr_schedule.
 
     Keyword arguments override config.training. stages == 1 trains the whole model in this process; more stages
     run torch's pipeline schedule over training.launcher's ranks. Every setting is checked before any process
@@ -474,13 +584,17 @@ def train(frame: pd.DataFrame, config: Config, holdout: pd.DataFrame | None = No
         frame, holdout = split_by_fraction(frame, t.holdout_fraction)
     else:
         require_columns(holdout, columns, "holdout data")
+    seed = t.seed if seed is None else seed
+    frame, held = validation_split(frame, t.validation_fraction, config.data.timestamp, seed)
     batch_size = fitted_batch_size(t.batch_size, len(frame), settings.microbatches)
     settings = replace(settings, batch_size=batch_size)
-    loop = LoopSettings(t.epochs, batch_size, settings.microbatches, t.seed if seed is None else seed,
-                        t.learning_rate, t.weight_decay)
+    loop = LoopSettings(t.epochs, batch_size, settings.microbatches, seed, t.learning_rate, t.weight_decay,
+                        max_steps=t.max_steps, lr_schedule=t.lr_schedule, warmup_fraction=t.warmup_fraction,
+                        min_lr_fraction=t.min_lr_fraction, patience=t.patience, min_delta=t.min_delta)
 
-    spec = fit_spec(frame, config.data)
+    spec = fit_spec(frame, config.data, config.model)
     x, y = encode(frame, spec), encode_target(frame, spec)
+    validation = (encode(held, spec), encode_target(held, spec)) if len(held) else None
     partition = _partition(settings, spec, config, x, y, loop)
     saving = checkpoint_job(config, spec, loop, x, y)
     steps = total_steps(len(frame), loop)
@@ -496,25 +610,30 @@ def train(frame: pd.DataFrame, config: Config, holdout: pd.DataFrame | None = No
             exporter.step(epoch, index, loss, seconds)
 
         if settings.stages == 1:
-            state, losses, timing = _single_process(x, y, spec, config.model, loop, t.threads_per_rank,
-                                                    rank_device(settings, 0), on_step, saving)
-            timings = [timing]
+            xv, yv = validation if validation is not None else (None, None)
+            state, losses, timing, stopper = _single_process(x, y, spec, config.model, loop, t.threads_per_rank,
+                                                             rank_device(settings, 0), on_step, saving, xv, yv)
+            timings, validated = [timing], stopper.losses
         elif settings.launcher == "torchrun":
-            state, losses, timings, partition, saving = _torchrun(x, y, spec, config, settings, partition, loop,
-                                                                  saving)
+            state, losses, timings, partition, saving, validated = _torchrun(x, y, spec, config, settings,
+                                                                             partition, loop, saving, validation)
         else:
-            state, losses, timings = _pipelined(x, y, spec, config, settings, partition, loop, on_step, saving)
+            state, losses, timings, validated = _pipelined(x, y, spec, config, settings, partition, loop, on_step,
+                                                           saving, validation)
     shutil.rmtree(saving.folder, ignore_errors=True)  # finished: nothing left to resume
     telemetry = summarize(timings, settings.stages, batch_size)
     exporter.finish(telemetry, partition.costs, partition.unit, partition.imbalance)
 
     per_epoch = len(frame) // batch_size
-    final_loss = float(sum(losses[-per_epoch:]) / per_epoch) if losses else math.nan
+    last_epoch = losses[-per_epoch:]  # fewer when training.max_steps ended the run inside its first epoch
+    final_loss = float(sum(last_epoch) / len(last_epoch)) if last_epoch else math.nan
     result = TrainResult(state=state, spec=spec, final_loss=final_loss, losses=losses, metrics={},
                          stages=settings.stages, schedule=settings.schedule, microbatches=settings.microbatches,
                          train_rows=len(frame), holdout_rows=len(holdout), seconds=0.0, model_config=config.model,
                          stages_per_rank=settings.stages_per_rank, ranks=settings.ranks,
                          launcher=settings.launcher, device=settings.device, partition=partition,
-                         telemetry=telemetry, resumed_from=saving.resume.step if saving.resume else 0)
+                         telemetry=telemetry, resumed_from=saving.resume.step if saving.resume else 0,
+                         validation_rows=len(held), validation_losses=validated,
+                         best_epoch=EarlyStopping(loop.patience, loop.min_delta, validated).best_epoch)
     metrics = holdout_metrics(result.model(), spec, holdout)
     return replace(result, metrics=metrics, seconds=time.perf_counter() - started)
