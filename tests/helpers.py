@@ -79,6 +79,17 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+def cli_here(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess:
+    """`driftloop ...` run in this process (driftloop.cli.main) with its output captured: the exit code and streams
+    a user sees, without a child process's seconds of imports. Use it with the restored_environ fixture."""
+    from driftloop.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["driftloop", *args], code, captured.out, captured.err)
+
+
 def assert_one_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
     assert "Traceback" not in result.stderr, result.stderr
     for fragment in fragments:

@@ -39,6 +39,7 @@ from driftloop.training.artifacts import LoadedModel
 from driftloop.training.trainer import TrainResult
 from tests.helpers import (
     assert_one_clean_error,
+    cli_here,
     free_port,
     lineage_for,
     make_config,
@@ -290,11 +291,12 @@ def config_file(config: Config, tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 def test_models_and_rollback_commands(config: Config, tmp_path: Path, trained: TrainResult,  # noqa: F811
-                                      flights_jan: pd.DataFrame, flights_jul: pd.DataFrame) -> None:
+                                      flights_jan: pd.DataFrame, flights_jul: pd.DataFrame, restored_environ: None,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
     path = config_file(config, tmp_path)
-    empty = run_cli("models", "--config", str(path), cwd=tmp_path)
+    empty = cli_here(capsys, "models", "--config", str(path))
     assert empty.returncode == 0 and "no version" in empty.stdout and len(empty.stdout.splitlines()) == 1
-    assert json.loads(run_cli("models", "--config", str(path), "--json", cwd=tmp_path).stdout)["versions"] == []
+    assert json.loads(cli_here(capsys, "models", "--config", str(path), "--json").stdout)["versions"] == []
 
     weak = register(config, scrambled(trained), lineage_for(config, flights_jan), flights_jan)
     good = register(config, trained, lineage_for(config, flights_jan), flights_jan)
@@ -302,7 +304,7 @@ def test_models_and_rollback_commands(config: Config, tmp_path: Path, trained: T
     loser = register(config, scrambled(trained), lineage_for(config, flights_jan), flights_jan)
     apply_gate(config, loser.version, flights_jul)
 
-    listed = run_cli("models", "--config", str(path), "--json", cwd=tmp_path)
+    listed = cli_here(capsys, "models", "--config", str(path), "--json")
     assert listed.returncode == 0, listed.stderr
     payload = json.loads(listed.stdout)
     assert payload["model"] == config.model.name
@@ -317,14 +319,14 @@ def test_models_and_rollback_commands(config: Config, tmp_path: Path, trained: T
     assert lineage["data.rows"] == str(len(flights_jan)) and lineage["parent.champion"] == weak.version
     assert lineage["config.hash"] == config.digest() and versions[good.version]["created"].startswith("20")
     assert [e["version"] for e in payload["history"]] == [weak.version, good.version]
-    table = run_cli("models", "--config", str(path), cwd=tmp_path)
+    table = cli_here(capsys, "models", "--config", str(path))
     assert table.returncode == 0 and "rejected" in table.stdout and "champion history" in table.stdout
 
-    back = run_cli("rollback", "--config", str(path), cwd=tmp_path)
+    back = cli_here(capsys, "rollback", "--config", str(path))
     assert back.returncode == 0, back.stderr
     assert back.stdout.strip() == f"champion: v{good.version} → v{weak.version} (rolled back)"
     assert alias_version(config, CHAMPION) == weak.version
-    refused = run_cli("rollback", "--config", str(path), cwd=tmp_path)
+    refused = cli_here(capsys, "rollback", "--config", str(path))
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
     assert_one_clean_error(refused, "nothing to roll back to")
 
@@ -344,7 +346,8 @@ def shadow_logged(config: Config, window: pd.DataFrame, champion: LoadedModel, c
 @pytest.mark.parametrize("live_behaviour", ["as offline", "inverted"])
 def test_gate_command_uses_live_shadow_evidence(tmp_path: Path, trained: TrainResult,  # noqa: F811
                                                 flights_jan: pd.DataFrame, flights_jul: pd.DataFrame,
-                                                live_behaviour: str) -> None:
+                                                live_behaviour: str, restored_environ: None,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
     config = make_config(tmp_path / "state")
     path = config_file(config, tmp_path)
     weak = register(config, scrambled(trained), lineage_for(config, flights_jan), flights_jan).version
@@ -354,7 +357,7 @@ def test_gate_command_uses_live_shadow_evidence(tmp_path: Path, trained: TrainRe
     live = outputs if live_behaviour == "as offline" else 1.0 - outputs
     shadow_logged(config, flights_jul, load_version(config, weak), live, good)
 
-    result = run_cli("gate", "--config", str(path), "--json", cwd=tmp_path)
+    result = cli_here(capsys, "gate", "--config", str(path), "--json")
     assert result.returncode == 0, result.stderr
     decision = json.loads(result.stdout)
     assert decision["live"]["rows"] == len(flights_jul) and decision["challenger_version"] == good
@@ -366,7 +369,7 @@ def test_gate_command_uses_live_shadow_evidence(tmp_path: Path, trained: TrainRe
     else:
         assert not decision["promoted"] and "not better on live shadow rows" in decision["reason"]
         assert alias_version(config, CHAMPION) == weak and alias_version(config, CHALLENGER) == good
-        again = run_cli("gate", "--config", str(path), "--version", weak, cwd=tmp_path)
+        again = cli_here(capsys, "gate", "--config", str(path), "--version", weak)
         assert_one_clean_error(again, "is the champion already")
 
 

@@ -9,7 +9,7 @@ from tests.conftest import QUICK_TEST_LIMIT_S
 pytest_plugins = ["pytester"]
 
 
-@pytest.mark.slow  # one inner test sleeps past the quick limit
+@pytest.mark.slow  # inner tests run past the quick limit
 def test_unmarked_tests_may_not_start_processes_or_run_long(pytester: pytest.Pytester) -> None:
     pytester.makeconftest("from tests.conftest import *  # noqa: F403 - the same hooks and fixtures\n")
     pytester.makepyfile(f"""
@@ -28,7 +28,12 @@ def test_unmarked_tests_may_not_start_processes_or_run_long(pytester: pytest.Pyt
             process.join()
 
         def test_runs_long():
-            time.sleep({QUICK_TEST_LIMIT_S} + 0.3)
+            deadline = time.process_time() + {QUICK_TEST_LIMIT_S} + 0.3
+            while time.process_time() < deadline:
+                pass
+
+        def test_waits_long_on_nothing():
+            time.sleep({QUICK_TEST_LIMIT_S} + 0.3)  # wall time alone: a busy machine's, not the test's fault
 
         def test_quick_and_alone():
             assert sum(range(10)) == 45
@@ -38,7 +43,8 @@ def test_unmarked_tests_may_not_start_processes_or_run_long(pytester: pytest.Pyt
             subprocess.run(["true"], check=True)
     """)
     passed, _, failed = pytester.inline_run("-p", "no:cacheprovider").listoutcomes()
-    assert {report.head_line for report in passed} == {"test_quick_and_alone", "test_marked_slow_starts_a_program"}
+    assert {report.head_line for report in passed} == {"test_quick_and_alone", "test_marked_slow_starts_a_program",
+                                                         "test_waits_long_on_nothing"}
     reasons = {report.head_line: str(report.longrepr) for report in failed}
     assert set(reasons) == {"test_starts_a_program", "test_starts_a_python_process", "test_runs_long"}
     assert all("mark it @pytest.mark.slow" in reason for reason in reasons.values()), reasons
