@@ -275,6 +275,50 @@ class ServingConfig(_Strict):
     # The admin endpoints' (reload, rollback) bearer token; None: state_dir/serving/admin.token, created on first
     # start. The environment variable DRIFTLOOP_ADMIN_TOKEN overrides both.
     admin_token_file: Path | None = None
+    labels_token_file: Path | None = Field(
+        None, description="The bearer token POST /labels needs (its own, not the admin one); None: "
+        "state_dir/serving/labels.token, created (mode 0600) on first start. DRIFTLOOP_LABELS_TOKEN overrides both.")
+    max_clock_skew: str = Field(
+        "5min", description="An event time later than the server's clock plus this (a pandas duration) is 422: "
+        "a client clock may run a little ahead, but a future-stamped row would own a future window (and the gate) "
+        "forever. Five minutes covers unsynchronised clocks and queueing (Kerberos allows the same skew).")
+    max_event_age: str | None = Field(
+        None, description="An event time older than the server's clock minus this (a pandas duration, e.g. '30D') "
+        "is 422; None (the default): any past time is accepted, as the demo replays 2013 traffic.")
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest request body (bytes); a larger one is 413 before it is "
+        "parsed, by Content-Length or while a chunked body streams in. 4 MiB holds max_batch_rows (10,000) rows of "
+        "the demo's flights (about 250 bytes each as JSON) with room to spare.")
+    max_concurrent_requests: int = Field(
+        64, ge=1, description="/predict requests in progress at once (body, scoring and log commit); one more is "
+        "503 with Retry-After and counted in driftloop_requests_refused_total. Twice the 32 in flight the serving "
+        "benchmark measures; with max_body_bytes it bounds the memory that parsing bodies can take.")
+    allowed_hosts: list[str] | None = Field(
+        None, description="Host header values (names, without the port) the server answers; another is 400 (DNS "
+        "rebinding). None: the loopback names (localhost, 127.0.0.1, ::1) when bound to a loopback address, any "
+        "host otherwise; ['*'] allows any.")
+
+    @model_validator(mode="after")
+    def _durations(self) -> ServingConfig:
+        """Positive pandas durations ('5min', '30D'), so a typo fails at load, not at the first request."""
+        import pandas as pd  # only here: the config module is imported by light entry points too
+
+        for key in ("max_clock_skew", "max_event_age"):
+            value = getattr(self, key)
+            try:
+                valid = value is None or pd.Timedelta(value) > pd.Timedelta(0)
+            except ValueError:
+                valid = False
+            if not valid:
+                raise ValueError(f"serving.{key}: {value!r} is not a positive duration such as '5min' or '30D'")
+        return self
+        try:
+            valid = pd.Timedelta(value) > pd.Timedelta(0)
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ValueError(f"{value!r} is not a positive duration such as '5min' or '30D'")
+        return value
 
 
 class RegistryConfig(_Strict):

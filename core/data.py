@@ -141,23 +141,40 @@ class Window:
 
 
 def time_windows(frame: pd.DataFrame, data: DataConfig, freq: str) -> Iterator[Window]:
-    """Cut time-ordered rows into consecutive windows of length `freq` (e.g. '7D'); skips empty ones."""
+    """Cut rows into consecutive windows of length `freq` (e.g. '7D') from the first row's day; skips empty ones.
+
+    Each row's window is its time floored to the grid, and the rows are grouped by it: the cost follows the rows,
+    not the time span (rows stamped 1677 and 2262 with a 1h window are two windows, not five million steps).
+    """
     if not data.timestamp:
         raise DataError("data.timestamp is not set: time windows need a timestamp column")
     times = event_times(frame, data)
-    if times.empty:
+    timed = np.flatnonzero(times.notna().to_numpy())  # rows without a time belong to no window
+    if not len(timed):
         return
-    step = pd.Timedelta(freq)
-    start = times.min().floor("D")
-    last = times.max()
-    index = 0
-    while start <= last:
-        end = start + step
-        mask = (times >= start) & (times < end)
-        if mask.any():
-            yield Window(index, start, end, frame.loc[mask].reset_index(drop=True))
-            index += 1
-        start = end
+    unit = times.dt.unit  # pandas 3 keeps parsed strings in microseconds: work in the column's own unit
+    tick = pd.Timedelta(1, unit=unit)
+    step, day = pd.Timedelta(freq) // tick, pd.Timedelta("1D") // tick
+    stamps = times.array.asi8[timed]
+    origin = int(stamps.min()) // day * day  # in integers: the day of 1677-09-21 starts before Timestamp.min (ns)
+    # floor((t - origin) / step) without forming t - origin, which can overflow int64 over a long span.
+    slots = (stamps // step - origin // step) - (stamps % step < origin % step)
+    order = timed[np.argsort(slots, kind="stable")]
+    slots = np.sort(slots, kind="stable")
+    keys, firsts = np.unique(slots, return_index=True)
+    bounds = [*firsts.tolist(), len(order)]
+    for index, key in enumerate(keys.tolist()):
+        start = origin + key * step  # Python ints: no overflow; the window's start is at most its first row's time
+        rows = frame.iloc[np.sort(order[bounds[index]:bounds[index + 1]])].reset_index(drop=True)
+        yield Window(index, _utc(start, unit), _utc(start + step, unit), rows)
+
+
+def _utc(value: int, unit: str) -> pd.Timestamp:
+    """A timestamp from an integer count of `unit`s, clamped to the range pandas can hold (window ends may pass it)."""
+    try:
+        return pd.Timestamp(value, unit=unit, tz="UTC")
+    except (OverflowError, ValueError):  # OutOfBoundsDatetime is a ValueError
+        return pd.Timestamp.max.tz_localize("UTC") if value > 0 else pd.Timestamp.min.tz_localize("UTC")
 
 
 def fingerprint(frame: pd.DataFrame) -> str:

@@ -17,6 +17,8 @@ MODEL_QUANTIZED = "driftloop_serving_model_quantized"
 SHADOW_ROWS = "driftloop_shadow_rows_total"
 SHADOW_FAILURES = "driftloop_shadow_failures_total"
 ADMIN_UNAUTHORIZED = "driftloop_admin_unauthorized_total"
+# Requests refused before they reach a handler or for a missing token, by path and reason (serving/guard.py).
+REQUESTS_REFUSED = "driftloop_requests_refused_total"
 
 # Monitoring
 DRIFT_SHARE = "driftloop_drift_share"
@@ -68,6 +70,7 @@ class ServingMetrics:
     shadow_rows: Counter
     shadow_failures: Counter
     admin_unauthorized: Counter
+    refused: Counter
 
 
 def serving_metrics(registry: CollectorRegistry | None = None) -> ServingMetrics:
@@ -94,6 +97,9 @@ def serving_metrics(registry: CollectorRegistry | None = None) -> ServingMetrics
                                 registry=registry),
         admin_unauthorized=Counter(ADMIN_UNAUTHORIZED, "Admin calls refused for a missing or wrong bearer token",
                                    registry=registry),
+        # reason: host (400), content_type (415), body_size (413), concurrency (503), unauthorized (401 on /labels).
+        refused=Counter(REQUESTS_REFUSED, "Requests refused by the server's limits and checks, by path and reason",
+                        ["path", "reason"], registry=registry),
     )
 
 

@@ -44,10 +44,18 @@ from driftloop.config import Config
 from driftloop.errors import RegistryError
 from driftloop.metrics import ServingMetrics, serving_metrics
 from driftloop.pii import pii_policy
-from driftloop.serving.admin import admin_token, authorized
-from driftloop.serving.prediction_log import PredictionLog, UnknownPredictionIds
+from driftloop.serving.admin import admin_token, authorized, labels_token, token_principal
+from driftloop.serving.guard import RequestGuard
+from driftloop.serving.prediction_log import AlreadyLabelled, PredictionLog, UnknownPredictionIds
 from driftloop.serving.quantization import frame_rows, quantize_if_close
-from driftloop.serving.validation import InvalidRequest, check_known_categories, json_type, parse_labels, parse_rows
+from driftloop.serving.validation import (
+    InvalidRequest,
+    TimeBounds,
+    check_known_categories,
+    json_type,
+    parse_labels,
+    parse_rows,
+)
 from driftloop.state import prediction_log_path
 from driftloop.training.artifacts import LoadedModel
 
@@ -73,28 +81,30 @@ PREDICT_OPENAPI = {"requestBody": {"required": True, "content": {"application/js
 
 
 def request_rows(body: bytes) -> list[Any]:
-    """The `rows` list of a /predict body, or HTTPException 422 naming what is wrong with the body.
+    """The `rows` list of a /predict body, or HTTPException 422 naming what is wrong with the body."""
+    return request_list(body, "rows", '{"rows": [{column: value, ...}, ...]}', "row objects")
+
+
+def request_list(body: bytes, key: str, shape: str, items: str) -> list[Any]:
+    """The list under `key` of a JSON object body, or HTTPException 422 naming what is wrong with the body.
 
     Python's json accepts NaN and Infinity, so such values reach validation and get a 422 naming the field.
+    Nesting deeper than the parser's recursion limit (about 1,000 levels; the contract needs 3) is a 422 too.
     """
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise HTTPException(422, [{"row": None, "field": "body", "error": f"not valid JSON: {error}"}]) from None
-    if not isinstance(payload, dict) or "rows" not in payload:
-        raise HTTPException(422, [{"row": None, "field": "rows",
-                                   "error": 'expected a JSON object {"rows": [{column: value, ...}, ...]}'}])
-    rows = payload["rows"]
-    if not isinstance(rows, list):
-        raise HTTPException(422, [{"row": None, "field": "rows",
-                                   "error": f"expected an array of row objects, got {json_type(rows)}"}])
-    return rows
-
-
-class LabelsRequest(BaseModel):
-    """Body of POST /labels: [{"prediction_id": int, "label": number}, ...]."""
-
-    labels: list[Any]
+    except RecursionError:
+        raise HTTPException(422, [{"row": None, "field": "body",
+                                   "error": f"JSON nested too deeply; expected {shape}"}]) from None
+    if not isinstance(payload, dict) or key not in payload:
+        raise HTTPException(422, [{"row": None, "field": key, "error": f"expected a JSON object {shape}"}])
+    value = payload[key]
+    if not isinstance(value, list):
+        raise HTTPException(422, [{"row": None, "field": key,
+                                   "error": f"expected an array of {items}, got {json_type(value)}"}])
+    return value
 
 
 class RollbackRequest(BaseModel):
@@ -312,6 +322,13 @@ def _no_model(config: Config) -> str:
             f"will pick it up within serving.reload_interval_s ({config.serving.reload_interval_s} s)")
 
 
+def _rows_naming(ids: list[int], bad: list[int], error: str) -> list[dict[str, Any]]:
+    """422/409 details: each request row whose prediction id is in `bad`, with `error` formatted with the id."""
+    wanted = set(bad)
+    return [{"row": i, "field": "prediction_id", "error": error.format(pid)} for i, pid in enumerate(ids)
+            if pid in wanted]
+
+
 def shadow_scores(slot: AliasSlot | None, rows: list[dict[str, Any]],
                   metrics: ServingMetrics) -> tuple[str | None, list[float] | None]:
     """(challenger version, its predictions) for rows already answered by the champion; (None, None) if none.
@@ -335,10 +352,11 @@ def shadow_scores(slot: AliasSlot | None, rows: list[dict[str, Any]],
 
 def create_app(config: Config, load_champion: ModelSource, champion_version: VersionProbe,
                log: PredictionLog | None = None, *, challenger: AliasSource | None = None,
-               rollback: Rollback | None = None) -> FastAPI:
+               rollback: Rollback | None = None, host: str | None = None) -> FastAPI:
     """The model server app; models are loaded at startup and hot-swapped by a background poller.
 
-    `challenger` is followed only with serving.shadow; `rollback` backs POST /admin/rollback (501 without it).
+    `challenger` is followed only with serving.shadow; `rollback` backs POST /admin/rollback (501 without it);
+    `host`: the address the server binds (default serving.host), which sets the default serving.allowed_hosts.
     """
     owns_log = log is None
     log = log or PredictionLog(prediction_log_path(config), pii=pii_policy(config))
@@ -348,6 +366,8 @@ def create_app(config: Config, load_champion: ModelSource, champion_version: Ver
         else None
     models = Models(config, champion, shadow)
     token = admin_token(config)  # created on first start when no token is configured
+    label_token = labels_token(config)  # likewise
+    label_principal = token_principal("labels-token", label_token)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -366,6 +386,8 @@ def create_app(config: Config, load_champion: ModelSource, champion_version: Ver
                 log.close()
 
     app = FastAPI(title="driftloop model server", lifespan=lifespan)
+    # Added first, so it runs inside PredictMetrics: its refusals of /predict are counted by status as well.
+    app.add_middleware(RequestGuard, serving=config.serving, bind_host=host or config.serving.host, metrics=metrics)
     app.add_middleware(PredictMetrics, metrics=metrics)
     app.state.champion = champion
     app.state.challenger = shadow
@@ -391,7 +413,7 @@ def create_app(config: Config, load_champion: ModelSource, champion_version: Ver
         log records; HTTPException on bad input. Runs in the threadpool: none of it holds up the event loop."""
         rows = request_rows(body)
         try:
-            batch = parse_rows(rows, config.data, config.serving.max_batch_rows)
+            batch = parse_rows(rows, config.data, config.serving.max_batch_rows, TimeBounds.now(config.serving))
             if config.serving.unknown_category == "reject":
                 check_known_categories(batch.rows, served.model.spec)
         except InvalidRequest as invalid:
@@ -425,18 +447,32 @@ def create_app(config: Config, load_champion: ModelSource, champion_version: Ver
         return JSONResponse({"predictions": values, "model_version": served.version, "prediction_ids": ids})
 
     @app.post("/labels")
-    def labels(body: LabelsRequest) -> dict[str, int]:
-        """Attach delayed labels to logged predictions, all or nothing."""
+    async def labels(request: Request, authorization: Annotated[str | None, Header()] = None) -> dict[str, int]:
+        """Record the first label of logged predictions, all or nothing; the labels token is required.
+
+        401 without the token (checked before the body is read), 422 for bad items or unknown ids, 409 when a
+        prediction is labelled already (the first label stands; corrections: `driftloop label --correct`).
+        """
+        if not authorized(authorization, label_token):
+            metrics.refused.labels("/labels", "unauthorized").inc()
+            raise HTTPException(401, "POST /labels needs 'Authorization: Bearer <token>' (the labels token: "
+                                "$DRIFTLOOP_LABELS_TOKEN, serving.labels_token_file or state_dir/serving/labels.token)",
+                                headers={"WWW-Authenticate": "Bearer"})
+        items = request_list(await request.body(), "labels", '{"labels": [{"prediction_id": int, "label": number}]}',
+                             "label objects")
         try:
-            ids, values = parse_labels(body.labels, config.data.task, config.serving.max_batch_rows)
-            return {"updated": log.attach_labels(ids, values)}
+            ids, values = parse_labels(items, config.data.task, config.serving.max_batch_rows)
+            written = await run_in_threadpool(log.attach_labels, ids, values, source="http",
+                                              principal=label_principal)
         except InvalidRequest as invalid:
             raise HTTPException(422, invalid.errors) from None
         except UnknownPredictionIds as unknown:
-            missing = set(unknown.ids)
-            errors = [{"row": i, "field": "prediction_id", "error": f"unknown prediction id {pid}"}
-                      for i, pid in enumerate(ids) if pid in missing]
-            raise HTTPException(422, errors) from None
+            raise HTTPException(422, _rows_naming(ids, unknown.ids, "unknown prediction id {}")) from None
+        except AlreadyLabelled as labelled:
+            raise HTTPException(409, _rows_naming(ids, labelled.ids, "prediction id {} is labelled already; the "
+                                                  "first label stands (corrections: driftloop label --correct)")
+                                ) from None
+        return {"updated": written}
 
     @app.post("/admin/reload")
     def reload(authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:

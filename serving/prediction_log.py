@@ -11,15 +11,25 @@ holds its rows, so durability is unchanged; under concurrency the fsyncs are sha
 
 Shadow mode adds two nullable columns (shadow_version, shadow_prediction); a log file written before them
 gets them added when it is opened (ALTER TABLE ADD COLUMN), so older files stay readable and writable.
+
+Labels are kept append-only in their own table: each with its source (http, cli), principal (the token's name
+and digest, or the OS user) and the time it was received. The first label of a prediction wins (a unique index):
+a second one is refused, and only an explicit correction (`driftloop label --correct --reason`) adds a row that
+supersedes the current one, keeping it. A trigger refuses UPDATE on the table. `predictions.label` holds the
+current label for readers (monitor, retraining, gate), written in the same transaction as the labels row.
+A log file written before the labels table gets it when opened, its labels copied in with source "legacy".
 """
 
 from __future__ import annotations
 
 import functools
+import getpass
 import json
 import math
+import os
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime
@@ -56,6 +66,34 @@ CREATE TABLE IF NOT EXISTS predictions (
     features      TEXT NOT NULL
 )
 """
+# The audit trail of labels; `supersedes` links a correction to the label it replaces (each replaced at most once).
+LABELS_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS labels (
+        label_id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        prediction_id INTEGER NOT NULL REFERENCES predictions(prediction_id),
+        label         REAL NOT NULL,
+        source        TEXT NOT NULL,
+        principal     TEXT NOT NULL,
+        received_at   TEXT NOT NULL,
+        supersedes    INTEGER UNIQUE REFERENCES labels(label_id),
+        reason        TEXT
+    )""",
+    # The first label wins: one label per prediction that corrects nothing.
+    "CREATE UNIQUE INDEX IF NOT EXISTS labels_first ON labels(prediction_id) WHERE supersedes IS NULL",
+    "CREATE INDEX IF NOT EXISTS labels_prediction ON labels(prediction_id)",
+    "CREATE TRIGGER IF NOT EXISTS labels_append_only BEFORE UPDATE ON labels"
+    " BEGIN SELECT RAISE(ABORT, 'labels are append-only: record a correction instead'); END",
+]
+# Labels attached before the labels table existed: who sent them and when was not recorded.
+LEGACY_LABELS = ("INSERT INTO labels (prediction_id, label, source, principal, received_at)"
+                 " SELECT prediction_id, label, 'legacy', 'unknown', ? FROM predictions WHERE label IS NOT NULL")
+INSERT_LABEL = ("INSERT INTO labels (prediction_id, label, source, principal, received_at, supersedes, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)")
+# The label rows in force: those no correction supersedes.
+CURRENT_LABELS = ("SELECT prediction_id, label_id FROM labels l WHERE prediction_id IN ({marks})"
+                  " AND NOT EXISTS (SELECT 1 FROM labels c WHERE c.supersedes = l.label_id)")
+LABEL_COLUMNS = ["label_id", "prediction_id", "label", "source", "principal", "received_at", "supersedes", "reason"]
+
 INSERT = ("INSERT INTO predictions (logged_at, model_version, prediction, event_time, features, shadow_version,"
           " shadow_prediction) VALUES (?, ?, ?, ?, ?, ?, ?)")
 
@@ -67,6 +105,37 @@ class UnknownPredictionIds(DataError):
         self.ids = ids
         shown = ", ".join(map(str, ids[:20])) + (" ..." if len(ids) > 20 else "")
         super().__init__(f"unknown prediction_id(s): {shown}")
+
+
+class AlreadyLabelled(DataError):
+    """Labels were sent for predictions that have one: the first label stands, nothing was written."""
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+        super().__init__(f"prediction_id(s) already labelled: {_shown(ids)}; the first label stands (a correction: "
+                         "driftloop label --correct --reason TEXT)")
+
+
+class NotLabelled(DataError):
+    """A correction was asked for predictions that have no label yet: nothing was written."""
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+        super().__init__(f"prediction_id(s) not labelled yet, nothing to correct: {_shown(ids)}; label them "
+                         "without --correct")
+
+
+def _shown(ids: list[int]) -> str:
+    """At most 20 ids for a message."""
+    return ", ".join(map(str, ids[:20])) + (f" ... ({len(ids)} in all)" if len(ids) > 20 else "")
+
+
+def os_principal() -> str:
+    """Who runs this process, for the label audit trail: the OS user name, or the uid when it has none."""
+    try:
+        return f"user:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"
 
 
 @functools.lru_cache(maxsize=4096)  # traffic repeats timestamps (hourly buckets): parse each once
@@ -105,7 +174,7 @@ def features_json(row: dict) -> str:
 
 
 class PredictionLog:
-    """Append-only log of predictions in SQLite; labels are attached to rows by prediction id.
+    """Append-only log of predictions in SQLite; labels are attached to rows by prediction id, first label wins.
 
     Safe to share between threads of one process (one connection behind a lock) and to open from
     several processes at once (SQLite's file locks; WAL lets readers run beside the writer).
@@ -135,12 +204,21 @@ class PredictionLog:
         self._writer: threading.Thread | None = None
 
     def _migrate(self) -> None:
-        """Add the columns later versions introduced to a log file written before them."""
-        if not self._missing_columns():
+        """Add the columns and the labels table later versions introduced to a log file written before them."""
+        if not self._missing_columns() and self._has_labels():
             return
         with self._lock, self._transaction():  # the write lock: two processes opening at once add each once
             for column in self._missing_columns():
                 self._db.execute(f"ALTER TABLE predictions ADD COLUMN {column} {SHADOW_COLUMNS[column]}")
+            if not self._has_labels():
+                for statement in LABELS_SCHEMA:
+                    self._db.execute(statement)
+                self._db.execute(LEGACY_LABELS, (datetime.now(UTC).isoformat(),))
+
+    def _has_labels(self) -> bool:
+        """Whether the labels table and its guards exist (the trigger is created last)."""
+        found = self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'labels_append_only'")
+        return found.fetchone() is not None
 
     def _missing_columns(self) -> list[str]:
         present = {row[1] for row in self._db.execute("PRAGMA table_info(predictions)")}
@@ -276,23 +354,86 @@ class PredictionLog:
             future.set_result(list(range(first, first + len(batch))))
             first += len(batch)
 
-    def attach_labels(self, ids: Sequence[int], labels: Sequence[float]) -> int:
-        """Set the label of each prediction id and return how many distinct rows were updated.
+    def attach_labels(self, ids: Sequence[int], labels: Sequence[float], *, source: str = "cli",
+                      principal: str | None = None) -> int:
+        """Record the first label of each prediction id and return how many were written.
 
-        All or nothing: if any id is not in the log, UnknownPredictionIds (a DataError) names them and
-        no label is written. A row labelled twice keeps the later label.
+        All or nothing: an id not in the log raises UnknownPredictionIds, an id labelled already AlreadyLabelled,
+        an id given twice DataError; then no label is written. `source` (http, cli) and `principal` (default: the
+        OS user) go to the audit trail with the time received.
         """
+        pairs = self._label_pairs(ids, labels)
+        received = datetime.now(UTC).isoformat()
+        who = principal or os_principal()
+        with self._lock, self._transaction():
+            self._check_known([i for i, _ in pairs])
+            labelled = sorted(self._current_labels([i for i, _ in pairs]))
+            if labelled:
+                raise AlreadyLabelled(labelled)
+            self._write_labels([(i, v, source, who, received, None, None) for i, v in pairs])
+        return len(pairs)
+
+    def correct_labels(self, ids: Sequence[int], labels: Sequence[float], *, reason: str, source: str = "cli",
+                       principal: str | None = None) -> int:
+        """Replace the current label of each id by a new row that supersedes it (the old row stays); all or nothing.
+
+        Every id must be labelled already (NotLabelled otherwise) and `reason` must say why (ValueError if blank).
+        """
+        if not reason.strip():
+            raise ValueError("a label correction needs a reason")
+        pairs = self._label_pairs(ids, labels)
+        received = datetime.now(UTC).isoformat()
+        who = principal or os_principal()
+        with self._lock, self._transaction():
+            self._check_known([i for i, _ in pairs])
+            current = self._current_labels([i for i, _ in pairs])
+            missing = sorted(i for i, _ in pairs if i not in current)
+            if missing:
+                raise NotLabelled(missing)
+            self._write_labels([(i, v, source, who, received, current[i], reason.strip()) for i, v in pairs])
+        return len(pairs)
+
+    def label_history(self, first_id: int | None = None, last_id: int | None = None) -> pd.DataFrame:
+        """The labels table for prediction ids in [first_id, last_id]: every label ever received, corrections and
+        the rows they superseded included, in the order received (columns LABEL_COLUMNS)."""
+        query = (f"SELECT {', '.join(LABEL_COLUMNS)} FROM labels WHERE prediction_id >= ? AND prediction_id <= ?"
+                 " ORDER BY label_id")
+        bounds = (first_id if first_id is not None else -(2**63), last_id if last_id is not None else 2**63 - 1)
+        with self._lock:
+            fetched = self._db.execute(query, bounds).fetchall()
+        return pd.DataFrame(fetched, columns=LABEL_COLUMNS)
+
+    @staticmethod
+    def _label_pairs(ids: Sequence[int], labels: Sequence[float]) -> list[tuple[int, float]]:
+        """(id, label) pairs; DataError naming an id given more than once (which label would win is not clear)."""
         if len(ids) != len(labels):
             raise ValueError(f"attach_labels: {len(ids)} ids but {len(labels)} labels")
-        pairs = [(float(label), int(i)) for i, label in zip(ids, labels, strict=True)]
-        wanted = sorted({i for _, i in pairs})
-        with self._lock, self._transaction():
-            known = self._existing_ids(wanted)
-            unknown = [i for i in wanted if i not in known]
-            if unknown:
-                raise UnknownPredictionIds(unknown)
-            self._db.executemany("UPDATE predictions SET label = ? WHERE prediction_id = ?", pairs)
-        return len(wanted)
+        pairs = [(int(i), float(label)) for i, label in zip(ids, labels, strict=True)]
+        counts = Counter(i for i, _ in pairs)
+        twice = sorted(i for i, n in counts.items() if n > 1)
+        if twice:
+            raise DataError(f"prediction_id(s) given more than once: {_shown(twice)}; send one label per prediction")
+        return pairs
+
+    def _check_known(self, ids: list[int]) -> None:
+        """UnknownPredictionIds naming the ids the log does not hold (caller holds the lock)."""
+        known = self._existing_ids(sorted(ids))
+        unknown = sorted(i for i in ids if i not in known)
+        if unknown:
+            raise UnknownPredictionIds(unknown)
+
+    def _current_labels(self, ids: list[int]) -> dict[int, int]:
+        """{prediction id: label_id in force} for those of `ids` that are labelled (caller holds the lock)."""
+        found: dict[int, int] = {}
+        for start in range(0, len(ids), ID_CHUNK):
+            chunk = ids[start:start + ID_CHUNK]
+            found.update(self._db.execute(CURRENT_LABELS.format(marks=", ".join("?" * len(chunk))), chunk))
+        return found
+
+    def _write_labels(self, rows: list[tuple]) -> None:
+        """Append label rows and set predictions.label to match, in the caller's transaction."""
+        self._db.executemany(INSERT_LABEL, rows)
+        self._db.executemany("UPDATE predictions SET label = ? WHERE prediction_id = ?", [(r[1], r[0]) for r in rows])
 
     def read(self, first_id: int | None = None, last_id: int | None = None,
              labelled_only: bool = False) -> pd.DataFrame:

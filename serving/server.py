@@ -20,8 +20,9 @@ def serve(config: Config, load_champion: ModelSource, champion_version: VersionP
     worker would load its own copy and race the first one's swaps. No access log: a line per request
     costs more than scoring it; /metrics counts requests by status and their latency.
     """
-    app = create_app(config, load_champion, champion_version, challenger=challenger, rollback=rollback)
-    uvicorn.run(app, host=host or config.serving.host, port=config.serving.port if port is None else port,
+    host = host or config.serving.host
+    app = create_app(config, load_champion, champion_version, challenger=challenger, rollback=rollback, host=host)
+    uvicorn.run(app, host=host, port=config.serving.port if port is None else port,
                 workers=1, log_level="info", access_log=False)
 
 

@@ -6,11 +6,14 @@ request as a whole), so a client can fix all of them from one 422 answer.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
 
-from driftloop.config import DataConfig
+import pandas as pd
+
+from driftloop.config import DataConfig, ServingConfig
 from driftloop.errors import DataError
 from driftloop.serving.prediction_log import utc_iso
 from driftloop.training.artifacts import category_key
@@ -36,6 +39,38 @@ class Batch:
 
     rows: list[dict[str, Any]]
     event_times: list[str | None]
+
+
+@dataclass(frozen=True)
+class TimeBounds:
+    """The event times a request may carry: not after the server's clock + serving.max_clock_skew, not before its
+    clock - serving.max_event_age (when set)."""
+
+    not_after: pd.Timestamp
+    not_before: pd.Timestamp | None = None
+
+    @classmethod
+    def now(cls, serving: ServingConfig) -> TimeBounds:
+        """The bounds at this moment."""
+        now = pd.Timestamp.now(tz="UTC")
+        age = serving.max_event_age
+        return cls(now + pd.Timedelta(serving.max_clock_skew), now - pd.Timedelta(age) if age else None)
+
+    def problem(self, iso: str) -> str | None:
+        """Why an event time (ISO UTC, from utc_iso) is out of bounds, or None."""
+        stamp = _instant(iso)
+        if stamp > self.not_after:
+            return (f"event time {iso} is in the future (later than the server's clock + serving.max_clock_skew, "
+                    f"{self.not_after.isoformat()}); fix the client's clock")
+        if self.not_before is not None and stamp < self.not_before:
+            return (f"event time {iso} is older than serving.max_event_age allows ({self.not_before.isoformat()}); "
+                    "raise or unset serving.max_event_age to accept it")
+        return None
+
+
+@functools.lru_cache(maxsize=4096)  # traffic repeats timestamps (hourly buckets): parse each once
+def _instant(iso: str) -> pd.Timestamp:
+    return pd.Timestamp(iso)
 
 
 def json_type(value: object) -> str:
@@ -107,11 +142,12 @@ def _capped(errors: list[FieldError]) -> list[FieldError]:
     return errors[:MAX_REPORTED_ERRORS] + [{"row": None, "field": None, "error": f"{left} more errors not shown"}]
 
 
-def parse_rows(rows: list[Any], data: DataConfig, max_rows: int) -> Batch:
+def parse_rows(rows: list[Any], data: DataConfig, max_rows: int, bounds: TimeBounds | None = None) -> Batch:
     """Validate request rows against the contract; raise InvalidRequest naming every fault.
 
     The target, PII and unknown keys are ignored: only feature columns are kept for scoring and the
-    log; the timestamp column, when the config names one, becomes the event time.
+    log; the timestamp column, when the config names one, becomes the event time, which must lie within
+    `bounds` when given.
     """
     if not rows:
         raise InvalidRequest([{"row": None, "field": "rows", "error": "at least one row is required"}])
@@ -137,6 +173,8 @@ def parse_rows(rows: list[Any], data: DataConfig, max_rows: int) -> Batch:
                 errors.append({"row": i, "field": column, "error": problem})
             features[column] = value if numeric else category_value(value)
         time, problem = check_timestamp(row.get(data.timestamp)) if data.timestamp else (None, None)
+        if time is not None and bounds is not None:
+            problem = bounds.problem(time)
         if problem:
             errors.append({"row": i, "field": data.timestamp, "error": problem})
         kept.append(features)
@@ -173,6 +211,7 @@ def parse_labels(items: list[Any], task: str, max_rows: int) -> tuple[list[int],
     errors: list[FieldError] = []
     ids: list[int] = []
     labels: list[float] = []
+    first_row: dict[int, int] = {}  # prediction id -> the row that named it first
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             errors.append({"row": i, "field": None, "error": f"expected an object, got {json_type(item)}"})
@@ -180,6 +219,11 @@ def parse_labels(items: list[Any], task: str, max_rows: int) -> tuple[list[int],
         pid, label = item.get("prediction_id"), item.get("label")
         if not isinstance(pid, int) or isinstance(pid, bool):
             errors.append({"row": i, "field": "prediction_id", "error": f"expected an integer, got {json_type(pid)}"})
+        elif pid in first_row:
+            errors.append({"row": i, "field": "prediction_id",
+                           "error": f"prediction id {pid} is labelled twice (also row {first_row[pid]})"})
+        else:
+            first_row[pid] = i
         label_problem = check_numerical(label) if label is not None else "expected a number, got null"
         if not label_problem and task == "classification" and label not in (0, 1):
             label_problem = f"a classification label must be 0 or 1, got {label}"

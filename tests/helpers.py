@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +18,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
+import uvicorn
 import yaml
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -28,6 +30,9 @@ from driftloop.training.artifacts import LoadedModel, load_model
 from driftloop.training.trainer import TrainResult
 
 REPO = Path(__file__).resolve().parents[1]
+# The base URL of TestClients of the model server: a loopback name it answers (TestClient's own 'testserver' is a
+# Host a loopback-bound server refuses, serving.allowed_hosts).
+LOCAL = "http://127.0.0.1"
 
 
 def demo_suite_path() -> Path:
@@ -151,3 +156,21 @@ def scrambled(result: TrainResult) -> TrainResult:
 
 def lineage_for(config: Config, frame: pd.DataFrame) -> dict[str, str]:
     return build_lineage(config, frame, True, "report.html", "flow-run-1")
+
+
+class ThreadedServer:
+    """uvicorn on a free port in a thread of this process (so the test can move the champion)."""
+
+    def __init__(self, app: Any) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        wait_for(lambda: self.server.started, timeout=30)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)

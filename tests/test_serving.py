@@ -34,9 +34,16 @@ from driftloop.metrics import (
 from driftloop.serving.app import create_app
 from driftloop.serving.prediction_log import PredictionLog, UnknownPredictionIds
 from driftloop.training.artifacts import load_model, save_model
-from tests.helpers import REPO, Shelf, free_port, make_config, metric, rows_json, scrape, wait_for
+from tests.helpers import LOCAL, REPO, Shelf, free_port, make_config, metric, rows_json, scrape, wait_for
 
 FAST_RELOAD = {"serving": {"reload_interval_s": 0.02, "max_batch_rows": 600}}
+LABELS_TOKEN = "s3cret-labels-token"
+LABELS_AUTH = {"Authorization": f"Bearer {LABELS_TOKEN}"}
+
+
+@pytest.fixture(autouse=True)
+def labels_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRIFTLOOP_LABELS_TOKEN", LABELS_TOKEN)
 
 
 # ---------------------------------------------------------------- helpers
@@ -48,7 +55,7 @@ def server(config: Config, model_folders: dict[str, Path]) -> Iterator[tuple[Tes
     config = make_config(config.state_dir, **FAST_RELOAD)
     shelf = Shelf(model_folders)
     log = PredictionLog(config.state_dir / "predictions.db", pii=config.data.pii)
-    with TestClient(create_app(config, shelf.load, shelf.version, log)) as client:
+    with TestClient(create_app(config, shelf.load, shelf.version, log), base_url=LOCAL) as client:
         yield client, shelf, log
     log.close()
 
@@ -87,7 +94,7 @@ def test_labels_endpoint_attaches_and_rejects_unknown_ids(server, flights_jan: p
     ids = client.post("/predict", json={"rows": rows_json(sample)}).json()["prediction_ids"]
     truth = sample["arr_delayed"].tolist()
     sent = [{"prediction_id": i, "label": y} for i, y in zip(ids[:6], truth[:6], strict=True)]
-    response = client.post("/labels", json={"labels": sent})
+    response = client.post("/labels", json={"labels": sent}, headers=LABELS_AUTH)
     assert response.status_code == 200 and response.json() == {"updated": 6}
 
     labelled = log.read(labelled_only=True)
@@ -96,10 +103,11 @@ def test_labels_endpoint_attaches_and_rejects_unknown_ids(server, flights_jan: p
 
     before = log.read()
     bad = client.post("/labels", json={"labels": [{"prediction_id": ids[7], "label": 1},
-                                                  {"prediction_id": 999_999, "label": 0}]})
+                                                  {"prediction_id": 999_999, "label": 0}]}, headers=LABELS_AUTH)
     assert bad.status_code == 422
     assert bad.json()["detail"] == [{"row": 1, "field": "prediction_id", "error": "unknown prediction id 999999"}]
-    not_binary = client.post("/labels", json={"labels": [{"prediction_id": ids[7], "label": 0.5}]})
+    not_binary = client.post("/labels", json={"labels": [{"prediction_id": ids[7], "label": 0.5}]},
+                             headers=LABELS_AUTH)
     assert not_binary.status_code == 422 and not_binary.json()["detail"][0]["field"] == "label"
     pd.testing.assert_frame_equal(log.read(), before)  # all or nothing
 
@@ -235,7 +243,7 @@ def test_model_failing_the_smoke_test_is_not_swapped_in(server, flights_jan, mod
 def test_no_champion_yet_is_503_until_one_appears(config: Config, model_folders, flights_jan) -> None:
     config = make_config(config.state_dir, **FAST_RELOAD)
     shelf = Shelf(model_folders, champion=None)
-    with TestClient(create_app(config, shelf.load, shelf.version)) as client:
+    with TestClient(create_app(config, shelf.load, shelf.version), base_url=LOCAL) as client:
         health = client.get("/healthz")
         assert health.status_code == 503 and health.json()["model_version"] is None
         refused = client.post("/predict", json={"rows": rows_json(flights_jan.head(2))})

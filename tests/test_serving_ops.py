@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import uvicorn
 import yaml
 from fastapi.testclient import TestClient
 
@@ -34,7 +33,7 @@ from driftloop.metrics import MODEL_QUANTIZED, SHADOW_FAILURES, SHADOW_ROWS
 from driftloop.serving.app import AliasSource, create_app
 from driftloop.serving.prediction_log import PredictionLog
 from driftloop.training.artifacts import LoadedModel, PickledArtifactError, load_model
-from tests.helpers import REPO, Shelf, free_port, make_config, metric, rows_json, wait_for
+from tests.helpers import LOCAL, REPO, Shelf, ThreadedServer, free_port, make_config, metric, rows_json, wait_for
 
 TOKEN = "s3cret-admin-token"
 
@@ -55,7 +54,7 @@ def shadow_server(config: Config, model_folders) -> Iterator[tuple[TestClient, S
     log = PredictionLog(config.state_dir / "predictions.db", pii=config.data.pii)
     app = create_app(config, champion.load, champion.version, log,
                      challenger=AliasSource(challenger.load, challenger.version))
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         yield client, champion, challenger, log
     log.close()
 
@@ -103,7 +102,7 @@ def test_failing_challenger_never_fails_a_request(config, model_folders, flights
     good = load_model(model_folders["2"], version="2")
     exploding = Exploding(good.net, good.spec, "2")
     with TestClient(create_app(config, champion.load, champion.version,
-                               challenger=AliasSource(lambda: exploding, lambda: "2"))) as client:
+                               challenger=AliasSource(lambda: exploding, lambda: "2")), base_url=LOCAL) as client:
         response = client.post("/predict", json={"rows": rows_json(flights_jan.head(5))})
         assert response.status_code == 200 and response.json()["model_version"] == "1"
         assert metric(client, SHADOW_FAILURES, stage="score") == 1
@@ -146,7 +145,7 @@ def test_int8_is_served_only_within_tolerance(config, model_folders, flights_jan
     labelled_log(config, flights_jan.head(1000))
     shelf = Shelf(model_folders, "1")
     sample = flights_jan.tail(200)
-    with TestClient(create_app(config, shelf.load, shelf.version)) as client:
+    with TestClient(create_app(config, shelf.load, shelf.version), base_url=LOCAL) as client:
         health = client.get("/healthz").json()
         served = np.array(client.post("/predict", json={"rows": rows_json(sample)}).json()["predictions"])
         gauge = metric(client, MODEL_QUANTIZED, model="flights-delay")
@@ -249,7 +248,7 @@ def test_bad_requests_are_422_naming_the_fault_and_log_nothing(config, model_fol
     config = app_config(config, unknown_category="reject")
     shelf = Shelf(model_folders, "1")
     row = _row(flights_jan)
-    with TestClient(create_app(config, shelf.load, shelf.version)) as client:
+    with TestClient(create_app(config, shelf.load, shelf.version), base_url=LOCAL) as client:
         assert client.post("/predict", json={"rows": [row]}).status_code == 200
         log: PredictionLog = client.app.state.log
         for case, make in BAD_BODIES.items():
@@ -271,7 +270,7 @@ def test_unknown_category_scores_as_unknown_bucket_by_default(config, model_fold
     config = app_config(config)
     shelf = Shelf(model_folders, "1")
     row = _row(flights_jan)
-    with TestClient(create_app(config, shelf.load, shelf.version)) as client:
+    with TestClient(create_app(config, shelf.load, shelf.version), base_url=LOCAL) as client:
         odd = client.post("/predict", json={"rows": [{**row, "carrier": "ZZ"}]})
         null = client.post("/predict", json={"rows": [{**row, "carrier": None}]})
     assert odd.status_code == 200 and odd.json()["predictions"] == null.json()["predictions"]
@@ -308,7 +307,7 @@ def test_admin_reload_and_rollback_need_the_token(config, model_folders) -> None
         return FakeRollback("2", "1", "rolled back by admin")
 
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    with TestClient(create_app(config, shelf.load, shelf.version, rollback=rollback)) as client:
+    with TestClient(create_app(config, shelf.load, shelf.version, rollback=rollback), base_url=LOCAL) as client:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
             assert client.post("/admin/reload", headers=headers).status_code == 401
             assert client.post("/admin/rollback", headers=headers).status_code == 401
@@ -328,24 +327,6 @@ def test_admin_reload_and_rollback_need_the_token(config, model_folders) -> None
 
 
 # ---------------------------------------------------------------- a real server: swaps under load, kill -9
-
-
-class ThreadedServer:
-    """uvicorn on a free port in a thread of this process (so the test can move the champion)."""
-
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        wait_for(lambda: self.server.started, timeout=30)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 @pytest.mark.slow
