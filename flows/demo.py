@@ -33,6 +33,7 @@ from driftloop.flows.training import training_pipeline
 from driftloop.monitoring.policy import PolicyState, new_champion
 from driftloop.monitoring.windows import cut_windows
 from driftloop.registry.store import holdout_figures
+from driftloop.serving.admin import labels_auth
 from driftloop.state import reports_dir, state_path
 
 # Logs and CI capture are wider than rich's 80-column fallback for a non-terminal.
@@ -121,8 +122,8 @@ def replay(client: httpx.Client, config: Config, window: Window) -> tuple[int, i
         ids.extend(response.json()["prediction_ids"])
     labels = window.frame[config.data.target].tolist()
     client.post("/labels", json={"labels": [{"prediction_id": i, "label": y} for i, y in zip(ids, labels,
-                                                                                          strict=True)]}
-                ).raise_for_status()
+                                                                                          strict=True)]},
+                headers=labels_auth(config)).raise_for_status()
     return ids[0], ids[-1]
 
 

@@ -26,6 +26,7 @@ from driftloop.dashboards.queries import query_all
 from driftloop.flows.deployments import MONITOR, MONITOR_FLOW, RETRAIN_FLOW, RETRAIN_ON_DRIFT, SCHEDULED_RETRAINING
 from driftloop.flows.monitoring import DRIFT_EVENT
 from driftloop.metrics import RETRAIN_RECOMMENDED, WINDOW_PERFORMANCE
+from driftloop.serving.admin import labels_auth
 from tests.helpers import free_port, make_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
@@ -97,7 +98,7 @@ def send_traffic(loop: Loop, frame: pd.DataFrame) -> None:
             response.raise_for_status()
             ids += response.json()["prediction_ids"]
         labels = [{"prediction_id": i, "label": y} for i, y in zip(ids, frame[loop.config.data.target], strict=True)]
-        client.post("/labels", json={"labels": labels}).raise_for_status()
+        client.post("/labels", json={"labels": labels}, headers=labels_auth(loop.config)).raise_for_status()
 
 
 @pytest.fixture(scope="module")
