@@ -1,7 +1,9 @@
-"""Delayed labels from a file: the rows `driftloop label` attaches to the prediction log."""
+"""Delayed labels from a file: the rows `driftloop label` attaches to the prediction log (the operator's command,
+on the log file itself: no token; the audit trail records the OS user)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -9,6 +11,8 @@ import pandas as pd
 from driftloop.config import Config
 from driftloop.data import read_table
 from driftloop.errors import DataError
+from driftloop.serving.prediction_log import AlreadyLabelled, NotLabelled, PredictionLog, UnknownPredictionIds
+from driftloop.state import prediction_log_path
 
 
 def read_label_file(config: Config, path: Path) -> tuple[list[int], list[float]]:
@@ -37,4 +41,44 @@ def read_label_file(config: Config, path: Path) -> tuple[list[int], list[float]]
         row = int(bad.to_numpy().argmax())
         kind = "0 or 1" if config.data.task == "classification" else "a number"
         raise DataError(f"{path}: column {label}, row {row + 1}: {shown(label, row)} is not {kind}")
+    twice = ids[ids.duplicated(keep="first")]
+    if not twice.empty:
+        row = int(twice.index[0])
+        raise DataError(f"{path}: column prediction_id, row {row + 1}: {int(ids.iloc[row])} appears more than once; "
+                        "give one label per prediction")
     return [int(i) for i in ids], [float(v) for v in values]
+
+
+@dataclass(frozen=True)
+class LabelsAttached:
+    """Labels attached from a file: how many predictions got one, how many rows the file had, and which log."""
+
+    labelled: int
+    rows: int
+    log: Path
+    corrected: bool = False  # the labels were audited corrections (driftloop label --correct)
+
+    def to_json(self) -> dict:
+        """The `driftloop label --json` object."""
+        return {"labelled": self.labelled, "rows": self.rows, "log": str(self.log), "corrected": self.corrected}
+
+
+def attach_label_file(config: Config, path: Path, correct_reason: str | None = None) -> LabelsAttached:
+    """Attach the labels of a file to the prediction log, all or nothing: DataError for a bad file, a missing log,
+    ids the log does not have or ids labelled already, naming them (then no label is written). With
+    `correct_reason`, the labels are recorded as corrections of labels already there (the old ones are kept)."""
+    ids, labels = read_label_file(config, path)
+    log_path = prediction_log_path(config)
+    if not log_path.is_file():
+        raise DataError(f"no prediction log at {log_path}: serve predictions (driftloop serve) before labelling them")
+    with PredictionLog(log_path) as log:
+        try:
+            if correct_reason is None:
+                updated = log.attach_labels(ids, labels, source="cli")
+            else:
+                updated = log.correct_labels(ids, labels, reason=correct_reason, source="cli")
+        except UnknownPredictionIds as error:
+            raise DataError(f"{path}: {error} not in the prediction log {log_path}; no label was written") from None
+        except (AlreadyLabelled, NotLabelled) as error:
+            raise DataError(f"{path}: {error}; no label was written") from None
+    return LabelsAttached(updated, len(ids), log_path, corrected=correct_reason is not None)
