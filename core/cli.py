@@ -7,10 +7,14 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from driftloop.config import SCHEDULES, Config, demo_config_path, load_config, parse_config
 from driftloop.env import prepare_environment
 from driftloop.errors import DriftloopError
+
+if TYPE_CHECKING:
+    from driftloop.training.launcher import TorchrunPlan
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -64,94 +68,47 @@ def _training_flags(config: Config, args: argparse.Namespace) -> Config:
     return parse_config(raw, "command line")
 
 
-def _print_torchrun(config: Config, data_path: Path, overrides: dict, as_json: bool) -> int:
-    """training.launcher torchrun: write the effective config where every node reads it and print the torchrun
-    command(s) to run (the same everywhere with c10d; one per node with the static backend)."""
-    import shlex
-
-    import yaml
-
-    from driftloop.state import state_path
-    from driftloop.training.launcher import torchrun_commands
-    from driftloop.training.pipeline import check_settings
-
-    settings = check_settings(config, **overrides)
-    t = config.training
-    config_path = state_path(config, "torchrun", t.rdzv_id, "config.yaml")
-    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    entry = ["--config", str(config_path), "--data", str(data_path.resolve())]
-    entry += [part for key, value in overrides.items() if value is not None for part in (f"--{key}", str(value))]
-    commands = torchrun_commands(settings.ranks, nnodes=t.nnodes, nproc_per_node=t.nproc_per_node,
-                                 rdzv_backend=t.rdzv_backend, rdzv_endpoint=t.rdzv_endpoint, rdzv_id=t.rdzv_id,
-                                 node_rank=t.node_rank, entry_args=entry)
-    lines = [shlex.join(command) for command in commands]
+def _print_torchrun(plan: TorchrunPlan, as_json: bool) -> None:
+    """The torchrun command(s) a person runs on the nodes, and where they run."""
+    lines = plan.lines()
     if as_json:
-        _print_json({"torchrun": lines, "config": str(config_path), "ranks": settings.ranks})
-        return EXIT_OK
+        _print_json(plan.to_json())
+        return
     where = "on every node" if len(lines) == 1 else "on node"
-    _err(f"{settings.ranks} ranks over {t.nnodes} node(s); the paths below must exist on every node. Run {where}:")
+    _err(f"{plan.ranks} ranks over {plan.nnodes} node(s); the paths below must exist on every node. Run {where}:")
     for node, line in enumerate(lines):
-        sys.stdout.write(("" if len(lines) == 1 else f"# node {t.node_rank if t.node_rank is not None else node}\n")
-                         + line + "\n")
-    return EXIT_OK
-
-
-def _check_training_input(config: Config, data_path: Path) -> None:
-    """Unusable input (unreadable file, timestamps that do not parse, a broken saved suite) as one line, here:
-    raised inside the training flow, Prefect would print it with a traceback."""
-    from driftloop.data import read_table, sort_by_time
-    from driftloop.data_checks.validate import check_usable
-
-    check_usable(sort_by_time(read_table(data_path), config.data), config, str(data_path))
-
-
-def _print_governance_refusal(data_path: Path | str, outcome: dict) -> None:
-    """Why the governance checks stopped a batch, one reason a line, and how to let it through if a person may."""
-    governance = outcome["governance"]
-    stopping = [f for f in governance["findings"] if f["blocking"]]
-    _err(f"training refused: {data_path} failed {len(stopping)} governance check(s):")
-    for finding in stopping:
-        _err(f"  {finding['check']}: {finding['reason']}")
-    for finding in governance["findings"]:
-        if not finding["blocking"]:
-            _err(f"  (warning) {finding['check']}: {finding['reason']}")
-    _err(f"quarantined in {outcome['quarantine']}")
-    if all(f["overridable"] for f in stopping):
-        _err(f"if the batch is right as it is: driftloop approve {Path(outcome['quarantine']).name} --reason TEXT")
+        number = plan.node_rank if plan.node_rank is not None else node
+        sys.stdout.write(("" if len(lines) == 1 else f"# node {number}\n") + line + "\n")
 
 
 def cmd_train(args: argparse.Namespace, config: Config) -> int:
-    """Validate, train pipeline-parallel and register: 0 ok, 2 bad input (including data that fails validation).
+    """Validate, train pipeline-parallel and register: 0 ok, 2 bad input (including data that fails validation or
+    that the governance checks stop).
 
     With training.launcher torchrun it prints the torchrun command(s) to run instead."""
-    from driftloop.flows.training import prepare_training_data, training_pipeline
-    from driftloop.training.pipeline import check_settings
+    from driftloop.flows.training import torchrun_plan, train_file
 
     config = _training_flags(config, args)
+    data = Path(args.data) if args.data else None
     overrides = {"stages": args.stages, "schedule": args.schedule, "microbatches": args.microbatches,
                  "seed": args.seed}
-    check_settings(config, **overrides)
-    data_path = prepare_training_data(config, Path(args.data) if args.data else None)
-    _check_training_input(config, Path(data_path))
     if config.training.launcher == "torchrun":
-        return _print_torchrun(config, Path(data_path), overrides, args.json)
-    outcome = training_pipeline(config, str(data_path), progress=not args.json, **overrides)
-    if not outcome["validation"]["success"]:
-        _err(f"training refused: {data_path} failed validation: {outcome['validation']['summary']}")
-        _err(f"quarantined in {outcome['quarantine']}")
+        _print_torchrun(torchrun_plan(config, data, **overrides), args.json)
+        return EXIT_OK
+    outcome = train_file(config, data, progress=not args.json, **overrides)
+    if outcome.refusal is not None:
+        for line in outcome.refusal.lines():
+            _err(line)
         return EXIT_BAD_INPUT
-    if "train" not in outcome:
-        _print_governance_refusal(data_path, outcome)
-        return EXIT_BAD_INPUT
-    train = outcome["train"]
+    model = outcome.model
     if args.json:
-        _print_json(train)
+        _print_json(model.to_json())
     else:
-        figures = ", ".join(f"{k} {v:.4f}" for k, v in train["metrics"].items())
-        role = "champion" if outcome["champion"] else "registered (gate decides promotion)"
-        _err(f"trained {train['stages']} stages on {train['ranks']} rank(s) ({train['schedule']}, "
-             f"{train['microbatches']} microbatches): final loss {train['final_loss']:.4f}; holdout {figures}")
-        _err(f"model {config.model.name} version {train['model_version']}: {role}; run {train['run_id']}")
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in model.metrics.items())
+        role = "champion" if model.champion else "registered (gate decides promotion)"
+        _err(f"trained {model.stages} stages on {model.ranks} rank(s) ({model.schedule}, "
+             f"{model.microbatches} microbatches): final loss {model.final_loss:.4f}; holdout {figures}")
+        _err(f"model {config.model.name} version {model.model_version}: {role}; run {model.run_id}")
     return EXIT_OK
 
 
@@ -160,42 +117,34 @@ def cmd_tune_pipeline(args: argparse.Namespace, config: Config) -> int:
     input."""
     from rich.console import Console
 
-    from driftloop.data import read_table, sort_by_time
-    from driftloop.registry.sweep_log import log_sweep
+    from driftloop.flows.tuning import tune_pipeline
     from driftloop.training import sweep as sweeps
 
     stages = sweeps.parse_grid(args.stages, sweeps.DEFAULT_STAGES, int, "--stages")
     schedules = sweeps.parse_grid(args.schedules, sweeps.DEFAULT_SCHEDULES, str, "--schedules")
     microbatches = sweeps.parse_grid(args.microbatches, sweeps.DEFAULT_MICROBATCHES, int, "--microbatches")
-    if args.data:
-        frame = read_table(Path(args.data))
-    else:
-        from driftloop.flows.training import prepare_training_data
-
-        frame = read_table(prepare_training_data(config, None))
-    frame = sort_by_time(frame, config.data)
     progress = Console(stderr=True)
 
     def on_row(row: sweeps.SweepRow) -> None:
         figure = f"{row.samples_per_second:,.0f} samples/s" if row.ok else f"{row.status}: {row.reason}"
         progress.print(f"  stages {row.stages} {row.schedule} m={row.microbatches}: {figure}", highlight=False)
 
-    result = sweeps.run_sweep(frame, config, stages=stages, schedules=schedules, microbatches=microbatches,
-                              steps=args.steps, on_row=None if args.json else on_row)
-    run_id = log_sweep(config, result)
+    run = tune_pipeline(config, Path(args.data) if args.data else None, stages=stages, schedules=schedules,
+                        microbatches=microbatches, steps=args.steps, on_row=None if args.json else on_row)
     if args.json:
-        _print_json({**result.to_json(), "run_id": run_id})
+        _print_json(run.to_json())
     else:
         console = Console()
         if not console.is_terminal:  # a pipe or a file: the table's full width, not 80 columns
             console = Console(width=160)
-        console.print(sweeps.sweep_table(result))
-        for note in sweeps.sweep_notes(result):
+        console.print(sweeps.sweep_table(run.sweep))
+        for note in sweeps.sweep_notes(run.sweep):
             _err(note)
-        best = result.best
+        best = run.sweep.best
         if best is not None:
             _err(f"best: --stages {best.stages} --schedule {best.schedule} --microbatches {best.microbatches} "
-                 f"({best.samples_per_second:,.0f} samples/s, efficiency {best.efficiency:.2f}); MLflow run {run_id}")
+                 f"({best.samples_per_second:,.0f} samples/s, efficiency {best.efficiency:.2f}); "
+                 f"MLflow run {run.run_id}")
     return EXIT_OK
 
 

@@ -30,7 +30,7 @@ from driftloop.flows.monitoring import monitoring_flow
 from driftloop.flows.retraining import retraining_flow
 from driftloop.flows.summary import WindowRow, markdown_table, write_summary
 from driftloop.flows.training import training_pipeline
-from driftloop.monitoring.policy import PolicyState, new_champion
+from driftloop.monitoring.policy import Decision, PolicyState, new_champion
 from driftloop.monitoring.windows import cut_windows
 from driftloop.registry.store import holdout_figures
 from driftloop.serving.admin import labels_auth
@@ -148,9 +148,9 @@ def champion_policy(config: Config, state: LoopState, version: str) -> None:
     state.policy = new_champion(current, holdout_figures(config, version)).to_json()
 
 
-def window_event(decision: dict, drifted: bool) -> str:
+def window_event(decision: Decision, drifted: bool) -> str:
     """A short word on what the policy made of a window that did not retrain."""
-    if decision["reason"].startswith("cooldown"):
+    if decision.reason.startswith("cooldown"):
         return "cooldown"
     if drifted:
         return "drift only: reported"
@@ -162,14 +162,14 @@ def retrain(client: httpx.Client, config: Config, state: LoopState, index: int) 
     history = state.id_ranges[max(0, index - config.demo.retrain_windows):index]
     gate_first, gate_last = state.id_ranges[index]
     outcome = retraining_flow(config, history[0][0], history[-1][1], gate_first, gate_last, progress=False)
-    if outcome["status"] == "quarantined":
-        return "retrain refused", f"data quarantined in {Path(outcome['quarantine']).name}: {outcome['summary']}"
-    if outcome["gate"]["promoted"]:
-        champion_policy(config, state, outcome["train"]["model_version"])
-    gate, version = outcome["gate"], outcome["train"]["model_version"]
+    if outcome.refusal is not None:
+        return "retrain refused", "\n    ".join(outcome.refusal.lines())
+    gate, version = outcome.gate, outcome.model.model_version
+    if outcome.promoted:
+        champion_policy(config, state, version)
     # The gate's reason names every body of evidence (recent window, holdout, slices) and what failed.
-    detail = f"gate: v{version} (champion v{gate['champion_version']}): {gate['reason']}"
-    if not gate["promoted"]:
+    detail = f"gate: v{version} (champion v{gate.champion_version}): {gate.reason}"
+    if not outcome.promoted:
         return f"retrained v{version}, rejected", detail
     switched = wait_for_version(client, version, timeout_s=60)
     served = "server switched without restart" if switched else "server has not switched yet"
@@ -186,12 +186,12 @@ def demo_loop(config: Config) -> list[WindowRow]:
     console.print(f"[bold]1-4.[/] validate → train → register on {len(train):,} flights before "
                   f"{config.demo.train_until}")
     first = training_pipeline(config, str(train_path))
-    if "train" not in first:
-        raise DriftloopError(f"training data failed validation: {first['validation']['summary']}")
+    if first.refusal is not None:
+        raise DriftloopError("\n".join(first.refusal.lines()))
     state = LoopState()
-    champion_policy(config, state, first["train"]["model_version"])
-    console.print(f"    champion v{first['train']['model_version']}: holdout "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in first["train"]["metrics"].items()), soft_wrap=True)
+    champion_policy(config, state, first.model.model_version)
+    console.print(f"    champion v{first.model.model_version}: holdout "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in first.model.metrics.items()), soft_wrap=True)
     server, url = start_server(config)
     console.print(f"[bold]5.[/] model server on {url} (/predict, /healthz, /metrics)")
     windows = list(cut_windows(live, config))[: config.demo.max_windows]
@@ -205,19 +205,19 @@ def demo_loop(config: Config) -> list[WindowRow]:
                 version = served_version(client)
                 before = state.policy
                 checked = monitoring_flow(config, *state.id_ranges[-1], label, before)
-                state.policy = checked["policy"]
-                drifted, decision = checked["drift"]["drift_detected"], checked["decision"]
+                state.policy = checked.policy
+                drifted, decision = checked.drift.drift_detected, checked.decision
                 event, detail = window_event(decision, drifted), ""
-                if decision["retrain"] and window.index == 0:
+                if decision.retrain and window.index == 0:
                     # Nothing was retrained, so no cooldown starts.
                     state.policy = {**state.policy, "last_retrain": before.get("last_retrain")}
                     event = "retrain wanted, no labelled history yet"
-                elif decision["retrain"]:
+                elif decision.retrain:
                     event, gate = retrain(client, config, state, window.index)
-                    detail = f"why: {decision['reason']}\n    {gate}"
-                row = WindowRow(label, window.start, checked["rows"], checked["drift"]["drift_share"], drifted,
-                                checked["performance"].get(config.gate_metric()), version, event,
-                                Path(checked["drift"]["report"]).name if checked["drift"]["report"] else "")
+                    detail = f"why: {decision.reason}\n    {gate}"
+                row = WindowRow(label, window.start, checked.rows, checked.drift.drift_share, drifted,
+                                checked.performance.get(config.gate_metric()), version, event,
+                                checked.drift.report.name if checked.drift.report else "")
                 state.rows.append(row)
                 console.print(row.line(), soft_wrap=True)
                 if detail:

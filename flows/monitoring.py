@@ -12,6 +12,7 @@ from prefect.events import emit_event
 
 from driftloop.config import Config
 from driftloop.errors import RegistryError
+from driftloop.flows.outcomes import MonitoringOutcome
 from driftloop.metrics import MonitorMetrics, monitor_metrics
 from driftloop.monitoring.cli_monitor import monitor_files
 from driftloop.monitoring.drift import DriftResult, check_drift
@@ -70,10 +71,11 @@ def check_window(config: Config, reference: pd.DataFrame, window: pd.DataFrame, 
 
 
 @flow(name="monitoring", validate_parameters=False)
-def monitoring_flow(config: Config, first_id: int, last_id: int, label: str, policy: dict | None = None) -> dict:
+def monitoring_flow(config: Config, first_id: int, last_id: int, label: str,
+                    policy: dict | None = None) -> MonitoringOutcome:
     """Check logged predictions `first_id..last_id`: drift, performance, the retraining policy, gauges, report.
 
-    `policy` is the PolicyState of the previous window (JSON); the new one comes back in the result. When the
+    `policy` is the PolicyState of the previous window (JSON); the new one comes back in the outcome. When the
     policy says retrain, the flow emits `driftloop.drift.detected` for automations to act on.
     """
     logger = get_run_logger()
@@ -94,6 +96,4 @@ def monitoring_flow(config: Config, first_id: int, last_id: int, label: str, pol
                             "reason": decision.reason})
     logger.info("%s: %s", label, decision.reason)
     actual = result.performance.actual if result.performance else None
-    return {"label": label, "rows": result.rows, "drift": result.to_json(), "champion": version,
-            "performance": dict(actual.values) if actual else {}, "decision": decision.to_json(),
-            "policy": decision.state.to_json()}
+    return MonitoringOutcome(label, version, result, decision, dict(actual.values) if actual else {})

@@ -7,6 +7,7 @@ import gc
 import json
 import os
 import queue
+import shlex
 import signal
 import socket
 import sys
@@ -23,8 +24,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import yaml
 
+from driftloop.config import Config
 from driftloop.errors import TrainingError
+from driftloop.state import state_path
+from driftloop.training.pipeline import check_settings
 
 # Entry point of a rank: fn(rank, world_size, payload, messages); `messages` is None when nobody listens.
 RankFn = Callable[[int, int, Any, Any], None]
@@ -302,3 +307,38 @@ def torchrun_commands(ranks: int, *, nnodes: int, nproc_per_node: int | None, rd
         raise TrainingError(f"training.node_rank ({node_rank}) must be below training.nnodes ({nnodes})")
     # The static backend meets at the endpoint (node 0's host:port) and needs each node's rank.
     return [base + [f"--node-rank={node}"] + tail for node in nodes]
+
+
+@dataclass(frozen=True)
+class TorchrunPlan:
+    """What `driftloop train --launcher torchrun` hands to a person: the command line(s) to run, the effective config
+    they read, and how the ranks spread over the nodes."""
+
+    commands: list[list[str]]
+    config: Path
+    ranks: int
+    nnodes: int
+    node_rank: int | None
+
+    def lines(self) -> list[str]:
+        """Each command as one shell line."""
+        return [shlex.join(command) for command in self.commands]
+
+    def to_json(self) -> dict:
+        """The `driftloop train --launcher torchrun --json` object."""
+        return {"torchrun": self.lines(), "config": str(self.config), "ranks": self.ranks}
+
+
+def plan_torchrun(config: Config, data_path: Path, overrides: dict[str, int | str | None]) -> TorchrunPlan:
+    """Write the effective config where every node reads it and build the torchrun command(s) that train on
+    `data_path` with train()'s `overrides` (the same everywhere with c10d; one per node with the static backend)."""
+    settings = check_settings(config, **overrides)
+    t = config.training
+    config_path = state_path(config, "torchrun", t.rdzv_id, "config.yaml")
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    entry = ["--config", str(config_path), "--data", str(data_path.resolve())]
+    entry += [part for key, value in overrides.items() if value is not None for part in (f"--{key}", str(value))]
+    commands = torchrun_commands(settings.ranks, nnodes=t.nnodes, nproc_per_node=t.nproc_per_node,
+                                 rdzv_backend=t.rdzv_backend, rdzv_endpoint=t.rdzv_endpoint, rdzv_id=t.rdzv_id,
+                                 node_rank=t.node_rank, entry_args=entry)
+    return TorchrunPlan(commands, config_path, settings.ranks, t.nnodes, t.node_rank)
