@@ -16,7 +16,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +31,7 @@ from driftloop.data import Window
 from driftloop.data_checks.approvals import find_approval
 from driftloop.errors import ConfigError
 from driftloop.flows.monitoring import DRIFT_EVENT, drift_resource, log_to_contract, monitoring_flow
+from driftloop.flows.outcomes import MonitoringOutcome, MonitorRun, RetrainingOutcome, Status
 from driftloop.flows.retraining import retraining_flow
 from driftloop.monitoring.policy import PolicyState, new_champion
 from driftloop.monitoring.windows import cut_windows
@@ -92,7 +93,7 @@ def policy_for(config: Config, cursor: MonitorCursor, champion: str) -> dict:
 
 
 @flow(name=MONITOR_FLOW, validate_parameters=False)
-def monitor_traffic(config_path: str) -> dict:
+def monitor_traffic(config_path: str) -> MonitorRun:
     """Check each complete window of traffic logged since the last run; the policy may ask for a retrain."""
     config = load_config(config_path)
     logger = get_run_logger()
@@ -103,8 +104,8 @@ def monitor_traffic(config_path: str) -> dict:
     windows = complete_windows(config, logged)
     if not windows:
         logger.info("no complete window since prediction id %d (%d new rows)", cursor.last_id, len(logged))
-        return {"checked": [], "pending_rows": len(logged)}
-    checked = []
+        return MonitorRun(pending_rows=len(logged))
+    checked: list[MonitoringOutcome] = []
     for window in windows:
         champion = alias_version(config, CHAMPION)
         if champion is None:
@@ -113,10 +114,10 @@ def monitor_traffic(config_path: str) -> dict:
         first, last = id_range(window)
         label = f"ids-{first}-{last}"
         outcome = monitoring_flow(config, first, last, label, policy=policy_for(config, cursor, champion))
-        cursor = MonitorCursor(last_id=last, champion=champion, policy=outcome["policy"])
+        cursor = MonitorCursor(last_id=last, champion=champion, policy=outcome.policy)
         cursor.save(cursor_path)
-        checked.append({"window": label, "decision": outcome["decision"]})
-    return {"checked": checked}
+        checked.append(outcome)
+    return MonitorRun(tuple(checked))
 
 
 @dataclass(frozen=True)
@@ -141,20 +142,45 @@ def plan_retraining(config: Config, labelled: pd.DataFrame) -> RetrainPlan | Non
     return RetrainPlan(train=(id_range(train[0])[0], id_range(train[-1])[1]), gate=id_range(gate))
 
 
-def approved_since(config: Config, previous: dict) -> bool:
-    """Whether the last retraining's batch was quarantined and a person has approved it since (`driftloop approve`):
+@dataclass(frozen=True)
+class LastRetraining:
+    """What the retraining deployment remembers of its last run (state_dir/retraining/last.json): the gate window,
+    the version trained, the status, and the fingerprint of a refused batch."""
+
+    gate: tuple[int, int] | None = None
+    version: str | None = None
+    status: str | None = None
+    fingerprint: str | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> LastRetraining:
+        """The saved record, or an empty one."""
+        if not path.exists():
+            return cls()
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        gate = raw.get("gate")
+        return cls(tuple(gate) if gate else None, raw.get("version"), raw.get("status"), raw.get("fingerprint"))
+
+    def save(self, path: Path) -> None:
+        """Write atomically: a killed run leaves the previous record."""
+        write_atomic(path, json.dumps({"gate": list(self.gate) if self.gate else None, "version": self.version,
+                                       "status": self.status, "fingerprint": self.fingerprint}))
+
+
+def approved_since(config: Config, previous: LastRetraining) -> bool:
+    """Whether the last retraining's batch was refused and a person has approved it since (`driftloop approve`):
     then the same windows are offered again, and the approval lets them through."""
-    fingerprint = previous.get("fingerprint")
-    return (previous.get("status") == "quarantined" and isinstance(fingerprint, str)
-            and find_approval(config, fingerprint) is not None)
+    # Records written before the refused status named governance refusals "quarantined".
+    refused = previous.status in {Status.REFUSED, Status.QUARANTINED}
+    return refused and previous.fingerprint is not None and find_approval(config, previous.fingerprint) is not None
 
 
 @flow(name=RETRAIN_FLOW, validate_parameters=False)
-def retrain_from_log(config_path: str, reason: str = "scheduled") -> dict:
+def retrain_from_log(config_path: str, reason: str = "scheduled") -> RetrainingOutcome:
     """Retrain on recent labelled traffic and gate the new version on the latest labelled window.
 
     Skipped when nothing new was labelled since the last retraining: the same incident reported twice (by
-    the automation and by Alertmanager) retrains once. A batch the governance checks quarantined is offered again
+    the automation and by Alertmanager) retrains once. A batch the governance checks refused is offered again
     once a person approved it.
     """
     config = load_config(config_path)
@@ -165,22 +191,19 @@ def retrain_from_log(config_path: str, reason: str = "scheduled") -> dict:
     if plan is None:
         logger.warning("retraining (%s) skipped: fewer than two windows with %d labels each in the prediction log",
                        reason, config.monitoring.min_labelled_rows)
-        return {"status": "skipped", "reason": "not enough labelled traffic"}
+        return RetrainingOutcome.skipped("not enough labelled traffic")
     last_path = state_path(config, "retraining", "last.json")
-    previous = json.loads(last_path.read_text(encoding="utf-8")) if last_path.exists() else {}
-    if previous.get("gate") == list(plan.gate) and not approved_since(config, previous):
-        logger.info("retraining (%s) skipped: no new labelled window since version %s", reason,
-                    previous.get("version"))
-        return {"status": "skipped", "reason": "no new labelled window", "version": previous.get("version")}
+    previous = LastRetraining.load(last_path)
+    if previous.gate == plan.gate and not approved_since(config, previous):
+        logger.info("retraining (%s) skipped: no new labelled window since version %s", reason, previous.version)
+        return RetrainingOutcome.skipped(f"no new labelled window since version {previous.version}")
     logger.info("retraining (%s) on predictions %d-%d, gate on %d-%d", reason, *plan.train, *plan.gate)
-    outcome = retraining_flow(config, *plan.train, *plan.gate, progress=False)
-    version = outcome.get("train", {}).get("model_version")
-    if outcome["status"] == "quarantined":
-        logger.warning("retraining (%s) refused, batch quarantined in %s: %s", reason, outcome["quarantine"],
-                       outcome["summary"])
-    write_atomic(last_path, json.dumps({"gate": list(plan.gate), "version": version, "status": outcome["status"],
-                                        "fingerprint": outcome.get("fingerprint")}))
-    return {**outcome, "reason": reason}
+    outcome = replace(retraining_flow(config, *plan.train, *plan.gate, progress=False), reason=reason)
+    if outcome.refusal is not None:
+        logger.warning("retraining (%s) refused:\n%s", reason, "\n".join(outcome.refusal.lines()))
+    LastRetraining(plan.gate, outcome.model.model_version if outcome.model else None, str(outcome.status),
+                   outcome.refusal.fingerprint if outcome.refusal else None).save(last_path)
+    return outcome
 
 
 def build_deployments(config: Config, config_path: Path) -> list[RunnerDeployment]:

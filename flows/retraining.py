@@ -9,6 +9,7 @@ from driftloop.config import Config
 from driftloop.data_checks.provenance import prediction_log_source
 from driftloop.errors import DataError
 from driftloop.flows.monitoring import log_to_contract
+from driftloop.flows.outcomes import RetrainingOutcome, Status
 from driftloop.flows.training import training_pipeline
 from driftloop.registry.gate import GateDecision, apply_gate
 from driftloop.registry.store import CHAMPION, alias_version
@@ -25,20 +26,6 @@ def labelled_rows(config: Config, first_id: int, last_id: int):  # noqa: ANN201 
     return log_to_contract(config, logged)
 
 
-def refusal(outcome: dict) -> dict:
-    """The retraining's result for a batch the training pipeline quarantined: why, in one summary and one line per
-    reason, and the batch's fingerprint (to approve it: `driftloop approve`)."""
-    validation, governance = outcome["validation"], outcome.get("governance")
-    if not validation["success"] or governance is None:
-        summary, reasons = f"validation failed: {validation['summary']}", [validation["summary"]]
-    else:
-        summary = governance["summary"]
-        reasons = [f"{f['check']}: {f['reason']}" for f in governance["findings"] if f["blocking"]]
-    return {"status": "quarantined", "validation": validation, "governance": governance,
-            "quarantine": outcome["quarantine"], "summary": summary, "reasons": reasons,
-            "fingerprint": governance["fingerprint"] if governance else None}
-
-
 @task(cache_policy=NO_CACHE)
 def gate_version(config: Config, version: str, first_id: int, last_id: int) -> GateDecision:
     """Champion vs challenger on the most recent labelled window; moves the aliases."""
@@ -50,11 +37,13 @@ def gate_version(config: Config, version: str, first_id: int, last_id: int) -> G
 
 @flow(name="retraining", validate_parameters=False)
 def retraining_flow(config: Config, train_first_id: int, train_last_id: int, gate_first_id: int,
-                    gate_last_id: int, progress: bool = True) -> dict:
+                    gate_last_id: int, progress: bool = True) -> RetrainingOutcome:
     """Train on labelled predictions `train_*`, gate on the later labelled window `gate_*`.
 
     The gate window is the governance checks' evaluation data too (no overlap with the batch, no training row from
-    its period); a batch they stop is quarantined and the result says why (status "quarantined")."""
+    its period); a batch that fails validation or that they stop is quarantined, and the outcome's status
+    (QUARANTINED or REFUSED) and `refusal` say why. A trained version's `gate` decision says whether it was
+    promoted."""
     frame = labelled_rows(config, train_first_id, train_last_id)
     path = state_path(config, "data", f"retrain-{train_first_id}-{train_last_id}.parquet")
     frame.to_parquet(path, index=False)
@@ -62,10 +51,9 @@ def retraining_flow(config: Config, train_first_id: int, train_last_id: int, gat
     labelled_rows(config, gate_first_id, gate_last_id).to_parquet(gate_path, index=False)
     champion = alias_version(config, CHAMPION)
     source = prediction_log_source(train_first_id, train_last_id, prediction_log_path(config))
-    outcome = training_pipeline(config, str(path), reference_version=champion, progress=progress, source=source,
-                                evaluation_path=str(gate_path))
-    if "train" not in outcome:
-        return refusal(outcome)
-    decision = gate_version(config, outcome["train"]["model_version"], gate_first_id, gate_last_id)
-    return {"status": "promoted" if decision.promoted else "rejected", "train": outcome["train"],
-            "gate": decision.to_json(), "governance": outcome.get("governance")}
+    training = training_pipeline(config, str(path), reference_version=champion, progress=progress, source=source,
+                                 evaluation_path=str(gate_path))
+    if training.model is None:
+        return RetrainingOutcome(training.status, training=training)
+    decision = gate_version(config, training.model.model_version, gate_first_id, gate_last_id)
+    return RetrainingOutcome(Status.TRAINED, training=training, gate=decision)

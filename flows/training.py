@@ -17,13 +17,16 @@ from driftloop.data import read_table, sort_by_time
 from driftloop.data_checks.findings import Finding
 from driftloop.data_checks.provenance import gx_page, record_batch, record_model, validation_markdown
 from driftloop.data_checks.quarantine import quarantine
-from driftloop.data_checks.validate import ValidationReport, validate_frame
+from driftloop.data_checks.validate import ValidationReport, check_usable, validate_frame
 from driftloop.datasets import load_flights
 from driftloop.flows.governance import governance_gate
+from driftloop.flows.outcomes import Refusal, TrainedModel, TrainingOutcome
 from driftloop.registry.lineage import build_lineage
 from driftloop.registry.provenance import report_links
 from driftloop.registry.store import CHAMPION, Registered, alias_version, load_reference, register
 from driftloop.state import state_path
+from driftloop.training.launcher import TorchrunPlan, plan_torchrun
+from driftloop.training.pipeline import check_settings
 from driftloop.training.trainer import TrainResult, train
 
 
@@ -37,6 +40,30 @@ def prepare_training_data(config: Config, data: Path | None) -> Path:
     path = state_path(config, "data", "train.parquet")
     flights[flights["time_hour"] < until].to_parquet(path, index=False)
     return path
+
+
+def checked_training_data(config: Config, data: Path | None, overrides: dict[str, int | str | None]) -> Path:
+    """`driftloop train`'s input, checked before anything starts: the pipeline settings with the command line's
+    `overrides`, then the file to train on (unreadable file, timestamps that do not parse, a broken saved suite).
+    Raised inside the flow, Prefect would print these errors with a traceback; here they are one line."""
+    check_settings(config, **overrides)
+    path = Path(prepare_training_data(config, data))
+    check_usable(sort_by_time(read_table(path), config.data), config, str(path))
+    return path
+
+
+def train_file(config: Config, data: Path | None, progress: bool = True,
+               **overrides: int | str | None) -> TrainingOutcome:
+    """`driftloop train`: check the input, then validate, train and register (the training pipeline)."""
+    path = checked_training_data(config, data, overrides)
+    return training_pipeline(config, str(path), progress=progress, **overrides)
+
+
+def torchrun_plan(config: Config, data: Path | None, **overrides: int | str | None) -> TorchrunPlan:
+    """`driftloop train` with training.launcher torchrun: check the input, write the effective config and return
+    the torchrun command(s) that train on it, for a person to run on the nodes."""
+    path = checked_training_data(config, data, overrides)
+    return plan_torchrun(config, path, overrides)
 
 
 @task(cache_policy=NO_CACHE)
@@ -98,20 +125,14 @@ def publish_validation(config: Config, record: dict, registered: Registered | No
                              description=f"validation of batch {record['name']} ({record['fingerprint']})")
 
 
-def train_payload(result: TrainResult, registered: Registered) -> dict:
-    """The `driftloop train --json` object."""
-    return {"run_id": registered.run_id, "model_version": registered.version, "final_loss": result.final_loss,
-            "stages": result.stages, "schedule": result.schedule, "microbatches": result.microbatches,
-            "stages_per_rank": result.stages_per_rank, "ranks": result.ranks, "resumed_from": result.resumed_from,
-            "metrics": result.metrics}
-
-
 @flow(name="training-pipeline", validate_parameters=False)
 def training_pipeline(config: Config, data_path: str, reference_version: str | None = None, progress: bool = True,
                       stages: int | None = None, schedule: str | None = None, microbatches: int | None = None,
-                      seed: int | None = None, source: str | None = None, evaluation_path: str | None = None) -> dict:
-    """Validate → governance → train → register. A batch that fails validation, or that a governance check stops
-    (flows/governance.py), is quarantined and nothing is trained.
+                      seed: int | None = None, source: str | None = None,
+                      evaluation_path: str | None = None) -> TrainingOutcome:
+    """Validate → governance → train → register. A batch that fails validation (status QUARANTINED), or that a
+    governance check stops (flows/governance.py, status REFUSED), is quarantined and nothing is trained; the outcome's
+    `refusal` says why.
 
     `reference_version`: validate ranges and categories against that model's training data (retraining);
     without it the profile comes from the batch itself (a first model). `source`: where the batch came from, for
@@ -125,17 +146,16 @@ def training_pipeline(config: Config, data_path: str, reference_version: str | N
     frame = sort_by_time(read_table(data_path), config.data)
     reference = load_reference(config, reference_version) if reference_version else None
     report = validate_batch(config, frame, reference, name)
-    validation = {**report.to_json(), "summary": report.summary()}
     if not report.success:
         folder = quarantine_batch(config, frame, report, name)
         publish_validation(config, record_offer(config, frame, report, name, source, "quarantined", folder), None)
-        return {"validation": validation, "quarantine": str(folder)}
+        return TrainingOutcome(report, refusal=Refusal(data_path, report, folder))
     evaluation = sort_by_time(read_table(evaluation_path), config.data) if evaluation_path else None
     governance = governance_gate(config, frame, reference_version or alias_version(config, CHAMPION), evaluation)
     if not governance.passed:
         folder = quarantine_batch(config, frame, report, name, governance.findings)
         publish_validation(config, record_offer(config, frame, report, name, source, "quarantined", folder), None)
-        return {"validation": validation, "governance": governance.to_json(), "quarantine": str(folder)}
+        return TrainingOutcome(report, governance, refusal=Refusal(data_path, report, folder, governance))
     # Every check has passed: the batch is accepted for training.
     record = record_offer(config, frame, report, name, source, "accepted")
     result = train_model(config, frame, progress, stages=stages, schedule=schedule, microbatches=microbatches,
@@ -145,5 +165,4 @@ def training_pipeline(config: Config, data_path: str, reference_version: str | N
     registered = register_model(config, result, lineage, frame, report)
     record = record_model(config, record, registered.name, registered.version, registered.run_id)
     publish_validation(config, record, registered)
-    return {"validation": validation, "governance": governance.to_json(), "train": train_payload(result, registered),
-            "champion": registered.champion}
+    return TrainingOutcome(report, governance, model=TrainedModel.of(result, registered))

