@@ -668,3 +668,138 @@ def test_train_with_the_torchrun_launcher_prints_the_command_for_each_node(tiny_
     assert f"--data {data}" in payload["torchrun"][0] and "--stages 4" in payload["torchrun"][0]
     written = yaml.safe_load(Path(payload["config"]).read_text())
     assert written["training"]["partition"] == "parameters" and written["training"]["launcher"] == "torchrun"
+
+
+# --- choosing the epoch: validation split, early stopping, learning-rate schedule, scaling ------------------------
+
+
+def noise_rows(rows: int, seed: int = 0) -> pd.DataFrame:
+    """Features that say nothing about a random label: any fit beyond the first epochs is overfitting, so the
+    validation loss turns upward early and stays up (a plateau that early stopping must end)."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"a": rng.normal(size=rows), "b": rng.lognormal(size=rows),
+                         "c": rng.choice(list("abcdefghij"), size=rows), "y": rng.integers(0, 2, size=rows)})
+
+
+def noise_config(state_dir: Path, **training: object) -> Config:
+    """A wide network, a constant learning rate (its trajectory does not depend on the epoch count) and a random
+    validation split of the noise rows."""
+    return Config(state_dir=state_dir, data=DataConfig(target="y", numerical=["a", "b"], categorical=["c"]),
+                  model=ModelConfig(hidden=32, blocks=4),
+                  training=TrainingConfig(**{"stages": 1, "batch_size": 64, "microbatches": 4, "epochs": 60,
+                                             "learning_rate": 1e-2, "lr_schedule": "constant",
+                                             "validation_fraction": 0.25, "patience": 3, **training}))
+
+
+def test_early_stopping_stops_on_a_plateau_and_keeps_the_best_epochs_weights(tmp_path: Path) -> None:
+    frame = noise_rows(600)
+    stopped = train(frame, noise_config(tmp_path / "a"), seed=1, progress=False)
+    best, seen = stopped.best_epoch, stopped.validation_losses
+    # Stopped `patience` epochs after the best one, long before the 60 allowed, and none of those beat it.
+    assert 0 <= best < len(seen) - 1 and len(seen) == best + 1 + 3 < 60
+    assert min(seen) == seen[best] and all(loss > seen[best] - 1e-4 for loss in seen[best + 1:])
+    assert len(stopped.losses) == len(seen) * (stopped.train_rows // 64)
+    assert (stopped.train_rows, stopped.validation_rows, stopped.holdout_rows) == (360, 120, 120)
+    # The weights returned are the best epoch's: a run allowed exactly best + 1 epochs ends with them.
+    short = train(frame, noise_config(tmp_path / "b", epochs=best + 1), seed=1, progress=False)
+    assert short.validation_losses == seen[:best + 1]
+    assert max_weight_difference(stopped.state, short.state) == 0.0
+
+
+def test_the_validation_split_is_time_later_with_a_timestamp_and_random_without() -> None:
+    from driftloop.training.validation import validation_split
+
+    frame = pd.DataFrame({"t": pd.date_range("2024-01-01", periods=100, freq="h"), "v": range(100)})
+    fit, held = validation_split(frame, 0.2, "t", seed=0)
+    assert list(held["v"]) == list(range(80, 100)) and len(fit) == 80
+    fit, held = validation_split(frame, 0.2, None, seed=0)
+    assert len(held) == 20 and sorted(list(fit["v"]) + list(held["v"])) == list(range(100))
+    assert list(held["v"]) != list(range(80, 100))
+    assert validation_split(frame, 0.2, None, seed=0)[1].equals(held)  # the seed decides the draw
+    assert len(validation_split(frame, 0.0, "t", seed=0)[1]) == 0
+
+
+def test_the_learning_rate_warms_up_then_decays_to_its_floor() -> None:
+    from driftloop.training.validation import lr_factor
+
+    factors = [lr_factor(step, 100, "cosine", 0.1, 0.05) for step in range(100)]
+    assert factors[0] < factors[5] < factors[9] <= 1.0
+    assert max(factors) == pytest.approx(1.0) and factors[-1] == pytest.approx(0.05)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+    assert {lr_factor(step, 100, "constant", 0.1, 0.05) for step in range(100)} == {1.0}
+
+
+@pytest.mark.parametrize("scaling", ["quantile", "robust", "standard"])
+def test_scaling_and_embeddings_round_trip_through_save_and_load(flights_jan: pd.DataFrame, tmp_path: Path,
+                                                                 scaling: str) -> None:
+    from driftloop.training.artifacts import LEGACY_MODEL, MODEL, load_model, save_model
+
+    model = ModelConfig(hidden=16, blocks=2, scaling=scaling, embedding_rule="cardinality", embedding_dim=12,
+                        numerical_embedding="periodic" if scaling == "quantile" else "none")
+    config = make_config(tmp_path / "state", model=json.loads(model.model_dump_json()))
+    spec = fit_spec(flights_jan, config.data, config.model)
+    net = build_model(spec, config.model, seed=0)
+    widths = [emb.embedding_dim for emb in net.input.embeddings]
+    assert widths == config.model.embedding_dims(spec.cardinalities) and len(set(widths)) > 1  # origin < dest
+    loaded = load_model(save_model(tmp_path / "model", net.state_dict(), spec, config.model))
+    assert loaded.spec == spec and loaded.spec.scaling == scaling
+    rows = flights_jan.head(200).copy()
+    rows.loc[rows.index[:3], "temp"] = [np.nan, 1e9, -1e9]  # missing, and far outside training
+    expected = predict(net, spec, rows)
+    assert np.isfinite(expected).all()
+    np.testing.assert_allclose(loaded.predict(rows), expected, rtol=1e-6)
+    records = json.loads(rows[spec.numerical + spec.categorical].to_json(orient="records"))
+    np.testing.assert_allclose(loaded.predict_rows(records), expected, rtol=1e-5, atol=1e-6)
+    # A model saved before these settings existed (no keys for them) loads as it was built: fixed widths, no
+    # periodic embedding.
+    legacy = ModelConfig(embedding_rule="fixed", numerical_embedding="none", hidden=16, blocks=2)
+    folder = save_model(tmp_path / "legacy", build_model(spec, legacy, 0).state_dict(), spec, legacy)
+    raw = json.loads((folder / MODEL).read_text())
+    (folder / MODEL).write_text(json.dumps({k: v for k, v in raw.items() if k not in LEGACY_MODEL}))
+    assert load_model(folder).predict(rows).shape == (200,)
+
+
+@pytest.mark.slow
+def test_early_stopping_resumes_from_a_checkpoint_to_the_same_run(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint keeps the validation losses and the best weights: a run that dies and resumes stops at the same
+    epoch with the same weights as one never stopped."""
+    from driftloop.training import checkpoint
+
+    frame = noise_rows(600)
+    reference = train(frame, noise_config(tmp_path / "ref"), seed=1, progress=False)
+    config = noise_config(tmp_path / "run", checkpoint_every=5)
+    original = checkpoint.save
+
+    def save_then_die(job: object, step: int, *args: object, **kwargs: object) -> None:
+        original(job, step, *args, **kwargs)
+        if step == 10:
+            raise RuntimeError("died after step 10")
+
+    monkeypatch.setattr(trainer.checkpoint, "save", save_then_die)
+    with pytest.raises(RuntimeError, match="died after step 10"):
+        train(frame, config, seed=1, progress=False)
+    monkeypatch.setattr(trainer.checkpoint, "save", original)
+    resumed = train(frame, config, seed=1, progress=False)
+    assert resumed.resumed_from == 10 and len(reference.validation_losses) > 2
+    assert resumed.validation_losses == pytest.approx(reference.validation_losses, abs=1e-6)
+    assert resumed.best_epoch == reference.best_epoch
+    assert max_weight_difference(resumed.state, reference.state) < 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("schedule", "stages", "launcher"),
+                         [("1F1B", 2, "local"), ("ZBVZeroBubble", 4, "local"), ("Interleaved1F1B", 4, "local"),
+                          ("LoopedBFS", 2, "single_process"), ("DualPipeV", 2, "single_process")])
+def test_early_stopping_on_every_schedule_matches_one_process(tmp_path: Path, schedule: str, stages: int,
+                                                              launcher: str) -> None:
+    """The validation loss computed stage by stage (across ranks, or in one process) decides like one process: the
+    same validation losses, the same stop and the same best weights."""
+    frame = noise_rows(600)
+    config = noise_config(tmp_path / "one", lr_schedule="cosine")
+    one = train(frame, config, seed=1, progress=False)
+    piped = train(frame, noise_config(tmp_path / "piped", lr_schedule="cosine", launcher=launcher), stages=stages,
+                  schedule=schedule, seed=1, progress=False)
+    assert piped.best_epoch == one.best_epoch and len(piped.validation_losses) == len(one.validation_losses)
+    assert max(abs(a - b) for a, b in zip(piped.validation_losses, one.validation_losses, strict=True)) < TOLERANCE
+    assert_reproduces(piped, one)
