@@ -375,6 +375,10 @@ class StackConfig(_Strict):
     alertmanager_port: int = Field(9093, ge=1, le=65535)
     # The monitor's metrics endpoint and Alertmanager's webhook receiver (one process).
     receiver_port: int = Field(9108, ge=1, le=65535)
+    # The MLflow tracking server and its UI (on registry.tracking_uri's store, SQLite under state_dir by default).
+    mlflow_port: int = Field(5000, ge=1, le=65535)
+    # Evidently's UI service on the monitor's workspace (state_dir/evidently).
+    evidently_port: int = Field(8000, ge=1, le=65535)
     scrape_interval_s: float = Field(15.0, gt=0)
     evaluation_interval_s: float = Field(15.0, gt=0)
     start_timeout_s: float = Field(180.0, gt=0)

@@ -42,6 +42,17 @@ def stack_prefect_url(state_dir: Path) -> str | None:
         return None
 
 
+def stack_part_url(state_dir: Path, name: str) -> str | None:
+    """The URL of a part of the local stack (state_dir/stack/<name>.json) while its recorded process lives."""
+    record = Path(state_dir) / "stack" / f"{name}.json"
+    try:
+        info = json.loads(record.read_text(encoding="utf-8"))
+        os.kill(int(info["pid"]), 0)
+        return str(info["url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def prepare_environment(state_dir: Path | None = None, api_url: str | None = None) -> None:
     """Switch telemetry off, choose the Prefect API and, without one, keep Prefect's home under the state dir.
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from driftloop.config import Config
+from driftloop.env import stack_part_url
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -46,9 +47,23 @@ def prediction_log_path(config: Config) -> Path:
 
 
 def mlflow_tracking_uri(config: Config) -> str:
-    """The MLflow tracking URI: the config's, or SQLite under the state dir."""
+    """The MLflow tracking URI: the config's, else the local stack's tracking server while it runs (so that its UI
+    shows what every command records, and one server writes the SQLite file), else SQLite under the state dir."""
     if config.registry.tracking_uri:
         return config.registry.tracking_uri
+    return stack_part_url(Path(config.state_dir), "mlflow") or mlflow_store_uri(config)
+
+
+def evidently_workspace(config: Config) -> Path:
+    """The monitor's Evidently workspace (`evidently ui --workspace` on it): a project per model."""
+    return Path(config.state_dir).resolve() / "evidently"
+
+
+def mlflow_store_uri(config: Config) -> str:
+    """The MLflow store itself: the config's database URI (not a tracking server), else SQLite under the state dir."""
+    uri = config.registry.tracking_uri
+    if uri and not uri.startswith(("http://", "https://")):
+        return uri
     return f"sqlite:///{state_path(config, 'mlflow.db')}"
 
 

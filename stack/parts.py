@@ -13,9 +13,13 @@ from driftloop.config import Config
 from driftloop.env import DEFAULTS
 from driftloop.errors import ConfigError
 
-# Start order: each part may need the ones before it (the deployments report to Prefect, Prometheus sends
-# alerts to Alertmanager, which posts them to the receiver).
-PART_NAMES: tuple[str, ...] = ("prefect", "prometheus", "alertmanager", "receiver", "server", "deployments")
+# Start order: each part may need the ones before it (the deployments report to Prefect and MLflow, Prometheus
+# sends alerts to Alertmanager, which posts them to the receiver).
+PART_NAMES: tuple[str, ...] = ("prefect", "mlflow", "evidently", "prometheus", "alertmanager", "receiver", "server",
+                               "deployments")
+# Parts that need no other part: `up` starts them all at once and then waits for each in order, so their
+# start-ups (Prefect's database, MLflow's migrations, Evidently's imports) overlap instead of adding up.
+INDEPENDENT: frozenset[str] = frozenset({"prefect", "mlflow", "evidently"})
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class Part:
     port_key: str | None  # the config key that sets the port, for error messages
     env: dict[str, str] = field(default_factory=dict, repr=False)  # the child's whole environment
     binary_key: str | None = None  # config key naming an external binary that must exist
+    ui_url: str | None = None  # the page a person opens in a browser, when the part has one
 
 
 def stack_dir(config: Config) -> Path:
@@ -63,6 +68,27 @@ def prefect_api_url(config: Config) -> str:
     return f"{base_url(config, config.stack.prefect_port)}/api"
 
 
+def mlflow_url(config: Config) -> str:
+    """The stack's MLflow tracking server (and UI)."""
+    return base_url(config, config.stack.mlflow_port)
+
+
+def evidently_url(config: Config) -> str:
+    """The stack's Evidently UI service."""
+    return base_url(config, config.stack.evidently_port)
+
+
+def remote_parts(config: Config) -> dict[str, str]:
+    """Parts a remote service replaces, with why: Prefect with orchestration.api_url, MLflow with a tracking server
+    in registry.tracking_uri."""
+    remote = {}
+    if config.orchestration.api_url:
+        remote["prefect"] = f"{config.orchestration.api_url} (orchestration.api_url)"
+    if (config.registry.tracking_uri or "").startswith(("http://", "https://")):
+        remote["mlflow"] = f"{config.registry.tracking_uri} (registry.tracking_uri)"
+    return remote
+
+
 def select_parts(names: list[str] | None) -> list[str]:
     """The requested parts in start order (all when `names` is empty); an unknown name is a ConfigError."""
     if not names:
@@ -89,14 +115,36 @@ def child_environment(config: Config) -> dict[str, str]:
 
 
 def prefect_environment(config: Config) -> dict[str, str]:
-    """The Prefect server's environment: its own home (SQLite database) under the stack folder, no telemetry, no UI
-    (its assets may not be built offline)."""
+    """The Prefect server's environment: its own home (SQLite database) under the stack folder, no telemetry, and
+    its UI (the wheel ships the built assets) talking to this server's API."""
     env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
     for key, value in DEFAULTS.items():
         env.setdefault(key, value)
-    env.update({"PREFECT_HOME": str(stack_dir(config) / "prefect"), "PREFECT_UI_ENABLED": "false",
-                "PYTHONUNBUFFERED": "1"})
+    env.update({"PREFECT_HOME": str(stack_dir(config) / "prefect"), "PREFECT_UI_ENABLED": "true",
+                "PREFECT_UI_API_URL": prefect_api_url(config), "PYTHONUNBUFFERED": "1",
+                # The V2 UI (Prefect's default) starts Amplitude analytics before it reads analytics_enabled, so
+                # it calls out on every load; V1 does not. Promotions link to Prefect Cloud: not offline.
+                "PREFECT_SERVER_UI_V2_ENABLED": "false", "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false"})
     return env
+
+
+def mlflow_command(config: Config) -> list[str]:
+    """`mlflow server` on the registry's store, one worker, artifacts read and written by the clients themselves
+    (the experiments keep their file locations under state_dir, as without a server)."""
+    from driftloop.state import mlflow_artifact_root, mlflow_store_uri
+
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", mlflow_store_uri(config),
+            "--default-artifact-root", config.registry.artifact_location or mlflow_artifact_root(config),
+            "--no-serve-artifacts", "--host", config.stack.host, "--port", str(config.stack.mlflow_port),
+            "--workers", "1"]
+
+
+def evidently_command(config: Config) -> list[str]:
+    """`evidently ui` on the monitor's workspace (evidently has no `python -m` entry: call its CLI app)."""
+    from driftloop.state import evidently_workspace
+
+    return [sys.executable, "-c", "from evidently.cli import app; app()", "ui", "--workspace",
+            str(evidently_workspace(config)), "--host", config.stack.host, "--port", str(config.stack.evidently_port)]
 
 
 def build_parts(config: Config, config_path: Path) -> list[Part]:
@@ -110,22 +158,29 @@ def build_parts(config: Config, config_path: Path) -> list[Part]:
     alertmanager = base_url(config, stack.alertmanager_port)
     receiver = base_url(config, stack.receiver_port)
     server = base_url(config, config.serving.port)
+    mlflow, evidently = mlflow_url(config), evidently_url(config)
+    # MLflow's background job runner (a handful of consumer processes) serves features driftloop does not use.
+    mlflow_env = {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     return [
         Part("prefect", [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port",
                          str(stack.prefect_port)],
              f"{prefect}/api", f"{prefect}/api/health", stack.prefect_port, "stack.prefect_port",
-             prefect_environment(config)),
+             prefect_environment(config), ui_url=f"{prefect}/"),
+        Part("mlflow", mlflow_command(config), mlflow, f"{mlflow}/health", stack.mlflow_port, "stack.mlflow_port",
+             mlflow_env, ui_url=f"{mlflow}/"),
+        Part("evidently", evidently_command(config), evidently, f"{evidently}/api/version", stack.evidently_port,
+             "stack.evidently_port", env, ui_url=f"{evidently}/"),
         Part("prometheus", [stack.prometheus_bin, f"--config.file={folder / 'prometheus.yml'}",
                             f"--storage.tsdb.path={folder / 'prometheus-data'}",
                             f"--web.listen-address={host}:{stack.prometheus_port}", "--web.enable-lifecycle"],
              prometheus, f"{prometheus}/-/ready", stack.prometheus_port, "stack.prometheus_port", env,
-             "stack.prometheus_bin"),
+             "stack.prometheus_bin", ui_url=f"{prometheus}/"),
         # An empty cluster address: otherwise Alertmanager also binds 0.0.0.0:9094 for gossip it does not need.
         Part("alertmanager", [stack.alertmanager_bin, f"--config.file={folder / 'alertmanager.yml'}",
                               f"--storage.path={folder / 'alertmanager-data'}",
                               f"--web.listen-address={host}:{stack.alertmanager_port}", "--cluster.listen-address="],
              alertmanager, f"{alertmanager}/-/ready", stack.alertmanager_port, "stack.alertmanager_port", env,
-             "stack.alertmanager_bin"),
+             "stack.alertmanager_bin", ui_url=f"{alertmanager}/"),
         Part("receiver", [*driftloop, "receiver", *cfg, "--host", host, "--port", str(stack.receiver_port)],
              receiver, f"{receiver}/healthz", stack.receiver_port, "stack.receiver_port", env),
         Part("server", [*driftloop, "serve", *cfg, "--host", host, "--port", str(config.serving.port)],

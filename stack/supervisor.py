@@ -17,6 +17,7 @@ from rich.table import Table
 from driftloop.config import Config
 from driftloop.errors import ConfigError
 from driftloop.stack.parts import (
+    INDEPENDENT,
     PART_NAMES,
     Part,
     build_parts,
@@ -24,6 +25,7 @@ from driftloop.stack.parts import (
     log_path,
     prefect_record_path,
     record_path,
+    remote_parts,
     select_parts,
     write_part_files,
 )
@@ -177,10 +179,11 @@ def stack_up(config: Config, config_path: Path, parts: list[str] | None = None) 
     """
     console = _console()
     names = select_parts(parts)
-    if config.orchestration.api_url and not parts and "prefect" in names:
-        # A remote Prefect server (orchestration.api_url) takes the local one's place.
-        names.remove("prefect")
-        console.print(f"prefect: remote, {config.orchestration.api_url} (orchestration.api_url)", soft_wrap=True)
+    for name, where in remote_parts(config).items():
+        if not parts and name in names:
+            # A remote service (orchestration.api_url, an MLflow tracking server) takes the local one's place.
+            names.remove(name)
+            console.print(f"{name}: remote, {where}", soft_wrap=True)
     chosen = [part for part in build_parts(config, Path(config_path)) if part.name in names]
     running: dict[str, dict] = {}
     for part in chosen:
@@ -198,9 +201,13 @@ def stack_up(config: Config, config_path: Path, parts: list[str] | None = None) 
 
     started: list[str] = []
     states: dict[str, tuple[str, int | None]] = {}
+    up_since = time.monotonic()
     timeout_s = config.stack.start_timeout_s
     try:
         with _client() as client:
+            early = {part.name: _start(config, part)["pid"] for part in chosen
+                     if part.name in INDEPENDENT and part.name not in running and part.name not in waiting}
+            started += list(early)
             for part in chosen:
                 if part.name in waiting:
                     _write_json(record_path(config, part.name), {"state": "waiting", "reason": waiting[part.name],
@@ -211,6 +218,8 @@ def stack_up(config: Config, config_path: Path, parts: list[str] | None = None) 
                     continue
                 if part.name in running:
                     pid, begun = running[part.name]["pid"], time.monotonic()
+                elif part.name in early:
+                    pid, begun = early[part.name], up_since
                 else:
                     begun = time.monotonic()
                     pid = _start(config, part)["pid"]
@@ -225,12 +234,13 @@ def stack_up(config: Config, config_path: Path, parts: list[str] | None = None) 
                 if part.name == "prefect":
                     _write_json(prefect_record_path(config), {"pid": pid, "api_url": part.url})
                 how = "already up" if part.name in running else f"healthy in {time.monotonic() - begun:.0f} s"
-                console.print(f"[green]✓[/] {part.name} {how}: {part.url}", soft_wrap=True)
+                console.print(f"[green]✓[/] {part.name} {how}: {part.ui_url or part.url}", soft_wrap=True)
                 states[part.name] = ("up", pid)
     except BaseException:  # Ctrl-C or an error while rendering a config: leave nothing half-started
         _stop_started(config, started, console)
         raise
     console.print(_table(config, chosen, states))
+    console.print(f"stack up in {time.monotonic() - up_since:.0f} s")
     return True
 
 
@@ -276,12 +286,12 @@ def _part_state(part: Part, record: dict | None, client: httpx.Client) -> tuple[
 
 
 def _table(config: Config, parts: list[Part], states: dict[str, tuple[str, int | None]]) -> Table:
-    """part, URL, state, pid, log."""
+    """part, URL, page (what a person opens in a browser), state, pid, log."""
     colours = {"up": "green", "down": "red", "unhealthy": "red", "waiting": "yellow"}
-    table = Table("part", "URL", "state", "pid", "log", title=f"driftloop stack ({config.state_dir})")
+    table = Table("part", "URL", "page", "state", "pid", "log", title=f"driftloop stack ({config.state_dir})")
     for part in parts:
         state, pid = states.get(part.name, ("down", None))
-        table.add_row(part.name, part.url, f"[{colours.get(state, 'white')}]{state}[/]",
+        table.add_row(part.name, part.url, part.ui_url or "", f"[{colours.get(state, 'white')}]{state}[/]",
                       "" if pid is None else str(pid), str(log_path(config, part.name)))
     return table
 
@@ -298,8 +308,9 @@ def stack_status(config: Config, as_json: bool = False) -> bool:
     recorded = [name for name, record in records.items() if record is not None]
     ok = bool(recorded) and all(states[name][0] in ("up", "waiting") for name in recorded)
     if as_json:
-        payload = {"parts": {part.name: {"state": states[part.name][0], "url": part.url, "pid": states[part.name][1],
-                                         "log": str(log_path(config, part.name))} for part in parts},
+        payload = {"parts": {part.name: {"state": states[part.name][0], "url": part.url, "ui": part.ui_url,
+                                         "pid": states[part.name][1], "log": str(log_path(config, part.name))}
+                             for part in parts},
                    "healthy": ok}
         sys.stdout.write(json.dumps(payload) + "\n")
     else:

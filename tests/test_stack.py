@@ -39,9 +39,10 @@ def free_ports(count: int) -> list[int]:
 
 def stack_config(tmp_path: Path, **stack: object) -> tuple[Config, Path]:
     """A config on free ports with its state under tmp_path, and the YAML file the CLI and the children read."""
-    prefect, prometheus, alertmanager, receiver, server = free_ports(5)
+    prefect, prometheus, alertmanager, receiver, server, mlflow, evidently = free_ports(7)
     settings = {"prefect_port": prefect, "prometheus_port": prometheus, "alertmanager_port": alertmanager,
-                "receiver_port": receiver, "start_timeout_s": 120.0, **stack}
+                "receiver_port": receiver, "mlflow_port": mlflow, "evidently_port": evidently,
+                "start_timeout_s": 120.0, **stack}
     config = make_config(tmp_path / "state", stack=settings, serving={"port": server})
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
@@ -57,15 +58,26 @@ def status_json(config: Config, capsys: pytest.CaptureFixture[str]) -> dict:
 def test_parts_in_order_on_the_configured_host_and_ports(tmp_path: Path) -> None:
     config = make_config(tmp_path / "state", stack={"host": "127.0.0.2", "prefect_port": 14200,
                                                      "prometheus_port": 19090, "alertmanager_port": 19093,
-                                                     "receiver_port": 19108, "alertmanager_bin": "alertmanager"},
+                                                     "receiver_port": 19108, "alertmanager_bin": "alertmanager",
+                                                     "mlflow_port": 15000, "evidently_port": 18000},
                          serving={"port": 18080})
     parts = {part.name: part for part in build_parts(config, tmp_path / "c.yaml")}
     assert list(parts) == list(PART_NAMES)
-    assert [parts[n].port for n in PART_NAMES] == [14200, 19090, 19093, 19108, 18080, None]
+    assert [parts[n].port for n in PART_NAMES] == [14200, 15000, 18000, 19090, 19093, 19108, 18080, None]
     assert parts["prefect"].command[-4:] == ["--host", "127.0.0.2", "--port", "14200"]
     assert parts["prefect"].health_url == "http://127.0.0.2:14200/api/health"
     assert parts["prefect"].env["PREFECT_HOME"] == str(stack_dir(config) / "prefect")
     assert "PREFECT_API_URL" not in parts["prefect"].env
+    assert parts["prefect"].env["PREFECT_UI_ENABLED"] == "true"
+    assert parts["prefect"].env["PREFECT_UI_API_URL"] == "http://127.0.0.2:14200/api"
+    assert parts["prefect"].ui_url == "http://127.0.0.2:14200/"
+    assert parts["mlflow"].command[1:4] == ["-m", "mlflow", "server"]
+    assert parts["mlflow"].command[-6:] == ["--host", "127.0.0.2", "--port", "15000", "--workers", "1"]
+    assert parts["mlflow"].command[5] == f"sqlite:///{config.state_dir.resolve() / 'mlflow.db'}"
+    assert parts["mlflow"].health_url == "http://127.0.0.2:15000/health"
+    assert parts["evidently"].command[-6:] == ["--workspace", str(config.state_dir.resolve() / "evidently"),
+                                               "--host", "127.0.0.2", "--port", "18000"]
+    assert parts["evidently"].ui_url == "http://127.0.0.2:18000/"
     assert "--web.listen-address=127.0.0.2:19090" in parts["prometheus"].command
     assert parts["alertmanager"].command[0] == "alertmanager"
     assert "--web.listen-address=127.0.0.2:19093" in parts["alertmanager"].command
@@ -83,7 +95,7 @@ def test_parts_in_order_on_the_configured_host_and_ports(tmp_path: Path) -> None
 def test_unknown_part_names_the_valid_ones() -> None:
     assert select_parts(["deployments", "prefect"]) == ["prefect", "deployments"]
     assert select_parts(None) == list(PART_NAMES)
-    with pytest.raises(ConfigError, match="grafana.*prefect, prometheus, alertmanager"):
+    with pytest.raises(ConfigError, match="grafana.*prefect, mlflow, evidently, prometheus"):
         select_parts(["prefect", "grafana"])
 
 
@@ -100,7 +112,8 @@ def test_busy_port_refuses_naming_the_key_and_starts_nothing(tmp_path: Path) -> 
     assert port_free("127.0.0.1", config.stack.prefect_port)
 
 
-def test_a_remote_prefect_server_replaces_the_local_one(tmp_path: Path) -> None:
+def test_a_remote_prefect_server_replaces_the_local_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(supervisor, "champion_version", lambda config: None)  # not the registry's import time
     config, path = stack_config(tmp_path)
     config = config.model_copy(update={"orchestration": config.orchestration.model_copy(
         update={"api_url": "http://prefect.example:4200/api"})})
