@@ -54,7 +54,7 @@ class TimeBounds:
         """The bounds at this moment."""
         now = pd.Timestamp.now(tz="UTC")
         age = serving.max_event_age
-        return cls(now + pd.Timedelta(serving.max_clock_skew), now - pd.Timedelta(age) if age else None)
+        return cls(now + _duration(serving.max_clock_skew), now - _duration(age) if age else None)
 
     def problem(self, iso: str) -> str | None:
         """Why an event time (ISO UTC, from utc_iso) is out of bounds, or None."""
@@ -71,6 +71,11 @@ class TimeBounds:
 @functools.lru_cache(maxsize=4096)  # traffic repeats timestamps (hourly buckets): parse each once
 def _instant(iso: str) -> pd.Timestamp:
     return pd.Timestamp(iso)
+
+
+@functools.lru_cache(maxsize=16)  # the config's two durations, parsed once rather than per request
+def _duration(text: str) -> pd.Timedelta:
+    return pd.Timedelta(text)
 
 
 def json_type(value: object) -> str:
