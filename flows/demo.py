@@ -32,6 +32,7 @@ from driftloop.flows.summary import WindowRow, markdown_table, write_summary
 from driftloop.flows.training import training_pipeline
 from driftloop.monitoring.policy import Decision, PolicyState, new_champion
 from driftloop.monitoring.windows import cut_windows
+from driftloop.monitoring.workspace import ui_command
 from driftloop.registry.store import holdout_figures
 from driftloop.serving.admin import labels_auth
 from driftloop.state import reports_dir, state_path
@@ -239,4 +240,6 @@ def run_demo(config: Config) -> Path:
     html, table = write_summary(rows, reports_dir(config, "summary") / "summary.html", config)
     console.print(table)
     console.print(f"[bold]8.[/] summary: {html}   ({time.monotonic() - started:.0f} s)")
+    console.print(f"    every window as an Evidently snapshot: {ui_command(config)}  (then open "
+                  f"http://127.0.0.1:{config.stack.evidently_port})", soft_wrap=True)
     return html

@@ -19,6 +19,7 @@ from driftloop.monitoring.drift import DriftResult, check_drift
 from driftloop.monitoring.export import export_window, write_textfile
 from driftloop.monitoring.policy import PolicyState, decide
 from driftloop.monitoring.summary import markdown_summary
+from driftloop.monitoring.workspace import store_window
 from driftloop.registry.store import CHAMPION, alias_version, load_reference
 from driftloop.serving.prediction_log import PredictionLog
 from driftloop.state import prediction_log_path, reports_dir, state_path
@@ -70,6 +71,20 @@ def check_window(config: Config, reference: pd.DataFrame, window: pd.DataFrame, 
     return check_drift(reference, window, config, report_path=report)
 
 
+@task(cache_policy=NO_CACHE)
+def snapshot_window(config: Config, reference: pd.DataFrame, window: pd.DataFrame, result: DriftResult,
+                    label: str) -> str | None:
+    """The window's snapshot in the model's Evidently project (what `evidently ui` shows), dated by the window's
+    last event. A failure is logged, not raised: the verdict, gauges and event matter more than the page."""
+    column = config.data.timestamp
+    when = pd.to_datetime(window[column], utc=True).max().to_pydatetime() if column and column in window else None
+    try:
+        return store_window(reference, window, result, config, label, when)
+    except Exception as error:  # noqa: BLE001 - any Evidently failure: keep monitoring
+        get_run_logger().warning("%s: no Evidently snapshot (%s: %s)", label, error.__class__.__name__, error)
+        return None
+
+
 @flow(name="monitoring", validate_parameters=False)
 def monitoring_flow(config: Config, first_id: int, last_id: int, label: str,
                     policy: dict | None = None) -> MonitoringOutcome:
@@ -84,6 +99,7 @@ def monitoring_flow(config: Config, first_id: int, last_id: int, label: str,
     window = log_to_contract(config, logged)
     version, reference = champion_reference(config)
     result = check_window(config, reference, window, label)
+    snapshot_window(config, reference, window, result, label)
     decision = decide(PolicyState.from_json(policy) if policy else PolicyState(), result, config)
     metrics = metrics_for(config)
     export_window(result, decision, metrics, config.model.name, config.monitoring.prediction_column)
