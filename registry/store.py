@@ -18,6 +18,7 @@ import pandas as pd
 from driftloop.config import Config
 from driftloop.data import reference_frame
 from driftloop.errors import RegistryError
+from driftloop.registry.packaging import build_wheel, model_requirements
 from driftloop.state import mlflow_artifact_root, mlflow_tracking_uri, state_path
 from driftloop.training.artifacts import WEIGHTS, LoadedModel, load_model, predict, save_model
 
@@ -35,7 +36,8 @@ REFERENCE_ARTIFACT = "reference"
 VALIDATION_ARTIFACT = "validation"
 REPORT_URI_TAG = "validation.report_uri"
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
-PIP_REQUIREMENTS = ["driftloop", "torch", "safetensors", "pandas"]
+# The pyfunc artifact holding the wheel of driftloop its requirements install (registry/packaging.py).
+WHEEL_ARTIFACT = "driftloop_wheel"
 # Every move of the champion alias, oldest first, as JSON on the registered model.
 HISTORY_TAG = "champion.history"
 # MLflow stores of older servers cap a tag value at 5000 characters: the oldest moves are dropped beyond it.
@@ -270,9 +272,12 @@ def register(config: Config, result: TrainResult, lineage: dict[str, str], refer
         # Numbers as float64 in the signature: an integer column could not take a missing value later.
         example = sample[config.data.features].head(5).astype({c: "float64" for c in config.data.numerical})
         signature = infer_signature(example, predict(result.model(), result.spec, example))
-        info = mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_CODE), artifacts={"model": str(folder)},
+        # driftloop is not on the package index: the model carries its wheel (cached by content under state_dir).
+        wheel = build_wheel(state_path(config, "wheels", "x").parent)
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_CODE),
+                                       artifacts={"model": str(folder), WHEEL_ARTIFACT: str(wheel)},
                                        signature=signature, input_example=example,
-                                       pip_requirements=PIP_REQUIREMENTS)
+                                       pip_requirements=model_requirements(wheel))
         version = _new_version(client, config.model.name, info, run.info.run_id, lineage)
     first = alias_version(config, CHAMPION) is None
     if first:
