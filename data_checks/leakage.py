@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binom
 
 from driftloop.config import Config
 from driftloop.data_checks.contract import category_text, parsed_times
@@ -20,6 +21,12 @@ ENCODING_FOLDS = 5
 ENCODING_SEED = 0
 # A missing category is a category of its own: a column whose missingness gives the label away leaks too.
 MISSING_CATEGORY = "\x00missing"
+# An overlap beyond what the data's repetition makes expected must also be beyond chance: at most this probability
+# by the repetition alone (a holdout of a few rows can differ from the expected rate by a few percent by luck).
+OVERLAP_ALPHA = 0.001
+# A feature this good alone is a leak whatever the others score (no honest feature in the governance benchmark
+# reached it: at most 0.979, a tumour's size in breast cancer; the label plus noise scores about 1.0).
+NEAR_PERFECT = 0.99
 
 
 def feature_scores(frame: pd.DataFrame, config: Config) -> dict[str, float]:
@@ -82,23 +89,49 @@ def rank_correlation(values: pd.Series, y: np.ndarray) -> float:
     return float(np.corrcoef(ranks.to_numpy(), target.to_numpy())[0, 1])
 
 
+def stands_out(score: float, others: list[float], ratio: float | None) -> bool:
+    """Whether a feature's score is a leak's rather than a strong honest predictor's: nearly perfect (NEAR_PERFECT),
+    or its error (1 - score) below `ratio` times the next-best feature's error (a leak leaves every honest feature
+    far behind; strong honest predictors come in families: a tumour's radius, perimeter and area). `ratio` None:
+    every feature over the limit is a leak."""
+    if ratio is None or score >= NEAR_PERFECT:
+        return True
+    runner_up = max(others, default=0.5)
+    return (1 - score) < ratio * (1 - runner_up)
+
+
 def feature_leakage(frame: pd.DataFrame, config: Config) -> list[Finding]:
-    """A blocking finding for every feature that predicts the target beyond the configured score."""
+    """A finding for every feature that predicts the target beyond the configured score: blocking when it also
+    stands out from the other features (governance.feature_leak_ratio), a warning otherwise."""
     classification = config.data.task == "classification"
     limit = config.governance.max_feature_auc if classification else config.governance.max_feature_correlation
     if limit is None:
         return []
     setting = "governance.max_feature_auc" if classification else "governance.max_feature_correlation"
     measure = "AUC" if classification else "|Spearman rho|"
+    ratio = config.governance.feature_leak_ratio
+    scores = feature_scores(frame, config)
     findings = []
-    for column, score in feature_scores(frame, config).items():
-        if score > limit:
+    for column, score in scores.items():
+        if score <= limit:
+            continue
+        others = [v for k, v in scores.items() if k != column]
+        runner_up = max(others, default=float("nan"))
+        if stands_out(score, others, ratio):
             findings.append(Finding(
                 "leakage.feature", True,
                 f"feature {column} alone predicts {config.data.target} with {measure} {score:.3f} (> {setting} "
-                f"{limit:g}): it gives the label away; drop it from the config's features or compute it only "
-                "from what is known at prediction time",
-                {"score": round(score, 4), "limit": limit}))
+                f"{limit:g}; the next-best feature {runner_up:.3f}, governance.feature_leak_ratio {ratio}): it gives "
+                "the label away; drop it from the config's features or compute it only from what is known at "
+                "prediction time",
+                {"score": round(score, 4), "limit": limit, "runner_up": round(runner_up, 4)}))
+        else:
+            findings.append(Finding(
+                "leakage.feature", False,
+                f"feature {column} alone predicts {config.data.target} with {measure} {score:.3f} (> {setting} "
+                f"{limit:g}), but so do others (next-best {runner_up:.3f}; governance.feature_leak_ratio {ratio}): "
+                "a strong predictor, not a leak by its figures; check it is known at prediction time",
+                {"score": round(score, 4), "limit": limit, "runner_up": round(runner_up, 4)}))
     return findings
 
 
@@ -123,22 +156,42 @@ def overlap_count(training: pd.DataFrame, evaluation: pd.DataFrame, config: Conf
     return int(row_keys(evaluation, config).isin(set(row_keys(training, config))).sum())
 
 
+def repeat_rate(training: pd.DataFrame, config: Config) -> float:
+    """Share of training rows that another training row repeats exactly (features and target): the overlap the
+    data's own repetition makes expected for any new row drawn like them (two people with the same coded answers)."""
+    if len(training) < 2:
+        return 0.0
+    return float(row_keys(training, config).duplicated(keep=False).mean())
+
+
+def overlap_excess(shared: int, rows: int, expected: float, training_rows: int) -> tuple[float, float]:
+    """The observed overlap share's excess over `expected`, and the chance of seeing `shared` or more by the data's
+    repetition alone (binomial; the expected rate add-one smoothed, as a few training rows only estimate it)."""
+    rate = (expected * training_rows + 1) / (training_rows + 1)
+    return shared / rows - expected, float(binom.sf(shared - 1, rows, min(rate, 1.0)))
+
+
 def overlap_finding(training: pd.DataFrame, evaluation: pd.DataFrame, config: Config, what: str) -> Finding | None:
-    """A blocking finding when more than governance.max_overlap_fraction of the evaluation rows (`what`: the
-    holdout, the gate window) are training rows too."""
+    """A blocking finding when the share of evaluation rows (`what`: the holdout, the gate window) that are training
+    rows too exceeds what the training rows' own repetition makes expected by more than
+    governance.max_overlap_fraction, and beyond chance (OVERLAP_ALPHA)."""
     limit = config.governance.max_overlap_fraction
     if limit is None or evaluation.empty:
         return None
     shared = overlap_count(training, evaluation, config)
-    share = shared / len(evaluation)
-    if share <= limit:
+    share, expected = shared / len(evaluation), repeat_rate(training, config)
+    excess, chance = overlap_excess(shared, len(evaluation), expected, len(training))
+    if excess <= limit or chance >= OVERLAP_ALPHA:
         return None
     return Finding(
         "leakage.overlap", True,
         f"{shared:,} of {len(evaluation):,} rows of the {what} ({share:.2%}) also appear among the training rows "
-        f"(features and target compared, not the timestamp) (> governance.max_overlap_fraction {limit:.2%}): the "
-        f"{what}'s figures would score memory; remove the duplicated rows",
-        {"rows": shared, "evaluation_rows": len(evaluation), "share": round(share, 6), "limit": limit})
+        f"(features and target compared, not the timestamp), {excess:.2%} more than the {expected:.2%} the training "
+        f"rows' own repetition makes expected (> governance.max_overlap_fraction {limit:.2%}): the {what}'s figures "
+        f"would score memory; remove the copied rows (or raise governance.max_overlap_fraction if they are distinct "
+        "records that happen to be equal)",
+        {"rows": shared, "evaluation_rows": len(evaluation), "share": round(share, 6),
+         "expected": round(expected, 6), "excess": round(excess, 6), "limit": limit})
 
 
 def late_rows(training: pd.DataFrame, evaluation: pd.DataFrame, config: Config) -> tuple[int, pd.Timestamp | None]:

@@ -69,7 +69,16 @@ def widened(low: float, high: float, margin: float) -> tuple[float | None, float
     saved suite, cannot hold infinity.
     """
     pad = margin * (high - low)
-    bounds = (low - pad, high + pad)
+    wide_low, wide_high = low - pad, high + pad
+    # The margin allows new data to go a bit further, never into values the reference shows impossible: a column
+    # never negative (an age, a count) stays >= 0, never positive stays <= 0, a share inside [0, 1] stays there.
+    if low >= 0:
+        wide_low = max(wide_low, 0.0)
+    if high <= 0:
+        wide_high = min(wide_high, 0.0)
+    if 0 <= low and high <= 1:  # a share or a 0/1 flag
+        wide_high = min(wide_high, 1.0)
+    bounds = (wide_low, wide_high)
     # Ten significant digits: -42.52, not -42.52000000000001, in a suite a person reads and edits.
     return tuple(float(f"{b:.10g}") if math.isfinite(b) else None for b in bounds)  # type: ignore[return-value]
 

@@ -196,11 +196,15 @@ def scrub(result: ExpectationSuiteValidationResult) -> ExpectationSuiteValidatio
 
 
 def _redacted(value: Any) -> Any:
-    """`value` with every string in it that looks like PII replaced (lists and dicts walked)."""
+    """`value` with every string in it that looks like PII replaced (lists and dicts walked), and pandas' missing
+    markers as None: GX's Data Docs renderer tests its examples for truth, and `bool(pd.NA)` raises (it printed a
+    traceback for every all-null nullable integer column)."""
     if isinstance(value, list):
         return [_redacted(v) for v in value]
     if isinstance(value, dict):
         return {k: _redacted(v) for k, v in value.items()}
+    if value is pd.NA or value is pd.NaT:
+        return None
     return redact(value)
 
 
