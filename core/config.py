@@ -74,7 +74,7 @@ class ModelConfig(_Strict):
     blocks: int = Field(4, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     scaling: Literal["standard", "robust", "quantile"] = Field(
-        "quantile", description="How numerical inputs are scaled, fitted on the training rows and stored in the "
+        "standard", description="How numerical inputs are scaled, fitted on the training rows and stored in the "
         "model's feature spec (serving applies the same): standard (mean, sd), robust (median, IQR), quantile "
         "(the empirical CDF mapped to a standard normal: outliers and skew cannot dominate).")
     quantiles: int = Field(128, ge=2, description="Quantile levels stored per numerical column with scaling "
@@ -119,9 +119,9 @@ class TrainingConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # How blocks are cut into stages: evenly, by parameter count, or by forward+backward time measured once.
     partition: Literal["uniform", "parameters", "time"] = "uniform"
-    batch_size: int = Field(512, ge=1)
-    epochs: int = Field(3, ge=1, description="The most epochs a run trains; early stopping may end it sooner.")
-    max_steps: int | None = Field(None, ge=1, description="The most optimizer steps a run takes (a large table "
+    batch_size: int = Field(256, ge=1)
+    epochs: int = Field(100, ge=1, description="The most epochs a run trains; early stopping may end it sooner.")
+    max_steps: int | None = Field(4000, ge=1, description="The most optimizer steps a run takes (a large table "
                                   "stops here, inside an epoch); None: epochs alone decide.")
     learning_rate: float = Field(2e-3, gt=0, description="The peak learning rate (after warm-up).")
     weight_decay: float = Field(0.0, ge=0)
@@ -136,7 +136,7 @@ class TrainingConfig(_Strict):
         "when data.timestamp is set, a random draw (training.seed) otherwise. The validation loss is measured after "
         "every epoch, the run stops after `patience` epochs without improvement and the best epoch's weights are "
         "kept. 0: no validation split; every row trains for exactly `epochs` (or max_steps).")
-    patience: int = Field(5, ge=1, description="Epochs without a validation improvement before the run stops.")
+    patience: int = Field(10, ge=1, description="Epochs without a validation improvement before the run stops.")
     min_delta: float = Field(1e-4, ge=0, description="The least decrease of the validation loss that counts as "
                              "an improvement.")
     seed: int = 0
@@ -304,6 +304,9 @@ class ServingConfig(_Strict):
         64, ge=1, description="/predict requests in progress at once (body, scoring and log commit); one more is "
         "503 with Retry-After and counted in driftloop_requests_refused_total. Twice the 32 in flight the serving "
         "benchmark measures; with max_body_bytes it bounds the memory that parsing bodies can take.")
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="Longest wait for the next part of a request body; then 408. Without it a client "
+        "that sends the headers and never the body would hold one of max_concurrent_requests for ever.")
     allowed_hosts: list[str] | None = Field(
         None, description="Host header values (names, without the port) the server answers; another is 400 (DNS "
         "rebinding). None: the loopback names (localhost, 127.0.0.1, ::1) when bound to a loopback address, any "
