@@ -97,7 +97,8 @@ def serving_metrics(registry: CollectorRegistry | None = None) -> ServingMetrics
                                 registry=registry),
         admin_unauthorized=Counter(ADMIN_UNAUTHORIZED, "Admin calls refused for a missing or wrong bearer token",
                                    registry=registry),
-        # reason: host (400), content_type (415), body_size (413), concurrency (503), unauthorized (401 on /labels).
+        # reason: host (400), content_type (415), body_size (413), body_timeout (408), concurrency (503),
+        # unauthorized (401 on /labels).
         refused=Counter(REQUESTS_REFUSED, "Requests refused by the server's limits and checks, by path and reason",
                         ["path", "reason"], registry=registry),
     )

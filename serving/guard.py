@@ -4,13 +4,15 @@ A pure ASGI middleware, in this order: the Host header must name this server (40
 browser reaches a loopback server under its own name), POST bodies to /predict and /labels must be declared
 `application/json` (415: a browser page's form or text/plain post needs no CORS preflight, JSON does), a body may
 not exceed serving.max_body_bytes (413: by Content-Length before anything is read, and counted while a chunked
-body streams in, so a large body is never buffered or parsed), and at most serving.max_concurrent_requests
-/predict requests are in progress at once (503 with Retry-After). Each refusal is counted in
+body streams in, so a large body is never buffered or parsed), a body that stalls for serving.body_timeout_s is
+408 (a slot is not held for ever), and at most serving.max_concurrent_requests /predict requests are in progress at
+once (503 with Retry-After). Each refusal is counted in
 driftloop_requests_refused_total by path and reason.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 
@@ -69,6 +71,7 @@ class RequestGuard:
     def __init__(self, app: ASGIApp, serving: ServingConfig, bind_host: str, metrics: ServingMetrics) -> None:
         self.app = app
         self.max_body = serving.max_body_bytes
+        self.body_timeout_s = serving.body_timeout_s
         self.max_scoring = serving.max_concurrent_requests
         self.hosts = allowed_hosts(serving, bind_host)
         self.metrics = metrics
@@ -125,11 +128,21 @@ class RequestGuard:
     def _counting(self, receive: Receive, path: str) -> Receive:
         """`receive` that stops a body growing past max_body_bytes (a chunked body has no Content-Length)."""
         received = 0
+        complete = False  # after the body, receive() waits for a disconnect: no timeout on that
 
         async def counted() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:
+                return await receive()
+            try:
+                async with asyncio.timeout(self.body_timeout_s):  # no extra task, unlike wait_for
+                    message = await receive()
+            except TimeoutError:
+                self.metrics.refused.labels(path, "body_timeout").inc()
+                raise HTTPException(408, f"no request body for serving.body_timeout_s ({self.body_timeout_s:g} s); "
+                                    "send the body with the headers") from None
             if message["type"] == "http.request":
+                complete = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > self.max_body:
                     self.metrics.refused.labels(path, "body_size").inc()

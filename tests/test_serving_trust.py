@@ -283,6 +283,18 @@ def test_concurrency_beyond_the_limit_is_503_and_the_server_keeps_answering(live
     wait_for(lambda: httpx.post(f"{live.url}/predict", json={"rows": live.rows[:1]}).status_code == 200)
 
 
+def test_a_stalled_body_is_408_and_frees_its_slot(config: Config, model_folders, flights_jan) -> None:
+    config = trust_config(config.state_dir, body_timeout_s=0.5, max_concurrent_requests=1)
+    shelf = Shelf(model_folders, "1")
+    server = ThreadedServer(create_app(config, shelf.load, shelf.version))
+    with server as url, socket.create_connection(("127.0.0.1", server.port), timeout=30) as stalled:
+        stalled.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 100\r\n\r\n")  # and never the body
+        assert stalled.recv(65536).startswith(b"HTTP/1.1 408")
+        response = httpx.post(f"{url}/predict", json={"rows": rows_json(flights_jan.head(2))}, timeout=30)
+        assert response.status_code == 200  # the only slot is free again
+
+
 @pytest.mark.parametrize("path", ["/predict", "/labels"])
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
                                           None])
