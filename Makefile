@@ -26,12 +26,16 @@ $(LINKED): $(STAMP) $(PACKAGES) $(filter-out %/__pycache__/,$(wildcard $(addsuff
 setup: $(LINKED)
 
 # Prometheus and Alertmanager (Debian packages) for `driftloop stack up`, the alert-rule and integration tests.
+# Chromium and its driver: the browser tests open every page of the stack (tests/test_closed_loop.py).
 system-deps:
-	@{ command -v promtool && command -v prometheus && command -v prometheus-alertmanager; } >/dev/null 2>&1 || { \
+	@{ command -v promtool && command -v prometheus && command -v prometheus-alertmanager \
+	   && command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-alertmanager; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-alertmanager \
+	      chromium chromium-driver; \
 	  else \
-	    echo "Prometheus or Alertmanager is missing: run 'sudo make system-deps' (Debian packages prometheus, prometheus-alertmanager)"; \
+	    echo "Prometheus, Alertmanager or Chromium is missing: run 'sudo make system-deps' (Debian packages" \
+	      "prometheus, prometheus-alertmanager, chromium, chromium-driver)"; \
 	    exit 1; \
 	  fi; }
 

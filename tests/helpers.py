@@ -174,3 +174,51 @@ class ThreadedServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+# ---------------------------------------------------------------------------------------------- browser
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's chromium, chromium-driver
+# Failed loads that are the UIs' own harmless requests, not a page failing: Prefect serves no favicon at its root
+# and its flow-run page asks for an icon named "undefined" (ico/undefined.svg, a UI bug); MLflow's UI asks for the
+# signed-in user (an auth plugin driftloop does not install) and gets 404. Anything else fails a page test.
+KNOWN_CONSOLE_NOISE = ("/favicon.ico - Failed to load resource", "/ico/undefined.svg - Failed to load resource",
+                       "/ajax-api/2.0/mlflow/users/current - ")
+
+
+def chromium(profile: Path) -> Any:
+    """Headless Chromium under Selenium with no network of its own (no updates, sync or first-run calls) and a
+    fresh profile; the browser console is kept (goog:loggingPrefs) for `console_errors`."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+                     "--window-size=1400,1000"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+
+
+def console_errors(driver: Any) -> list[str]:
+    """The SEVERE browser console entries since the last call (JavaScript errors, failed loads), known noise
+    dropped. Reading the log empties it."""
+    return [entry["message"] for entry in driver.get_log("browser")
+            if entry["level"] == "SEVERE" and not any(noise in entry["message"] for noise in KNOWN_CONSOLE_NOISE)]
+
+
+def page_text(driver: Any, url: str, expected: list[str], timeout_s: float = 60.0) -> str:
+    """Open `url` and wait until the rendered page shows every expected text (single-page apps render late);
+    the page's text. Fails naming what is missing."""
+    driver.get(url)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = driver.find_element("tag name", "body").text
+        missing = [item for item in expected if item not in text]
+        if not missing:
+            return text
+        if time.monotonic() > deadline:
+            pytest.fail(f"{url} does not show {missing} after {timeout_s:g} s; it shows: {text[:1500]!r}")
+        time.sleep(1)

@@ -27,7 +27,8 @@ from driftloop.flows.deployments import MONITOR, MONITOR_FLOW, RETRAIN_FLOW, RET
 from driftloop.flows.monitoring import DRIFT_EVENT
 from driftloop.metrics import RETRAIN_RECOMMENDED, WINDOW_PERFORMANCE
 from driftloop.serving.admin import labels_auth
-from tests.helpers import free_port, make_config
+from driftloop.state import evidently_workspace
+from tests.helpers import chromium, console_errors, free_port, make_config, page_text
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 
@@ -80,7 +81,8 @@ def loop_config(state_dir: Path) -> Config:
         orchestration={"retrain_windows": 2, "monitor_cron": "0 0 1 1 *", "retrain_cron": "0 0 1 1 *"},
         serving={"port": free_port(), "reload_interval_s": 1},
         stack={"prefect_port": free_port(), "prometheus_port": free_port(), "alertmanager_port": free_port(),
-               "receiver_port": free_port(), "scrape_interval_s": 1, "evaluation_interval_s": 1},
+               "receiver_port": free_port(), "mlflow_port": free_port(), "evidently_port": free_port(),
+               "scrape_interval_s": 1, "evaluation_interval_s": 1},
         alerts={"retrain_alerts": ["DriftloopDriftDetected", "DriftloopRetrainRecommended"], "group_wait_s": 1,
                 "group_interval_s": 1},
     )
@@ -157,7 +159,13 @@ def test_stack_status_says_every_part_is_up(loop: Loop) -> None:
     status = json.loads(must(driftloop("stack", "status", "--json", config_path=loop.config_path)).stdout)
     assert status["healthy"] is True
     assert {name: part["state"] for name, part in status["parts"].items()} == {
-        name: "up" for name in ("prefect", "prometheus", "alertmanager", "receiver", "server", "deployments")}
+        name: "up" for name in ("prefect", "mlflow", "evidently", "prometheus", "alertmanager", "receiver", "server",
+                                "deployments")}
+    assert {name: part["ui"] for name, part in status["parts"].items() if part["ui"]} == {
+        name: loop.url(port) + "/" for name, port in (
+            ("prefect", loop.config.stack.prefect_port), ("mlflow", loop.config.stack.mlflow_port),
+            ("evidently", loop.config.stack.evidently_port), ("prometheus", loop.config.stack.prometheus_port),
+            ("alertmanager", loop.config.stack.alertmanager_port))}
     assert all(part["url"].startswith("http://127.0.0.1:") for part in status["parts"].values() if part["url"])
 
 
@@ -262,6 +270,98 @@ def test_every_dashboard_query_returns_data(loop: Loop) -> None:
     counts = query_all(prometheus, dashboard_json(), values={"__rate_interval": "1m"})
     empty = [query for query, series in counts.items() if series == 0]
     assert not empty, f"{len(empty)} of {len(counts)} panel queries returned no data: {empty}"
+
+
+# ---------------------------------------------------------------------------------------------- the pages in a browser
+# After the retrainings and the deployed monitor above: every page a user is told to open, in headless Chromium.
+
+
+@pytest.fixture(scope="module")
+def browser(loop: Loop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One headless Chromium for the page tests, with a fresh profile."""
+    driver = chromium(tmp_path_factory.mktemp("chromium-profile"))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def look(loop: Loop, driver: object, name: str) -> None:
+    """Save a screenshot for a person (under the test's state dir, never committed), then fail on console
+    errors of everything opened since the last look."""
+    folder = loop.config.state_dir / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(folder / f"{name}.png"))
+    errors = console_errors(driver)
+    assert not errors, f"{name}: browser console errors: {errors}"
+
+
+def model_project(loop: Loop) -> tuple[object, object]:
+    """The monitor's Evidently workspace and the model's project in it."""
+    from evidently.ui.workspace import Workspace
+
+    workspace = Workspace(str(evidently_workspace(loop.config)))
+    (project,) = workspace.search_project(loop.config.model.name)
+    return workspace, project
+
+
+def test_prefect_ui_lists_the_deployments_the_automation_and_a_completed_retraining(loop: Loop,
+                                                                                   browser: object) -> None:
+    prefect = loop.url(loop.config.stack.prefect_port)
+    page_text(browser, f"{prefect}/deployments", [MONITOR, SCHEDULED_RETRAINING, RETRAIN_ON_DRIFT])
+    look(loop, browser, "prefect-deployments")
+    page_text(browser, f"{prefect}/automations", [f"retrain {loop.config.model.name} on drift"])
+    look(loop, browser, "prefect-automations")
+    completed = api(loop, "POST", "/flow_runs/filter", {"flows": {"name": {"any_": ["retraining"]}},
+                                                        "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}})
+    assert completed, "no completed retraining flow run"
+    run = completed[0]
+    page_text(browser, f"{prefect}/runs/flow-run/{run['id']}", [run["name"], "Completed", "retraining"])
+    look(loop, browser, "prefect-retraining-run")
+
+
+def test_mlflow_ui_shows_the_registered_model_and_its_champion(loop: Loop, browser: object) -> None:
+    from driftloop.registry.store import alias_version
+
+    mlflow = loop.url(loop.config.stack.mlflow_port)
+    name = loop.config.model.name
+    page_text(browser, f"{mlflow}/#/models", [name])
+    look(loop, browser, "mlflow-models")
+    champion = alias_version(loop.config, "champion")
+    page_text(browser, f"{mlflow}/#/models/{name}", [name, "champion", f"Version {champion}"])
+    look(loop, browser, "mlflow-model")
+
+
+def test_evidently_ui_shows_one_snapshot_per_checked_window_and_the_panels(loop: Loop, browser: object) -> None:
+    evidently = loop.url(loop.config.stack.evidently_port)
+    workspace, project = model_project(loop)
+    names = sorted(workspace.get_run(project.id, run).name for run in workspace.list_runs(project.id))
+    cursor = json.loads((loop.config.state_dir / "monitor" / "cursor.json").read_text())
+    assert len(names) == cursor["policy"]["windows"], f"snapshots {names}"
+    page_text(browser, f"{evidently}/", [loop.config.model.name])
+    look(loop, browser, "evidently-projects")
+    page_text(browser, f"{evidently}/projects/{project.id}/reports", names)
+    look(loop, browser, "evidently-snapshots")
+    page_text(browser, f"{evidently}/projects/{project.id}", ["Drift share over time", "Per-column drift score",
+                                                             "Share of drifted columns"])
+    time.sleep(3)  # the panels' plots load after their titles
+    look(loop, browser, "evidently-dashboard")
+
+
+def test_summary_page_shows_its_plot(loop: Loop, browser: object) -> None:
+    from driftloop.flows.summary import WindowRow, write_summary
+
+    workspace, project = model_project(loop)
+    snapshots = sorted((workspace.get_run(project.id, run) for run in workspace.list_runs(project.id)),
+                       key=lambda snapshot: snapshot.timestamp)
+    rows = [WindowRow(s.name, pd.Timestamp(s.timestamp), loop.config.monitoring.window, 0.0, False, None, "1", "", "")
+            for s in snapshots]
+    path, _ = write_summary(rows, loop.config.state_dir / "summary.html", loop.config)
+    browser.get(path.as_uri())
+    shown = browser.execute_script("return [...document.images].map(i => i.complete && i.naturalWidth)")
+    assert shown and all(width and width > 100 for width in shown), f"the summary's plots did not load: {shown}"
+    assert all(row.label in browser.find_element("tag name", "body").text for row in rows)
+    look(loop, browser, "summary")
 
 
 def test_stack_down_stops_every_part(loop: Loop) -> None:
