@@ -72,13 +72,18 @@ def ordered(frame: pd.DataFrame, data: dict[str, Any]) -> pd.DataFrame:
     return frame.sample(frac=1.0, random_state=SEED).reset_index(drop=True)
 
 
+def text(column: pd.Series) -> pd.Series:
+    """A category column as plain text, missing values as "nan" (string dtypes keep NA through astype(str))."""
+    return column.astype(object).map(str)
+
+
 def encoded(frame: pd.DataFrame, config: Config, codes: dict[str, dict[str, int]]) -> np.ndarray:
     """The features as numbers for the stand-in champion: categories as the reference's codes (unseen: -1)."""
     data = config.data
     columns = {}
     for column in data.features:
         if column in data.categorical:
-            columns[column] = frame[column].astype(str).map(codes[column]).fillna(-1)
+            columns[column] = text(frame[column]).map(codes[column]).fillna(-1)
         else:
             columns[column] = pd.to_numeric(frame[column], errors="coerce")
     return pd.DataFrame(columns).to_numpy(dtype="float64")
@@ -88,7 +93,7 @@ def champion(reference: pd.DataFrame, config: Config) -> Callable[[pd.DataFrame]
     """A stand-in champion trained on the reference: a function scoring a batch (P(positive) or the value)."""
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
-    codes = {c: {v: i for i, v in enumerate(sorted(reference[c].astype(str).unique()))}
+    codes = {c: {v: i for i, v in enumerate(sorted(text(reference[c]).unique()))}
              for c in config.data.categorical}
     y = pd.to_numeric(reference[config.data.target], errors="coerce").to_numpy()
     known = ~np.isnan(y)
@@ -255,6 +260,8 @@ def main() -> None:
         for name in args.tables:
             results[name] = run_table(name, Path(state))
             print(f"{name}: {results[name]['seconds']} s", file=sys.stderr)
+            args.out.parent.mkdir(parents=True, exist_ok=True)  # what is done so far survives a failing table
+            args.out.write_text(json.dumps({"summary": summary(results), "tables": results}, indent=2) + "\n")
     totals = summary(results)
     print_table(results, totals)
     args.out.parent.mkdir(parents=True, exist_ok=True)

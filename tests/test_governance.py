@@ -156,14 +156,22 @@ def test_leakage_checks_judge_the_trainers_own_holdout(config: Config, flights_j
 
 
 def test_class_balance_flags_a_batch_without_enough_delays(config: Config, flights_jan: pd.DataFrame) -> None:
+    """Few delays: a warning while both the training part and the holdout have enough to learn and judge from;
+    blocking when either has too few (the counts are in the reason)."""
     assert class_balance(flights_jan, config) is None
     late = flights_jan[flights_jan["arr_delayed"] == 1]
+    rare = pd.concat([flights_jan[flights_jan["arr_delayed"] == 0], late.sample(100, random_state=0)]).sort_index()
+    finding = class_balance(rare.reset_index(drop=True), config)
+    assert finding is not None and finding.check == "balance.classes" and not finding.blocking
+    assert re.search(r"class 1 of arr_delayed makes 3\.\d% of the batch's rows", finding.reason), finding.reason
+    assert "governance.min_class_share 5.0%" in finding.reason
     spoiled = pd.concat([flights_jan[flights_jan["arr_delayed"] == 0], late.head(40)], ignore_index=True)
     finding = class_balance(spoiled, config)
-    assert finding is not None and finding.check == "balance.classes" and finding.overridable
-    assert re.search(r"class 1 of arr_delayed makes 1\.\d% of the batch's rows", finding.reason), finding.reason
-    assert "governance.min_class_share 5.0%" in finding.reason
-    assert class_balance(spoiled.assign(arr_delayed=1 - spoiled["arr_delayed"]), config).reason.startswith("class 0")
+    assert finding is not None and finding.blocking and finding.overridable
+    assert re.search(r"^0 training rows and 40 holdout rows of class 1 of arr_delayed", finding.reason), finding.reason
+    assert "governance.min_class_rows 30" in finding.reason
+    flipped = class_balance(spoiled.assign(arr_delayed=1 - spoiled["arr_delayed"]), config)
+    assert "of class 0 of arr_delayed" in flipped.reason
 
 
 def test_label_shift_flags_flipped_labels_not_the_seasons(config: Config, flights: pd.DataFrame) -> None:
