@@ -17,9 +17,11 @@ from driftloop.errors import ConfigError
 # sends alerts to Alertmanager, which posts them to the receiver).
 PART_NAMES: tuple[str, ...] = ("prefect", "mlflow", "evidently", "prometheus", "alertmanager", "receiver", "server",
                                "deployments")
-# Parts that need no other part: `up` starts them all at once and then waits for each in order, so their
-# start-ups (Prefect's database, MLflow's migrations, Evidently's imports) overlap instead of adding up.
-INDEPENDENT: frozenset[str] = frozenset({"prefect", "mlflow", "evidently"})
+# Parts that need no other part to start (Prometheus and Alertmanager find theirs when an alert comes): `up`
+# starts them all at once and then waits for each in order, so their start-ups (Prefect's database, MLflow's
+# migrations, the Python imports) overlap instead of adding up. The server and the deployments need the registry
+# and Prefect up.
+INDEPENDENT: frozenset[str] = frozenset({"prefect", "mlflow", "evidently", "prometheus", "alertmanager", "receiver"})
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,13 @@ def build_parts(config: Config, config_path: Path) -> list[Part]:
 
 
 def write_part_files(config: Config, name: str) -> None:
-    """Render the config files a part reads at start: prometheus.yml and alertmanager.yml; nothing for the others."""
+    """Render the files a part reads at start: prometheus.yml, alertmanager.yml, the webhook token (which the
+    receiver reads, and may start before Alertmanager); nothing for the others."""
+    if name == "receiver":
+        from driftloop.monitoring.receiver import ensure_webhook_token
+
+        ensure_webhook_token(config)
+        return
     if name not in ("prometheus", "alertmanager"):
         return
     from driftloop.monitoring.alerting import alertmanager_config, prometheus_config, rules_path, write_yaml

@@ -249,8 +249,8 @@ def test_real_stack_prefect_prometheus_alertmanager(tmp_path: Path, capsys: pyte
         status = json.loads(result.stdout)
         assert status["healthy"] is True
         assert {name: status["parts"][name]["state"] for name in PART_NAMES} == {
-            "prefect": "up", "prometheus": "up", "alertmanager": "up", "receiver": "down", "server": "down",
-            "deployments": "down"}
+            "prefect": "up", "mlflow": "down", "evidently": "down", "prometheus": "up", "alertmanager": "up",
+            "receiver": "down", "server": "down", "deployments": "down"}
     finally:
         stack_down(config)
     capsys.readouterr()
