@@ -94,7 +94,7 @@ def trained(flights_jan: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory)
     """One real single-process training on January flights (the trainer itself is tested elsewhere)."""
     from driftloop.training.trainer import train
 
-    config = make_config(tmp_path_factory.mktemp("train"), training={"epochs": 2})
+    config = make_config(tmp_path_factory.mktemp("train"), training={"epochs": 6})
     return train(flights_jan, config, stages=1, progress=False)
 
 

@@ -180,6 +180,7 @@ def test_unknown_slice_column_names_the_setting(tmp_path: Path) -> None:
 # --- the gate in MLflow ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # several registrations and gates: more than a quick test's CPU
 def test_gate_promotes_better_refuses_worse_and_records_both(config: Config, trained: TrainResult,  # noqa: F811
                                                             flights_jan: pd.DataFrame,
                                                             flights_jul: pd.DataFrame) -> None:

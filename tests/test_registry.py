@@ -25,6 +25,7 @@ from driftloop.training.trainer import TrainResult
 from tests.helpers import lineage_for, scrambled
 
 
+@pytest.mark.slow
 def test_first_model_becomes_champion_with_lineage(config: Config, trained: TrainResult,
                                                    flights_jan: pd.DataFrame) -> None:
     registered = register(config, trained, lineage_for(config, flights_jan), flights_jan)
@@ -42,6 +43,7 @@ def test_first_model_becomes_champion_with_lineage(config: Config, trained: Trai
     assert "tailnum" not in reference.columns and config.data.target in reference.columns
 
 
+@pytest.mark.slow
 def test_gate_rejects_worse_and_promotes_better(config: Config, trained: TrainResult, flights_jan: pd.DataFrame,
                                                 flights_jul: pd.DataFrame) -> None:
     lineage = lineage_for(config, flights_jan)
