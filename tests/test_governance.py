@@ -442,10 +442,10 @@ def test_evaluation_rows_inside_the_batch_are_stopped(registry: Registry, april:
 def test_an_imbalanced_batch_is_stopped_until_a_person_approves_it(registry: Registry, april: pd.DataFrame) -> None:
     config, before = registry.config, versions(registry.config)
     late = april[april["arr_delayed"] == 1]
-    imbalanced = sort_by_time(pd.concat([april[april["arr_delayed"] == 0], late.head(60)]), config.data)
+    imbalanced = sort_by_time(pd.concat([april[april["arr_delayed"] == 0], late.head(20)]), config.data)
     outcome = offer(registry, imbalanced, "imbalanced")
-    entry = assert_stopped(registry, outcome, before, "balance.classes", "class 1 of arr_delayed makes 1.",
-                           "governance.min_class_share 5.0%")
+    entry = assert_stopped(registry, outcome, before, "balance.classes", "holdout rows of class 1 of arr_delayed",
+                           "governance.min_class_rows 30")
     approval = approve_batch(config, Path(entry["path"]).name, "ana", "a week of clear skies")
     assert approval.overrides == ["balance.classes"]
     # The same batch offered again, as `driftloop train --data <quarantine>/data.parquet` does.
