@@ -218,8 +218,9 @@ class GovernanceConfig(_Strict):
     max_label_rate_change: float | None = Field(0.3, ge=0, le=1)
     # ... the change of the target's mean, in the champion's target standard deviations (regression) ...
     max_target_shift: float | None = Field(1.0, ge=0)
-    # ... and the champion's own score on the batch's labels: below chance means they contradict what it learned
-    # (demo: at least 0.62; flipped labels: about 1 - that). AUC (classification) or Spearman rho (regression).
+    # ... and the champion's own score on the batch's labels: below this by more than 3 standard errors (the whole
+    # batch, or one slice of it) means they contradict what it learned (demo: at least 0.62; flipped labels: about
+    # 1 - that). AUC (classification) or Spearman rho (regression).
     min_champion_auc: float | None = Field(0.5, ge=0, le=1)
     min_champion_correlation: float | None = Field(0.0, ge=-1, le=1)
 

@@ -14,7 +14,6 @@ from driftloop.config import Config
 from driftloop.data import split_by_fraction
 from driftloop.data_checks.findings import Finding
 from driftloop.data_checks.leakage import rank_correlation
-from driftloop.scoring import score
 
 # The champion's score in one slice of the batch (a feature's half or frequent value) must fall below the limit by
 # this many standard errors, and by the Bonferroni bar for SLICE_FALSE_ALARM over all slices searched, to block.
@@ -122,19 +121,22 @@ def champion_agreement(frame: pd.DataFrame, predictions: np.ndarray, version: st
     y, predicted = y[known], np.asarray(predictions, dtype="float64")[known]
     if config.data.task == "classification":
         limit, measure, setting = config.governance.min_champion_auc, "AUC", "governance.min_champion_auc"
-        value = score(y, predicted, "classification").get("auc") if len(y) else None
     else:
         limit, measure, setting = (config.governance.min_champion_correlation, "Spearman rho",
                                    "governance.min_champion_correlation")
-        value = rank_correlation(pd.Series(predicted), y) if len(y) else None
-    if limit is None or value is None:
+    figures = signed_score(y, predicted, config.data.task) if len(y) else None
+    if limit is None or figures is None:
         return None
-    if value < limit:
+    value, error = figures
+    # Below the limit beyond chance, as for the slices: a weak champion scoring 0.49 on a few hundred labels is
+    # noise around chance, flipped labels sit many standard errors below it.
+    z = (limit - value) / error
+    if z > SLICE_Z:
         return Finding(
             "guard.champion_score", True,
-            f"the champion (v{version}) scores {measure} {value:.3f} on the batch's labels (< {setting} {limit:g}): "
-            "the labels contradict what it learned (flipped or mislabelled?)",
-            {"score": round(float(value), 4), "limit": limit})
+            f"the champion (v{version}) scores {measure} {value:.3f} on the batch's labels (< {setting} {limit:g} by "
+            f"{z:.1f} standard errors): the labels contradict what it learned (flipped or mislabelled?)",
+            {"score": round(float(value), 4), "limit": limit, "z": round(float(z), 2)})
     return slice_agreement(frame[known].reset_index(drop=True), y, predicted, version, config, limit)
 
 
