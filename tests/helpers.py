@@ -128,6 +128,22 @@ def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
         time.sleep(0.02)
 
 
+def wait_for_server(child: subprocess.Popen, base: str, timeout: float = 90.0) -> None:
+    """Wait until the server process `child` answers 200 on {base}/healthz; fail if it exits first."""
+    import httpx
+
+    def up() -> bool:
+        if child.poll() is not None:
+            stderr = child.stderr.read() if child.stderr else ""
+            raise AssertionError(f"server exited: {stderr.decode() if isinstance(stderr, bytes) else stderr}")
+        try:
+            return httpx.get(f"{base}/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(up, timeout=timeout)
+
+
 class Shelf:
     """Stand-in for the registry (not part of serving): saved versions and which one is champion."""
 

@@ -34,7 +34,18 @@ from driftloop.metrics import (
 from driftloop.serving.app import create_app
 from driftloop.serving.prediction_log import PredictionLog, UnknownPredictionIds
 from driftloop.training.artifacts import load_model, save_model
-from tests.helpers import LOCAL, REPO, Shelf, free_port, make_config, metric, rows_json, scrape, wait_for
+from tests.helpers import (
+    LOCAL,
+    REPO,
+    Shelf,
+    free_port,
+    make_config,
+    metric,
+    rows_json,
+    scrape,
+    wait_for,
+    wait_for_server,
+)
 
 FAST_RELOAD = {"serving": {"reload_interval_s": 0.02, "max_batch_rows": 600}}
 LABELS_TOKEN = "s3cret-labels-token"
@@ -356,14 +367,7 @@ def test_serve_runs_uvicorn(config: Config, model_folders, flights_jan: pd.DataF
                               str(port)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:
-        def up() -> bool:
-            assert child.poll() is None, child.stderr.read().decode() if child.stderr else "server exited"
-            try:
-                return httpx.get(f"{base}/healthz").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, timeout=60)
+        wait_for_server(child, base, timeout=60)
         response = httpx.post(f"{base}/predict", json={"rows": rows_json(flights_jan.head(5))})
         assert response.status_code == 200 and response.json()["model_version"] == "1"
         assert "driftloop_prediction_rows_total" in httpx.get(f"{base}/metrics").text

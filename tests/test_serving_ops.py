@@ -33,7 +33,18 @@ from driftloop.metrics import MODEL_QUANTIZED, SHADOW_FAILURES, SHADOW_ROWS
 from driftloop.serving.app import AliasSource, create_app
 from driftloop.serving.prediction_log import PredictionLog
 from driftloop.training.artifacts import LoadedModel, PickledArtifactError, load_model
-from tests.helpers import LOCAL, REPO, Shelf, ThreadedServer, free_port, make_config, metric, rows_json, wait_for
+from tests.helpers import (
+    LOCAL,
+    REPO,
+    Shelf,
+    ThreadedServer,
+    free_port,
+    make_config,
+    metric,
+    rows_json,
+    wait_for,
+    wait_for_server,
+)
 
 TOKEN = "s3cret-admin-token"
 
@@ -386,14 +397,7 @@ def test_acknowledged_predictions_survive_kill_9_of_the_server(config, model_fol
     rows = rows_json(flights_jan.head(100))
     acknowledged: list[int] = []
     try:
-        def up() -> bool:
-            assert child.poll() is None, "server exited"
-            try:
-                return httpx.get(f"{base}/healthz").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, timeout=60)
+        wait_for_server(child, base, timeout=60)
 
         def one(i: int) -> list[int]:
             return httpx.post(f"{base}/predict", json={"rows": rows[i % 99:i % 99 + 2]}).json()["prediction_ids"]

@@ -30,7 +30,18 @@ from driftloop.serving.guard import allowed_hosts, host_name
 from driftloop.serving.labels import attach_label_file
 from driftloop.serving.prediction_log import PredictionLog
 from driftloop.state import prediction_log_path
-from tests.helpers import LOCAL, REPO, Shelf, ThreadedServer, cli_here, free_port, make_config, rows_json, wait_for
+from tests.helpers import (
+    LOCAL,
+    REPO,
+    Shelf,
+    ThreadedServer,
+    cli_here,
+    free_port,
+    make_config,
+    rows_json,
+    wait_for,
+    wait_for_server,
+)
 
 LABELS_TOKEN = "labels-token-for-tests"
 ADMIN_TOKEN = "admin-token-for-tests"
@@ -371,14 +382,7 @@ def test_served_process_creates_a_private_labels_token_and_checks_hosts(config: 
                               str(port)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        def up() -> bool:
-            assert child.poll() is None, "server exited"
-            try:
-                return httpx.get(f"{base}/healthz").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, timeout=90)
+        wait_for_server(child, base, timeout=90)
         token_file = config.state_dir / "serving" / "labels.token"
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         token = token_file.read_text().strip()
