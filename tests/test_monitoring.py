@@ -423,6 +423,7 @@ def test_numeric_null_scores_by_counting_and_by_sorting_agree(synthetic_referenc
 
 # ---------------------------------------------------------------- calibration
 
+@pytest.mark.slow  # hundreds of windows through the calibrated decision: about the quick limit of CPU
 def test_no_drift_stream_stays_under_the_stated_rate(tmp_path: Path, synthetic_reference: pd.DataFrame):
     """600 fresh windows from the reference's distribution (fixed seeds): alarms at most the stated 5%,
     within sampling error, and not absurdly fewer (the thresholds are not just huge)."""
