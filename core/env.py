@@ -31,26 +31,26 @@ def switch_off_telemetry() -> None:
         os.environ.setdefault(key, value)
 
 
-def stack_prefect_url(state_dir: Path) -> str | None:
-    """The API URL of the local stack's Prefect server while its process lives (recorded by `driftloop stack up`)."""
-    record = Path(state_dir) / "stack" / "prefect.json"
+def _live_record(state_dir: Path, name: str) -> dict | None:
+    """A stack part's record (state_dir/stack/<name>.json, written by `driftloop stack up`) while its process lives."""
     try:
-        info = json.loads(record.read_text(encoding="utf-8"))
+        info = json.loads((Path(state_dir) / "stack" / f"{name}.json").read_text(encoding="utf-8"))
         os.kill(int(info["pid"]), 0)
-        return str(info["api_url"])
+        return info
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def stack_prefect_url(state_dir: Path) -> str | None:
+    """The API URL of the local stack's Prefect server while its process lives."""
+    info = _live_record(state_dir, "prefect")
+    return str(info["api_url"]) if info and "api_url" in info else None
 
 
 def stack_part_url(state_dir: Path, name: str) -> str | None:
-    """The URL of a part of the local stack (state_dir/stack/<name>.json) while its recorded process lives."""
-    record = Path(state_dir) / "stack" / f"{name}.json"
-    try:
-        info = json.loads(record.read_text(encoding="utf-8"))
-        os.kill(int(info["pid"]), 0)
-        return str(info["url"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    """The URL of a part of the local stack while its recorded process lives."""
+    info = _live_record(state_dir, name)
+    return str(info["url"]) if info and "url" in info else None
 
 
 def prepare_environment(state_dir: Path | None = None, api_url: str | None = None) -> None:
