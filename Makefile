@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	touch $(STAMP) $(LINKED)
 
 # A module added or removed changes its folder's time: link the tree again (the dependencies stay as they are).
-$(LINKED): $(STAMP) $(PACKAGES) $(filter-out %/__pycache__/,$(wildcard $(addsuffix /*/,$(PACKAGES))))
+# (Folders as "core/.": a bare "stack" would name the phony target below, and `make setup` would start the stack.)
+$(LINKED): $(STAMP) $(addsuffix /.,$(PACKAGES)) $(filter-out %/__pycache__/,$(wildcard $(addsuffix /*/,$(PACKAGES))))
 	$(BIN)/pip install --quiet --no-deps -e . $(EDITABLE)
 	touch $(LINKED)
 
