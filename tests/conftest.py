@@ -61,6 +61,26 @@ def prefect_api() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session")
+def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A private PostgreSQL cluster (initdb in a temporary folder, loopback, free port) for the whole session, stopped
+    at its end; tests/postgres.py. Only slow tests may ask for it (it starts the server)."""
+    from tests.postgres import session_cluster
+
+    yield from session_cluster(tmp_path_factory)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
+def log_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a test's prediction log lives, once per backend: a SQLite file, or a fresh database of the session's
+    PostgreSQL cluster (those runs are slow: the cluster is a server process)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "log" / "predictions.db")
+    from tests.postgres import fresh_database
+
+    return fresh_database(request.getfixturevalue("pg_cluster"))
+
+
 @pytest.fixture
 def restored_environ(tmp_path: Path) -> Iterator[None]:
     """For `driftloop.cli.main` run in the test's process: the variables it sets for its process (telemetry,
