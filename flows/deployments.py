@@ -1,10 +1,10 @@
 """The loop as Prefect deployments: the monitor on a schedule, a weekly retraining, and retrain-on-drift.
 
-`driftloop deploy` registers them and serves them from its own process (or, with orchestration.work_pool,
-registers them for that pool's workers). The monitor flow emits `driftloop.drift.detected` when the
-retraining policy says so; an automation (a DeploymentEventTrigger) starts `retrain-on-drift`, which runs
-one at a time: a run that starts while another is going is cancelled. Alertmanager's webhook starts the
-same deployment (`retraining_starter`).
+`driftloop deploy` registers them and serves them from its own process (or, with orchestration.work_pool or
+the stack's worker (stack.worker), registers them for that pool's workers). The monitor flow emits
+`driftloop.drift.detected` when the retraining policy says so; an automation (a DeploymentEventTrigger) starts
+`retrain-on-drift`, which runs one at a time: a run that starts while another is going is cancelled.
+Alertmanager's webhook starts the same deployment (`retraining_starter`).
 
 Deployed flows take the config file's path, not a Config: Prefect stores parameters as JSON, and an edited
 config applies to the next run.
@@ -37,6 +37,7 @@ from driftloop.monitoring.policy import PolicyState, new_champion
 from driftloop.monitoring.windows import cut_windows
 from driftloop.registry.store import CHAMPION, alias_version, holdout_figures
 from driftloop.serving.prediction_log import PredictionLog
+from driftloop.stack.parts import work_pool
 from driftloop.state import prediction_log_path, state_path, write_atomic
 
 MONITOR = "monitor"
@@ -129,7 +130,8 @@ class RetrainPlan:
 
 
 def plan_retraining(config: Config, labelled: pd.DataFrame) -> RetrainPlan | None:
-    """The latest labelled window gates; up to orchestration.retrain_windows windows before it train.
+    """The latest labelled window gates; the windows before it are the candidates to train on (the retraining
+    data policy, config `retraining`, chooses among their rows).
 
     None when there are fewer than two windows with at least monitoring.min_labelled_rows labels.
     """
@@ -138,7 +140,7 @@ def plan_retraining(config: Config, labelled: pd.DataFrame) -> RetrainPlan | Non
     if len(windows) < 2:
         return None
     gate = windows[-1]
-    train = windows[-1 - config.orchestration.retrain_windows:-1]
+    train = windows[:-1]
     return RetrainPlan(train=(id_range(train[0])[0], id_range(train[-1])[1]), gate=id_range(gate))
 
 
@@ -212,8 +214,8 @@ def build_deployments(config: Config, config_path: Path) -> list[RunnerDeploymen
     parameters = {"config_path": str(config_path)}
     # By module path: the deployments run from any working directory where driftloop is installed.
     pool = {"entrypoint_type": EntrypointType.MODULE_PATH}
-    if settings.work_pool:
-        pool["work_pool_name"] = settings.work_pool
+    if work_pool(config):
+        pool["work_pool_name"] = work_pool(config)
     one_at_a_time = ConcurrencyLimitConfig(limit=settings.retrain_concurrency,
                                            collision_strategy=ConcurrencyLimitStrategy(settings.retrain_collision))
     on_drift = DeploymentEventTrigger(
@@ -246,16 +248,35 @@ def require_prefect_server() -> None:
                           "--only prefect`), or set orchestration.api_url (or PREFECT_API_URL) to a remote server")
 
 
+def ensure_process_pool(name: str) -> None:
+    """Create the process work pool `name` when Prefect has none of that name (an existing pool is left as is)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+        except ObjectNotFound:
+            try:
+                client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+            except ObjectAlreadyExists:
+                pass  # a worker starting at the same time made it
+
+
 def deploy(config: Config, config_path: Path, serve_them: bool = True) -> None:
-    """Register the deployments; serve them here until interrupted, unless they go to a work pool."""
+    """Register the deployments; serve them here until interrupted, unless they go to a work pool (created as a
+    process pool when missing: the stack's worker serves it)."""
     require_prefect_server()
     deployments = build_deployments(config, config_path)
     names = ", ".join(f"{d.flow_name}/{d.name}" for d in deployments)
     where = os.environ["PREFECT_API_URL"]
-    if config.orchestration.work_pool or not serve_them:
+    pool = work_pool(config)
+    if pool or not serve_them:
+        if pool:
+            ensure_process_pool(pool)
         for deployment in deployments:
-            deployment.apply(work_pool_name=config.orchestration.work_pool)
-        pool = config.orchestration.work_pool
+            deployment.apply(work_pool_name=pool)
         sys.stderr.write(f"registered {names} on {where}" + (f" for work pool {pool}\n" if pool else "\n"))
         return
     sys.stderr.write(f"serving {names} from this process, reporting to {where}; Ctrl-C stops\n")

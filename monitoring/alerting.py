@@ -39,9 +39,10 @@ def prometheus_duration(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
-def prometheus_config(config: Config, scrape_targets: dict[str, str], alertmanager_address: str,
+def prometheus_config(config: Config, scrape_targets: dict[str, str | list[str]], alertmanager_address: str,
                       rule_files: list[Path]) -> dict:
-    """prometheus.yml: one job per scrape target (job name -> "host:port"), the rules, the Alertmanager."""
+    """prometheus.yml: one job per scrape target (job name -> "host:port", or a list of them: the model server's
+    replicas, each its own `instance`), the rules, the Alertmanager."""
     return {
         "global": {
             "scrape_interval": prometheus_duration(config.stack.scrape_interval_s),
@@ -49,7 +50,8 @@ def prometheus_config(config: Config, scrape_targets: dict[str, str], alertmanag
         },
         "rule_files": [str(Path(path).resolve()) for path in rule_files],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager_address]}]}]},
-        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]}
+        "scrape_configs": [{"job_name": job, "static_configs": [
+            {"targets": [target] if isinstance(target, str) else list(target)}]}
                            for job, target in scrape_targets.items()],
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,16 +13,16 @@ import httpx
 from driftloop.config import Config
 from driftloop.env import DEFAULTS
 from driftloop.errors import ConfigError
+from driftloop.stack import postgres
 
-# Start order: each part may need the ones before it (the deployments report to Prefect and MLflow, Prometheus
-# sends alerts to Alertmanager, which posts them to the receiver).
+# The parts of a stack with the default settings, in start order. `part_names` adds what the config asks for:
+# `postgres` first (stack.database), `server-2`, ... after `server` (stack.server_replicas), `worker` last.
 PART_NAMES: tuple[str, ...] = ("prefect", "mlflow", "evidently", "prometheus", "alertmanager", "receiver", "server",
                                "deployments")
-# Parts that need no other part to start (Prometheus and Alertmanager find theirs when an alert comes): `up`
-# starts them all at once and then waits for each in order, so their start-ups (Prefect's database, MLflow's
-# migrations, the Python imports) overlap instead of adding up. The server and the deployments need the registry
-# and Prefect up.
-INDEPENDENT: frozenset[str] = frozenset({"prefect", "mlflow", "evidently", "prometheus", "alertmanager", "receiver"})
+SERVER = "server"
+POSTGRES = "postgres"
+WORKER = "worker"
+DEPLOYMENTS = "deployments"
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,19 @@ class Part:
     name: str
     command: list[str]
     url: str  # what a user opens (or points a client at)
-    health_url: str | None  # GET 200 means healthy; None: see `healthy` (the deployments are checked differently)
+    health_url: str | None  # GET 200 means healthy; None: see `healthy` (Prefect's API is asked instead)
     port: int | None  # where it listens; None: it does not
     port_key: str | None  # the config key that sets the port, for error messages
     env: dict[str, str] = field(default_factory=dict, repr=False)  # the child's whole environment
     binary_key: str | None = None  # config key naming an external binary that must exist
     ui_url: str | None = None  # the page a person opens in a browser, when the part has one
+    # Parts that must be healthy before this one starts (when they are started by the same call): `up` starts
+    # every part whose dependencies are healthy at once, so that start-ups (Prefect's database, MLflow's
+    # migrations, the Python imports) overlap instead of adding up.
+    after: tuple[str, ...] = ()
+    oneshot: bool = False  # runs to completion (exit 0), then is checked; nothing to stop later
+    user: str | None = None  # run as this user (PostgreSQL refuses to run as root)
+    stop_signal: int = signal.SIGTERM  # sent to the part's process group by `down`
 
 
 def stack_dir(config: Config) -> Path:
@@ -91,14 +99,35 @@ def remote_parts(config: Config) -> dict[str, str]:
     return remote
 
 
-def select_parts(names: list[str] | None) -> list[str]:
-    """The requested parts in start order (all when `names` is empty); an unknown name is a ConfigError."""
+def server_names(config: Config) -> list[str]:
+    """The model servers' part names: server, server-2, ... (stack.server_replicas)."""
+    return [SERVER] + [f"{SERVER}-{index}" for index in range(2, config.stack.server_replicas + 1)]
+
+
+def server_port(config: Config, index: int) -> int:
+    """The port of replica `index` (0-based): serving.port, serving.port + 1, ..."""
+    return config.serving.port + index
+
+
+def part_names(config: Config) -> list[str]:
+    """Every part the config asks for, in start order."""
+    names = [POSTGRES] if config.stack.database == "postgres" else []
+    names += [name for name in PART_NAMES if name not in (SERVER, DEPLOYMENTS)]
+    names += [*server_names(config), DEPLOYMENTS]
+    return names + ([WORKER] if config.stack.worker else [])
+
+
+def select_parts(config: Config, names: list[str] | None) -> list[str]:
+    """The requested parts in start order (all when `names` is empty; `server` means every replica); an unknown
+    name is a ConfigError."""
+    known = part_names(config)
     if not names:
-        return list(PART_NAMES)
-    unknown = [name for name in names if name not in PART_NAMES]
+        return known
+    unknown = [name for name in names if name not in known]
     if unknown:
-        raise ConfigError(f"unknown stack part(s) {', '.join(unknown)}: choose from {', '.join(PART_NAMES)}")
-    return [name for name in PART_NAMES if name in names]
+        raise ConfigError(f"unknown stack part(s) {', '.join(unknown)}: choose from {', '.join(known)}")
+    wanted = set(names) | (set(server_names(config)) if SERVER in names else set())
+    return [name for name in known if name in wanted]
 
 
 def child_environment(config: Config) -> dict[str, str]:
@@ -127,7 +156,30 @@ def prefect_environment(config: Config) -> dict[str, str]:
                 # The V2 UI (Prefect's default) starts Amplitude analytics before it reads analytics_enabled, so
                 # it calls out on every load; V1 does not. Promotions link to Prefect Cloud: not offline.
                 "PREFECT_SERVER_UI_V2_ENABLED": "false", "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false"})
+    if config.stack.database == "postgres":
+        url = postgres.database_url(config, postgres.PREFECT_DATABASE, driver="asyncpg")
+        if url:  # made by `up` before any part starts
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = url
     return env
+
+
+def mlflow_store_environment(config: Config) -> dict[str, str]:
+    """With the stack's PostgreSQL, MLflow's backend store through the environment (not the command line, where
+    every user of the machine would read the password); nothing otherwise."""
+    if config.stack.database != "postgres":
+        return {}
+    url = postgres.database_url(config, postgres.MLFLOW_DATABASE, driver="psycopg")
+    return {"MLFLOW_BACKEND_STORE_URI": url} if url else {}
+
+
+def postgres_part(config: Config) -> Part:
+    """The stack's PostgreSQL in the foreground; `down` sends SIGINT (a fast shutdown: clients are rolled back)."""
+    from driftloop.postgres_cluster import SUPERUSER, run_as_user
+
+    port = config.stack.postgres_port
+    url = postgres.database_url(config) or f"postgresql://{SUPERUSER}@127.0.0.1:{port}/driftloop"
+    return Part(POSTGRES, postgres.server_command(config), url, None, port, "stack.postgres_port",
+                {"PATH": os.environ.get("PATH", ""), "LANG": "C"}, user=run_as_user(), stop_signal=signal.SIGINT)
 
 
 def mlflow_command(config: Config) -> list[str]:
@@ -135,10 +187,10 @@ def mlflow_command(config: Config) -> list[str]:
     (the experiments keep their file locations under state_dir, as without a server)."""
     from driftloop.state import mlflow_artifact_root, mlflow_store_uri
 
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", mlflow_store_uri(config),
-            "--default-artifact-root", config.registry.artifact_location or mlflow_artifact_root(config),
-            "--no-serve-artifacts", "--host", config.stack.host, "--port", str(config.stack.mlflow_port),
-            "--workers", "1"]
+    store = [] if config.stack.database == "postgres" else ["--backend-store-uri", mlflow_store_uri(config)]
+    return [sys.executable, "-m", "mlflow", "server", *store, "--default-artifact-root",
+            config.registry.artifact_location or mlflow_artifact_root(config), "--no-serve-artifacts",
+            "--host", config.stack.host, "--port", str(config.stack.mlflow_port), "--workers", "1"]
 
 
 def evidently_command(config: Config) -> list[str]:
@@ -149,8 +201,46 @@ def evidently_command(config: Config) -> list[str]:
             str(evidently_workspace(config)), "--host", config.stack.host, "--port", str(config.stack.evidently_port)]
 
 
+def work_pool(config: Config) -> str | None:
+    """The work pool the deployments go to: orchestration.work_pool, else the stack's worker's pool when
+    stack.worker is on, else None (`driftloop deploy` serves them from its own process)."""
+    if config.orchestration.work_pool:
+        return config.orchestration.work_pool
+    return config.stack.worker_pool if config.stack.worker else None
+
+
+def server_parts(config: Config, driftloop: list[str], cfg: list[str], env: dict[str, str]) -> list[Part]:
+    """One model server per replica on consecutive ports, each loading the champion from the stack's MLflow."""
+    host = config.stack.host
+    parts = []
+    for index, name in enumerate(server_names(config)):
+        port = server_port(config, index)
+        url = base_url(config, port)
+        parts.append(Part(name, [*driftloop, "serve", *cfg, "--host", host, "--port", str(port)], url,
+                          f"{url}/healthz", port, "serving.port" if index == 0 else
+                          f"serving.port (replica {index + 1} listens on serving.port + {index})", env,
+                          after=("mlflow", POSTGRES)))
+    return parts
+
+
+def orchestration_parts(config: Config, driftloop: list[str], cfg: list[str], env: dict[str, str]) -> list[Part]:
+    """The deployments (served by their own process, or registered for a work pool) and the pool's worker."""
+    pool = work_pool(config)
+    api = env["PREFECT_API_URL"]
+    if pool is None:
+        return [Part(DEPLOYMENTS, [*driftloop, "deploy", *cfg], api, None, None, None, env, after=("prefect",))]
+    parts = [Part(DEPLOYMENTS, [*driftloop, "deploy", "--no-serve", *cfg], api, None, None, None, env,
+                  after=("prefect",), oneshot=True)]
+    if config.stack.worker:
+        page = f"{base_url(config, config.stack.prefect_port)}/work-pools/work-pool/{pool}"
+        parts.append(Part(WORKER, [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type",
+                                   "process"], f"{api}/work_pools/{pool}", None, None, None, env, ui_url=page,
+                          after=(DEPLOYMENTS,)))
+    return parts
+
+
 def build_parts(config: Config, config_path: Path) -> list[Part]:
-    """Every part of the stack in start order, with its command and environment (nothing is written here)."""
+    """Every part the config asks for, in start order, with its command and environment (nothing is written)."""
     stack, host, folder = config.stack, config.stack.host, stack_dir(config)
     driftloop = [sys.executable, "-m", "driftloop.cli"]
     cfg = ["--config", str(Path(config_path).resolve())]
@@ -159,17 +249,18 @@ def build_parts(config: Config, config_path: Path) -> list[Part]:
     prometheus = base_url(config, stack.prometheus_port)
     alertmanager = base_url(config, stack.alertmanager_port)
     receiver = base_url(config, stack.receiver_port)
-    server = base_url(config, config.serving.port)
     mlflow, evidently = mlflow_url(config), evidently_url(config)
     # MLflow's background job runner (a handful of consumer processes) serves features driftloop does not use.
-    mlflow_env = {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    mlflow_env = {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **mlflow_store_environment(config)}
+    database = [postgres_part(config)] if stack.database == "postgres" else []
     return [
+        *database,
         Part("prefect", [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port",
                          str(stack.prefect_port)],
              f"{prefect}/api", f"{prefect}/api/health", stack.prefect_port, "stack.prefect_port",
-             prefect_environment(config), ui_url=f"{prefect}/"),
+             prefect_environment(config), ui_url=f"{prefect}/", after=(POSTGRES,)),
         Part("mlflow", mlflow_command(config), mlflow, f"{mlflow}/health", stack.mlflow_port, "stack.mlflow_port",
-             mlflow_env, ui_url=f"{mlflow}/"),
+             mlflow_env, ui_url=f"{mlflow}/", after=(POSTGRES,)),
         Part("evidently", evidently_command(config), evidently, f"{evidently}/api/version", stack.evidently_port,
              "stack.evidently_port", env, ui_url=f"{evidently}/"),
         Part("prometheus", [stack.prometheus_bin, f"--config.file={folder / 'prometheus.yml'}",
@@ -185,19 +276,22 @@ def build_parts(config: Config, config_path: Path) -> list[Part]:
              "stack.alertmanager_bin", ui_url=f"{alertmanager}/"),
         Part("receiver", [*driftloop, "receiver", *cfg, "--host", host, "--port", str(stack.receiver_port)],
              receiver, f"{receiver}/healthz", stack.receiver_port, "stack.receiver_port", env),
-        Part("server", [*driftloop, "serve", *cfg, "--host", host, "--port", str(config.serving.port)],
-             server, f"{server}/healthz", config.serving.port, "serving.port", env),
-        Part("deployments", [*driftloop, "deploy", *cfg], env["PREFECT_API_URL"], None, None, None, env),
+        *server_parts(config, driftloop, cfg, env),
+        *orchestration_parts(config, driftloop, cfg, env),
     ]
 
 
 def write_part_files(config: Config, name: str) -> None:
-    """Render the files a part reads at start: prometheus.yml, alertmanager.yml, the webhook token (which the
-    receiver reads, and may start before Alertmanager); nothing for the others."""
+    """Render the files a part reads at start: prometheus.yml (every replica a target), alertmanager.yml, the
+    webhook token (which the receiver reads, and may start before Alertmanager), the PostgreSQL cluster (initdb on
+    first use); nothing for the others."""
     if name == "receiver":
         from driftloop.monitoring.receiver import ensure_webhook_token
 
         ensure_webhook_token(config)
+        return
+    if name == POSTGRES:
+        postgres.ensure_cluster(config)
         return
     if name not in ("prometheus", "alertmanager"):
         return
@@ -205,8 +299,8 @@ def write_part_files(config: Config, name: str) -> None:
 
     stack, host, folder = config.stack, config.stack.host, stack_dir(config)
     if name == "prometheus":
-        targets = {"driftloop-server": f"{host}:{config.serving.port}",
-                   "driftloop-monitor": f"{host}:{stack.receiver_port}"}
+        servers = [f"{host}:{server_port(config, index)}" for index in range(stack.server_replicas)]
+        targets = {"driftloop-server": servers, "driftloop-monitor": [f"{host}:{stack.receiver_port}"]}
         document = prometheus_config(config, targets, f"{host}:{stack.alertmanager_port}", [rules_path()])
         write_yaml(document, folder / "prometheus.yml")
         return
@@ -216,13 +310,23 @@ def write_part_files(config: Config, name: str) -> None:
     write_yaml(alertmanager_config(config, receiver_url, ensure_webhook_token(config)), folder / "alertmanager.yml")
 
 
+def _prefect_lists(part: Part, client: httpx.Client) -> bool:
+    """The deployments: Prefect lists at least one. The worker: its pool has a worker that is ONLINE."""
+    if part.name == WORKER:
+        response = client.post(f"{part.url}/workers/filter", json={})
+        return response.status_code == 200 and any(w.get("status") == "ONLINE" for w in response.json())
+    response = client.post(f"{part.url}/deployments/filter", json={})
+    return response.status_code == 200 and bool(response.json())
+
+
 def healthy(part: Part, client: httpx.Client) -> bool:
-    """One health probe: GET health_url answers 200 (Prefect's with `true`); the deployments are healthy once
-    Prefect lists at least one deployment (the caller checks that their process lives)."""
+    """One health probe: GET health_url answers 200 (Prefect's with `true`); PostgreSQL accepts connections; the
+    deployments and the worker are asked of Prefect (the caller checks that their process lives)."""
+    if part.name == POSTGRES:
+        return postgres.ready_at(part.url)
     try:
         if part.health_url is None:
-            response = client.post(f"{part.url}/deployments/filter", json={})
-            return response.status_code == 200 and bool(response.json())
+            return _prefect_lists(part, client)
         response = client.get(part.health_url)
         if response.status_code != 200:
             return False

@@ -15,14 +15,16 @@ from pathlib import Path
 _CHILDREN: dict[int, subprocess.Popen] = {}
 
 
-def spawn(command: list[str], env: dict[str, str], log: Path) -> int:
-    """Start `command` in its own session (it outlives this process and owns its process group); output to `log`."""
+def spawn(command: list[str], env: dict[str, str], log: Path, user: str | None = None) -> int:
+    """Start `command` in its own session (it outlives this process and owns its process group), as `user` when
+    given (only root may switch); output to `log`."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
         out.flush()
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                 start_new_session=True, close_fds=True)
+                                 start_new_session=True, close_fds=True, user=user,
+                                 cwd="/" if user else None)  # the user may not enter our working directory
     _CHILDREN[child.pid] = child
     return child.pid
 
@@ -110,10 +112,21 @@ def _wait_gone(pid: int, deadline: float) -> bool:
     return not pid_alive(pid) and not _group_alive(pid)
 
 
-def stop_group(pid: int, timeout_s: float = 15.0) -> str:
-    """SIGTERM the process group led by `pid`, SIGKILL what is left after `timeout_s`: "stopped", "killed" or "gone"."""
+def exit_code(pid: int) -> int | None:
+    """The exit status of a child this process started, None while it runs (or when it is not ours)."""
+    child = _CHILDREN.get(pid)
+    return None if child is None else child.poll()
+
+
+def stop_group(pid: int, timeout_s: float = 15.0, leader_signal: int | None = None) -> str:
+    """SIGTERM the process group led by `pid` (or send `leader_signal` to the leader alone, which stops its own
+    children, as PostgreSQL's postmaster does), SIGKILL what is left after `timeout_s`: "stopped", "killed" or
+    "gone"."""
     try:
-        os.killpg(pid, signal.SIGTERM)
+        if leader_signal is None:
+            os.killpg(pid, signal.SIGTERM)
+        else:
+            os.kill(pid, leader_signal)
     except ProcessLookupError:
         pid_alive(pid)  # reap it if it was ours
         return "gone"

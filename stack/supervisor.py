@@ -4,9 +4,12 @@ reverse order, report each part's URL and health. Every started part is recorded
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,22 +18,35 @@ from rich.console import Console
 from rich.table import Table
 
 from driftloop.config import Config
-from driftloop.errors import ConfigError
+from driftloop.errors import ConfigError, DataError
+from driftloop.stack import postgres
 from driftloop.stack.parts import (
-    INDEPENDENT,
-    PART_NAMES,
+    DEPLOYMENTS,
+    POSTGRES,
+    SERVER,
     Part,
     build_parts,
     healthy,
     log_path,
+    part_names,
     prefect_record_path,
     record_path,
     remote_parts,
     select_parts,
+    server_names,
+    stack_dir,
     write_part_files,
 )
-from driftloop.stack.process import is_ours, log_tail, pid_alive, port_free, process_start, spawn, stop_group
-from driftloop.state import write_atomic
+from driftloop.stack.process import (
+    exit_code,
+    is_ours,
+    log_tail,
+    pid_alive,
+    port_free,
+    process_start,
+    spawn,
+    stop_group,
+)
 
 HEALTH_TIMEOUT_S = 2.0  # one probe; a healthy part answers in milliseconds
 POLL_S = 0.5
@@ -62,8 +78,13 @@ def read_record(config: Config, name: str) -> dict | None:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    """Write a JSON file whole (a reader never sees half of it)."""
-    write_atomic(path, json.dumps(payload, indent=2) + "\n")
+    """Write a JSON file whole (a reader never sees half of it), readable by this user only: PostgreSQL's record
+    holds its password."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as out:
+        out.write(json.dumps(payload, indent=2) + "\n")
+    partial.replace(path)
 
 
 def _remove_record(config: Config, name: str) -> None:
@@ -83,7 +104,20 @@ def _record_alive(record: dict) -> bool:
 
 
 def champion_version(config: Config) -> str | None:
-    """The registry's champion version, None without one (MLflow is imported only here: it is slow to import)."""
+    """The registry's champion version, None without one. Through the stack's MLflow server's REST API when it
+    runs (no MLflow import: it is slow); else MLflow itself on the configured store."""
+    from driftloop.state import mlflow_tracking_uri
+
+    uri = mlflow_tracking_uri(config)
+    if uri.startswith(("http://", "https://")):
+        with _client() as client:
+            response = client.get(f"{uri.rstrip('/')}/api/2.0/mlflow/registered-models/alias",
+                                  params={"name": config.model.name, "alias": "champion"})
+        if response.status_code == 200:
+            return str(response.json()["model_version"]["version"])
+        if response.status_code in (400, 404):  # no such model or alias (RESOURCE_DOES_NOT_EXIST / INVALID_PARAMETER)
+            return None
+        response.raise_for_status()
     from driftloop.registry.store import alias_version
 
     return alias_version(config, "champion")
@@ -109,7 +143,7 @@ def preflight(config: Config, parts: list[Part]) -> None:
         if part.port is None:
             continue
         try:
-            free = port_free(config.stack.host, part.port)
+            free = port_free(config.stack.host if part.name != POSTGRES else "127.0.0.1", part.port)
         except OSError as error:
             raise ConfigError(f"stack.host {config.stack.host!r} cannot be listened on ({error.strerror}): "
                               "set stack.host to an address of this machine, such as 127.0.0.1") from None
@@ -120,14 +154,25 @@ def preflight(config: Config, parts: list[Part]) -> None:
         raise ConfigError("; ".join(busy))
 
 
+def _prepare_database(config: Config, names: list[str]) -> None:
+    """Make the stack's PostgreSQL cluster (initdb, first `up` only) before the parts are built: their
+    environments carry its URLs. A missing server package is one clear line."""
+    if POSTGRES not in names:
+        return
+    try:
+        postgres.ensure_cluster(config)
+    except DataError as error:
+        raise ConfigError(f"stack.database is postgres: {error}") from None
+
+
 # ---------------------------------------------------------------------------------------------- up
 
 
 def _start(config: Config, part: Part) -> dict:
-    """Render the part's files, start it detached and record it."""
+    """Render the part's files, start it detached and record it (mode 0600: PostgreSQL's URL holds its password)."""
     write_part_files(config, part.name)
     log = log_path(config, part.name)
-    pid = spawn(part.command, part.env, log)
+    pid = spawn(part.command, part.env, log, user=part.user)
     record = {"pid": pid, "url": part.url, "health_url": part.health_url, "log": str(log),
               "started_at": datetime.now(UTC).isoformat(timespec="seconds"), "command": part.command,
               "proc_start": process_start(pid)}
@@ -135,21 +180,27 @@ def _start(config: Config, part: Part) -> dict:
     return record
 
 
-def _wait_healthy(part: Part, pid: int, timeout_s: float, console: Console, client: httpx.Client) -> str | None:
-    """Wait for the part's health; None when healthy, else why not."""
-    started = time.monotonic()
-    target = part.health_url or f"{part.url} (deployments registered)"
-    with console.status(f"{part.name}: waiting for {target}") as status:
-        while True:
-            if not pid_alive(pid):
-                return f"{part.name} exited before it was healthy"
-            if healthy(part, client):
-                return None
-            elapsed = time.monotonic() - started
-            if elapsed > timeout_s:
-                return f"{part.name} not healthy after {timeout_s:.0f} s (stack.start_timeout_s)"
-            status.update(f"{part.name}: waiting for {target} ({elapsed:.0f} s)")
-            time.sleep(POLL_S)
+def _check(part: Part, pid: int, begun: float, timeout_s: float, client: httpx.Client) -> str | None:
+    """One look at a starting part: "healthy", why it failed, or None while it is still starting."""
+    if part.oneshot:
+        code = exit_code(pid)
+        if code is None and pid_alive(pid):
+            return _timed_out(part, begun, timeout_s)
+        if code not in (0, None):
+            return f"{part.name} exited with status {code}"
+        return "healthy" if healthy(part, client) else f"{part.name} finished but Prefect lists no deployments"
+    if not pid_alive(pid):
+        return f"{part.name} exited before it was healthy"
+    if healthy(part, client):
+        return "healthy"
+    return _timed_out(part, begun, timeout_s)
+
+
+def _timed_out(part: Part, begun: float, timeout_s: float) -> str | None:
+    """The timeout's message once `timeout_s` passed since `begun`, else None."""
+    if time.monotonic() - begun > timeout_s:
+        return f"{part.name} not healthy after {timeout_s:.0f} s (stack.start_timeout_s)"
+    return None
 
 
 def _print_failure(config: Config, part: Part, reason: str, console: Console) -> None:
@@ -160,82 +211,129 @@ def _print_failure(config: Config, part: Part, reason: str, console: Console) ->
         console.print(f"    {line}", markup=False, highlight=False, soft_wrap=True)
 
 
+def _stop_record(config: Config, name: str, record: dict) -> str:
+    """Stop a recorded part's process: "stopped", "killed" or "gone"."""
+    part = next((p for p in build_parts(config, Path("config.yaml")) if p.name == name), None)
+    leader = part.stop_signal if part is not None and part.stop_signal != signal.SIGTERM else None
+    return stop_group(record["pid"], leader_signal=leader)
+
+
 def _stop_started(config: Config, started: list[str], console: Console) -> None:
     """Undo this call: stop the parts it started, newest first, and forget them."""
     for name in reversed(started):
         record = read_record(config, name) or {}
         if _record_alive(record):
-            stop_group(record["pid"])
+            _stop_record(config, name, record)
         _remove_record(config, name)
         console.print(f"stopped {name} (started by this call)")
 
 
-def stack_up(config: Config, config_path: Path, parts: list[str] | None = None) -> bool:
-    """Start the parts that are not running yet, in order, each once the previous one is healthy.
+@dataclass
+class _Starting:
+    """A part `up` started (or found running) and waits for."""
 
-    A part whose recorded process lives is left alone (`up` twice is safe); stale records are dropped. The model
-    server waits (not a failure) while the registry has no champion. If a part fails, the parts this call started
-    are stopped again. True when every part is healthy (or waiting).
+    part: Part
+    pid: int
+    begun: float
+    running_before: bool
+
+
+def _ready_to_start(part: Part, chosen: set[str], done: set[str]) -> bool:
+    """Whether every dependency of `part` that this call handles is healthy."""
+    return all(dependency in done or dependency not in chosen for dependency in part.after)
+
+
+def _on_healthy(config: Config, part: Part, pid: int) -> None:
+    """What follows a part's health: Prefect's URL for every later command, PostgreSQL's databases."""
+    if part.name == "prefect":
+        _write_json(prefect_record_path(config), {"pid": pid, "api_url": part.url})
+    if part.name == POSTGRES:
+        postgres.ensure_databases(config)
+
+
+def _mark_done(config: Config, part: Part) -> None:
+    """A one-shot part finished: its record says so (`status` asks Prefect; `down` has nothing to stop)."""
+    _write_json(record_path(config, part.name), {"state": "done", "url": part.url,
+                                                 "log": str(log_path(config, part.name)),
+                                                 "finished_at": datetime.now(UTC).isoformat(timespec="seconds")})
+
+
+def stack_up(config: Config, config_path: Path, parts: list[str] | None = None) -> bool:
+    """Start the parts that are not running yet, each as soon as the parts it needs are healthy.
+
+    Independent parts start at once and their start-ups overlap (`Part.after` says what waits for what). A part
+    whose recorded process lives is left alone (`up` twice is safe); stale records are dropped. A model server
+    waits (not a failure) while the registry has no champion. If a part fails, the parts this call started are
+    stopped again. True when every part is healthy (or waiting).
     """
     console = _console()
-    names = select_parts(parts)
+    names = select_parts(config, parts)
     for name, where in remote_parts(config).items():
         if not parts and name in names:
             # A remote service (orchestration.api_url, an MLflow tracking server) takes the local one's place.
             names.remove(name)
             console.print(f"{name}: remote, {where}", soft_wrap=True)
+    _prepare_database(config, names)
     chosen = [part for part in build_parts(config, Path(config_path)) if part.name in names]
     running: dict[str, dict] = {}
     for part in chosen:
         record = read_record(config, part.name)
-        if record is not None and _record_alive(record):
+        if record is not None and (_record_alive(record) or (part.oneshot and record.get("state") == "done")):
             running[part.name] = record
         elif record is not None:
             _remove_record(config, part.name)  # a stale record: its process is gone
-    waiting: dict[str, str] = {}
-    if any(part.name == "server" and part.name not in running for part in chosen):
-        reason = _waiting_reason(config, Path(config_path))
-        if reason:
-            waiting["server"] = reason
-    preflight(config, [part for part in chosen if part.name not in running and part.name not in waiting])
+    preflight(config, [part for part in chosen if part.name not in running])
 
     started: list[str] = []
     states: dict[str, tuple[str, int | None]] = {}
     up_since = time.monotonic()
     timeout_s = config.stack.start_timeout_s
+    pending = [part for part in chosen if part.name not in running or "pid" in running[part.name]]
+    done = {name for name, record in running.items() if record.get("state") == "done"}
+    states.update({name: ("up", None) for name in done})
+    waiting_on: dict[str, _Starting] = {}
     try:
-        with _client() as client:
-            early = {part.name: _start(config, part)["pid"] for part in chosen
-                     if part.name in INDEPENDENT and part.name not in running and part.name not in waiting}
-            started += list(early)
-            for part in chosen:
-                if part.name in waiting:
-                    _write_json(record_path(config, part.name), {"state": "waiting", "reason": waiting[part.name],
-                                                                 "url": part.url, "log": str(log_path(config,
-                                                                                                      part.name))})
-                    console.print(f"[yellow]… {part.name}: {waiting[part.name]}[/]", soft_wrap=True)
-                    states[part.name] = ("waiting", None)
-                    continue
-                if part.name in running:
-                    pid, begun = running[part.name]["pid"], time.monotonic()
-                elif part.name in early:
-                    pid, begun = early[part.name], up_since
-                else:
-                    begun = time.monotonic()
-                    pid = _start(config, part)["pid"]
-                    started.append(part.name)
-                failure = _wait_healthy(part, pid, timeout_s, console, client)
-                if failure:
+        with _client() as client, console.status("starting") as spinner:
+            while pending or waiting_on:
+                for part in [p for p in pending if _ready_to_start(p, set(names), done)]:
+                    pending.remove(part)
                     if part.name in running:
-                        failure += " — it was already running: `driftloop stack down` stops it"
-                    _print_failure(config, part, failure, console)
-                    _stop_started(config, started, console)
-                    return False
-                if part.name == "prefect":
-                    _write_json(prefect_record_path(config), {"pid": pid, "api_url": part.url})
-                how = "already up" if part.name in running else f"healthy in {time.monotonic() - begun:.0f} s"
-                console.print(f"[green]✓[/] {part.name} {how}: {part.ui_url or part.url}", soft_wrap=True)
-                states[part.name] = ("up", pid)
+                        waiting_on[part.name] = _Starting(part, running[part.name]["pid"], time.monotonic(), True)
+                        continue
+                    reason = _waiting_reason(config, Path(config_path)) if part.name in server_names(config) else None
+                    if reason:
+                        _write_json(record_path(config, part.name), {"state": "waiting", "reason": reason,
+                                                                     "url": part.url,
+                                                                     "log": str(log_path(config, part.name))})
+                        console.print(f"[yellow]… {part.name}: {reason}[/]", soft_wrap=True)
+                        states[part.name] = ("waiting", None)
+                        done.add(part.name)
+                        continue
+                    waiting_on[part.name] = _Starting(part, _start(config, part)["pid"], time.monotonic(), False)
+                    started.append(part.name)
+                for name, entry in list(waiting_on.items()):
+                    verdict = _check(entry.part, entry.pid, entry.begun, timeout_s, client)
+                    if verdict is None:
+                        continue
+                    if verdict != "healthy":
+                        if entry.running_before:
+                            verdict += " — it was already running: `driftloop stack down` stops it"
+                        _print_failure(config, entry.part, verdict, console)
+                        _stop_started(config, started, console)
+                        return False
+                    del waiting_on[name]
+                    _on_healthy(config, entry.part, entry.pid)
+                    if entry.part.oneshot:
+                        _mark_done(config, entry.part)
+                    done.add(name)
+                    how = "already up" if entry.running_before else \
+                        f"healthy in {time.monotonic() - entry.begun:.0f} s"
+                    console.print(f"[green]✓[/] {name} {how}: {entry.part.ui_url or entry.part.url}", soft_wrap=True)
+                    states[name] = ("up", None if entry.part.oneshot else entry.pid)
+                if pending or waiting_on:
+                    spinner.update(f"waiting for {', '.join(waiting_on) or '-'} "
+                                   f"({time.monotonic() - up_since:.0f} s); then {', '.join(p.name for p in pending)}")
+                    time.sleep(POLL_S)
     except BaseException:  # Ctrl-C or an error while rendering a config: leave nothing half-started
         _stop_started(config, started, console)
         raise
@@ -247,19 +345,29 @@ def stack_up(config: Config, config_path: Path, parts: list[str] | None = None) 
 # ---------------------------------------------------------------------------------------------- down
 
 
+def recorded_names(config: Config) -> list[str]:
+    """The parts to look at: the config's, plus replicas recorded under an earlier, larger server_replicas."""
+    names = part_names(config)
+    extra = sorted((path.stem for path in stack_dir(config).glob(f"{SERVER}-*.json")
+                    if path.stem not in names and path.stem.removeprefix(f"{SERVER}-").isdigit()),
+                   key=lambda name: int(name.rsplit("-", 1)[1]))
+    at = names.index(DEPLOYMENTS)
+    return names[:at] + extra + names[at:]
+
+
 def stack_down(config: Config) -> None:
     """Stop every recorded part, newest first (SIGTERM to its process group, SIGKILL after 15 s); drop the records."""
     console = _console()
     stopped_any = False
-    for name in reversed(PART_NAMES):
+    for name in reversed(recorded_names(config)):
         record = read_record(config, name)
         if record is None:
             continue
         stopped_any = True
-        if record.get("state") == "waiting":
-            console.print(f"{name}: was waiting, nothing to stop")
+        if record.get("state") in ("waiting", "done"):
+            console.print(f"{name}: {'was waiting' if record['state'] == 'waiting' else 'ran once'}, nothing to stop")
         elif _record_alive(record):
-            how = stop_group(record["pid"])
+            how = _stop_record(config, name, record)
             console.print(f"{name}: {'killed (did not stop on SIGTERM)' if how == 'killed' else 'stopped'} "
                           f"(pid {record['pid']})")
         else:
@@ -279,6 +387,8 @@ def _part_state(part: Part, record: dict | None, client: httpx.Client) -> tuple[
         return "down", None
     if record.get("state") == "waiting":
         return "waiting", None
+    if record.get("state") == "done":
+        return ("up" if healthy(part, client) else "unhealthy"), None
     pid = record.get("pid")
     if not _record_alive(record):
         return "down", pid

@@ -92,11 +92,14 @@ def test_parts_in_order_on_the_configured_host_and_ports(tmp_path: Path) -> None
     assert all("127.0.0.2" in parts[name].url for name in PART_NAMES)
 
 
-def test_unknown_part_names_the_valid_ones() -> None:
-    assert select_parts(["deployments", "prefect"]) == ["prefect", "deployments"]
-    assert select_parts(None) == list(PART_NAMES)
+def test_unknown_part_names_the_valid_ones(tmp_path: Path) -> None:
+    config = make_config(tmp_path / "state")
+    assert select_parts(config, ["deployments", "prefect"]) == ["prefect", "deployments"]
+    assert select_parts(config, None) == list(PART_NAMES)
     with pytest.raises(ConfigError, match="grafana.*prefect, mlflow, evidently, prometheus"):
-        select_parts(["prefect", "grafana"])
+        select_parts(config, ["prefect", "grafana"])
+    with pytest.raises(ConfigError, match="server-2"):
+        select_parts(config, ["server-2"])  # one replica by default
 
 
 def test_busy_port_refuses_naming_the_key_and_starts_nothing(tmp_path: Path) -> None:
