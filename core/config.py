@@ -148,6 +148,9 @@ class TrainingConfig(_Strict):
     checkpoint_every: int = Field(0, ge=0)
     # auto: resume from the run's last complete checkpoint when there is one; never: start afresh (and drop them).
     resume: Literal["auto", "never"] = "auto"
+    baseline: bool = Field(
+        True, description="Fit scikit-learn's HistGradientBoosting on the same training rows and score it on the "
+        "same holdout in every training (MLflow baseline.*, train --json, driftloop models; a few seconds).")
 
 
 class ValidationConfig(_Strict):
@@ -311,6 +314,20 @@ class ServingConfig(_Strict):
     body_timeout_s: float = Field(
         30.0, gt=0, description="Longest wait for the next part of a request body; then 408. Without it a client "
         "that sends the headers and never the body would hold one of max_concurrent_requests for ever.")
+    log_uri: str | None = Field(
+        None, description="Where the prediction log lives: None (the default) is the SQLite file "
+        "state_dir/predictions.db, for one machine; 'postgresql://user:password@host:port/db' a PostgreSQL database "
+        "that several model servers, the monitor and retraining on other machines share (driftloop.serving.log).")
+    log_retention_days: float | None = Field(
+        None, gt=0, description="Rows logged longer ago than this are archived to Parquet under state_dir/archive "
+        "and then deleted from the log by `driftloop log-prune` (run it from cron, or let the deployed monitor run "
+        "it after each check). None (the default): nothing is pruned, as before.")
+    log_read_chunk_rows: int = Field(
+        50_000, ge=100, description="Rows per query when the monitor, retraining and retention read the log in "
+        "chunks: bounds their memory (a chunk of the demo's rows is about 40 MB as a DataFrame).")
+    label_import_chunk_rows: int = Field(
+        2_000, ge=1, description="Labels per write transaction of `driftloop label`: each chunk holds the log's "
+        "write lock for a few milliseconds, so /predict keeps answering during a large import.")
     allowed_hosts: list[str] | None = Field(
         None, description="Host header values (names, without the port) the server answers; another is 400 (DNS "
         "rebinding). None: the loopback names (localhost, 127.0.0.1, ::1) when bound to a loopback address, any "
@@ -362,6 +379,10 @@ class RegistryConfig(_Strict):
     # Live shadow evidence (serving.shadow): labelled requests the champion answered and the challenger scored; with
     # at least this many, the gate also requires the challenger to win on them (see `driftloop gate`).
     min_shadow_rows: int = Field(500, ge=1)
+    require_digests: bool = Field(
+        True, description="Refuse to load a version without the sha256 of its model files recorded at registration "
+        "(registry/digests.py); a recorded digest that differs is refused either way. false only for versions "
+        "registered before driftloop recorded digests.")
 
 
 class OrchestrationConfig(_Strict):

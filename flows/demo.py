@@ -159,10 +159,12 @@ def window_event(decision: Decision, drifted: bool) -> str:
 
 
 def retrain(client: httpx.Client, config: Config, state: LoopState, index: int) -> tuple[str, str]:
-    """Retrain on the labelled windows before `index`, gate on window `index`; returns (event, detail)."""
-    history = state.id_ranges[max(0, index - config.demo.retrain_windows):index]
+    """Retrain on what the retraining data policy (config `retraining`) takes of the first model's training months
+    and the labelled windows before `index`; gate on window `index`. Returns (event, detail)."""
+    history = state.id_ranges[:index]
     gate_first, gate_last = state.id_ranges[index]
-    outcome = retraining_flow(config, history[0][0], history[-1][1], gate_first, gate_last, progress=False)
+    outcome = retraining_flow(config, history[0][0], history[-1][1], gate_first, gate_last, progress=False,
+                              history_path=str(state_path(config, "data", "train.parquet")))
     if outcome.refusal is not None:
         return "retrain refused", "\n    ".join(outcome.refusal.lines())
     gate, version = outcome.gate, outcome.model.model_version

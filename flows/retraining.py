@@ -1,11 +1,15 @@
-"""The retraining flow: recent labelled traffic → training pipeline → champion/challenger gate."""
+"""The retraining flow: labelled traffic, chosen by the retraining data policy → training pipeline →
+champion/challenger gate."""
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from driftloop.config import Config
+from driftloop.data import read_table
 from driftloop.data_checks.provenance import prediction_log_source
 from driftloop.errors import DataError
 from driftloop.flows.monitoring import log_to_contract
@@ -15,6 +19,7 @@ from driftloop.registry.gate import GateDecision, apply_gate
 from driftloop.registry.store import CHAMPION, alias_version
 from driftloop.serving.prediction_log import PredictionLog
 from driftloop.state import prediction_log_path, state_path
+from driftloop.training.data_policy import describe_policy, select_training_rows
 
 
 def labelled_rows(config: Config, first_id: int, last_id: int):  # noqa: ANN201 - a DataFrame
@@ -24,6 +29,39 @@ def labelled_rows(config: Config, first_id: int, last_id: int):  # noqa: ANN201 
     if logged.empty:
         raise DataError(f"no labelled predictions between ids {first_id} and {last_id}")
     return log_to_contract(config, logged)
+
+
+def retraining_time(config: Config, gate: pd.DataFrame) -> pd.Timestamp | None:
+    """When the retraining happens, as the data policy sees it: the gate window's first event (nothing from then on
+    trains); None without data.timestamp."""
+    column = config.data.timestamp
+    if not column or column not in gate.columns or gate.empty:
+        return None
+    return pd.to_datetime(gate[column], utc=True).min()
+
+
+def with_history(frame: pd.DataFrame, history_path: str | None) -> pd.DataFrame:
+    """`frame` after the labelled rows of `history_path` (earlier data, e.g. the first model's training file), in the
+    columns both have."""
+    if not history_path:
+        return frame
+    history = read_table(history_path)
+    columns = [c for c in frame.columns if c in history.columns]
+    return pd.concat([history[columns], frame[columns]], ignore_index=True)
+
+
+@task(cache_policy=NO_CACHE)
+def choose_rows(config: Config, candidates: pd.DataFrame, gate: pd.DataFrame) -> tuple[pd.DataFrame,
+                                                                                     np.ndarray | None]:
+    """The retraining data policy (config `retraining`) applied to every candidate row."""
+    rows, weights = select_training_rows(candidates, config.retraining, retraining_time(config, gate),
+                                         config.data.timestamp)
+    get_run_logger().info("retraining data (%s): %d of %d labelled rows%s", describe_policy(config.retraining),
+                          len(rows), len(candidates), ", recency-weighted" if weights is not None else "")
+    if rows.empty:
+        raise DataError(f"the retraining data policy ({describe_policy(config.retraining)}) keeps none of the "
+                        f"{len(candidates)} labelled rows: widen retraining.max_age or retraining.max_rows")
+    return rows, weights
 
 
 @task(cache_policy=NO_CACHE)
@@ -37,22 +75,31 @@ def gate_version(config: Config, version: str, first_id: int, last_id: int) -> G
 
 @flow(name="retraining", validate_parameters=False)
 def retraining_flow(config: Config, train_first_id: int, train_last_id: int, gate_first_id: int,
-                    gate_last_id: int, progress: bool = True) -> RetrainingOutcome:
-    """Train on labelled predictions `train_*`, gate on the later labelled window `gate_*`.
+                    gate_last_id: int, progress: bool = True, history_path: str | None = None) -> RetrainingOutcome:
+    """Train on labelled predictions `train_*` (after the labelled rows of `history_path`, when given), as the
+    retraining data policy (config `retraining`) chooses among them; gate on the later labelled window `gate_*`.
 
     The gate window is the governance checks' evaluation data too (no overlap with the batch, no training row from
     its period); a batch that fails validation or that they stop is quarantined, and the outcome's status
     (QUARANTINED or REFUSED) and `refusal` say why. A trained version's `gate` decision says whether it was
     promoted."""
-    frame = labelled_rows(config, train_first_id, train_last_id)
+    gate = labelled_rows(config, gate_first_id, gate_last_id)
+    gate_path = state_path(config, "data", f"gate-{gate_first_id}-{gate_last_id}.parquet")
+    gate.to_parquet(gate_path, index=False)
+    candidates = with_history(labelled_rows(config, train_first_id, train_last_id), history_path)
+    frame, weights = choose_rows(config, candidates, gate)
     path = state_path(config, "data", f"retrain-{train_first_id}-{train_last_id}.parquet")
     frame.to_parquet(path, index=False)
-    gate_path = state_path(config, "data", f"gate-{gate_first_id}-{gate_last_id}.parquet")
-    labelled_rows(config, gate_first_id, gate_last_id).to_parquet(gate_path, index=False)
+    weights_path = None
+    if weights is not None:
+        weights_path = path.with_suffix(".weights.npy")
+        np.save(weights_path, weights)
     champion = alias_version(config, CHAMPION)
     source = prediction_log_source(train_first_id, train_last_id, prediction_log_path(config))
     training = training_pipeline(config, str(path), reference_version=champion, progress=progress, source=source,
-                                 evaluation_path=str(gate_path))
+                                 evaluation_path=str(gate_path),
+                                 weights_path=str(weights_path) if weights_path else None,
+                                 warm_start=config.retraining.warm_start)
     if training.model is None:
         return RetrainingOutcome(training.status, training=training)
     decision = gate_version(config, training.model.model_version, gate_first_id, gate_last_id)

@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -23,11 +24,12 @@ from driftloop.flows.governance import governance_gate
 from driftloop.flows.outcomes import Refusal, TrainedModel, TrainingOutcome
 from driftloop.registry.lineage import build_lineage
 from driftloop.registry.provenance import report_links
-from driftloop.registry.store import CHAMPION, Registered, alias_version, load_reference, register
+from driftloop.registry.store import CHAMPION, Registered, alias_version, load_reference, load_version, register
 from driftloop.state import state_path
 from driftloop.training.launcher import TorchrunPlan, plan_torchrun
 from driftloop.training.pipeline import check_settings
 from driftloop.training.trainer import TrainResult, train
+from driftloop.training.warm_start import WarmStart
 
 
 def prepare_training_data(config: Config, data: Path | None) -> Path:
@@ -84,11 +86,28 @@ def quarantine_batch(config: Config, frame: pd.DataFrame, report: ValidationRepo
 
 
 @task(cache_policy=NO_CACHE)
-def train_model(config: Config, frame: pd.DataFrame, progress: bool, **overrides: int | str | None) -> TrainResult:
+def champion_weights(config: Config, version: str | None) -> WarmStart | None:
+    """The weights a warm start (retraining.warm_start) continues from: `version`'s; None without one."""
+    if version is None:
+        get_run_logger().info("warm start: no champion yet, training from scratch")
+        return None
+    loaded = load_version(config, version)
+    return WarmStart(loaded.spec, {k: v.detach().clone() for k, v in loaded.net.state_dict().items()},
+                     f"champion v{version}")
+
+
+@task(cache_policy=NO_CACHE)
+def train_model(config: Config, frame: pd.DataFrame, progress: bool, sample_weights: np.ndarray | None = None,
+                warm_start: WarmStart | None = None, **overrides: int | str | None) -> TrainResult:
     """Pipeline-parallel training with a time-later holdout."""
-    result = train(frame, config, progress=progress, **overrides)
-    get_run_logger().info("trained %d stages (%s): final loss %.4f, holdout %s", result.stages, result.schedule,
-                          result.final_loss, {k: round(v, 4) for k, v in result.metrics.items()})
+    result = train(frame, config, progress=progress, sample_weights=sample_weights, warm_start=warm_start,
+                   **overrides)
+    logger = get_run_logger()
+    logger.info("trained %d stages (%s) from %s: final loss %.4f, holdout %s", result.stages, result.schedule,
+                result.start, result.final_loss, {k: round(v, 4) for k, v in result.metrics.items()})
+    if result.baseline is not None:
+        logger.info("baseline %s on the same holdout: %s", result.baseline.model,
+                    {k: round(v, 4) for k, v in result.baseline.metrics.items()})
     return result
 
 
@@ -129,7 +148,8 @@ def publish_validation(config: Config, record: dict, registered: Registered | No
 def training_pipeline(config: Config, data_path: str, reference_version: str | None = None, progress: bool = True,
                       stages: int | None = None, schedule: str | None = None, microbatches: int | None = None,
                       seed: int | None = None, source: str | None = None,
-                      evaluation_path: str | None = None) -> TrainingOutcome:
+                      evaluation_path: str | None = None, weights_path: str | None = None,
+                      warm_start: bool = False) -> TrainingOutcome:
     """Validate → governance → train → register. A batch that fails validation (status QUARANTINED), or that a
     governance check stops (flows/governance.py, status REFUSED), is quarantined and nothing is trained; the outcome's
     `refusal` says why.
@@ -139,7 +159,9 @@ def training_pipeline(config: Config, data_path: str, reference_version: str | N
     its provenance record (default: the file). Every offer is recorded and published as a Prefect artifact.
     `evaluation_path`: data the new version will be judged on besides its holdout (a retraining's gate window),
     checked for overlap with the batch. The governance guard compares the batch with `reference_version`, else
-    with the champion when there is one.
+    with the champion when there is one. `weights_path`: a .npy file of one training-loss weight per row of the
+    file (the retraining data policy's recency weights). `warm_start`: continue from the weights of
+    `reference_version` (else the champion) when they fit (training/warm_start.py).
     """
     name = Path(data_path).stem
     source = source or str(Path(data_path).resolve())
@@ -158,8 +180,10 @@ def training_pipeline(config: Config, data_path: str, reference_version: str | N
         return TrainingOutcome(report, governance, refusal=Refusal(data_path, report, folder, governance))
     # Every check has passed: the batch is accepted for training.
     record = record_offer(config, frame, report, name, source, "accepted")
-    result = train_model(config, frame, progress, stages=stages, schedule=schedule, microbatches=microbatches,
-                         seed=seed)
+    weights = np.load(weights_path) if weights_path else None
+    start = champion_weights(config, reference_version or alias_version(config, CHAMPION)) if warm_start else None
+    result = train_model(config, frame, progress, weights, start, stages=stages, schedule=schedule,
+                         microbatches=microbatches, seed=seed)
     lineage = build_lineage(config, frame, report.success, str(report.report), flow_run.id,
                             batches=[record["fingerprint"]])
     registered = register_model(config, result, lineage, frame, report)

@@ -78,7 +78,8 @@ def loop_config(state_dir: Path) -> Config:
         model={"hidden": 16, "blocks": 2},
         # retrain_on_drift: the deployed monitor's drifted windows emit the event (Jan vs Jul weather drifts)
         monitoring={"window": 500, "min_labelled_rows": 100, "calibration_draws": 500, "retrain_on_drift": True},
-        orchestration={"retrain_windows": 2, "monitor_cron": "0 0 1 1 *", "retrain_cron": "0 0 1 1 *"},
+        orchestration={"monitor_cron": "0 0 1 1 *", "retrain_cron": "0 0 1 1 *"},
+        retraining={"data": "recent", "max_rows": 1000},  # the two latest windows of 500 before the gate
         serving={"port": free_port(), "reload_interval_s": 1},
         stack={"prefect_port": free_port(), "prometheus_port": free_port(), "alertmanager_port": free_port(),
                "receiver_port": free_port(), "mlflow_port": free_port(), "evidently_port": free_port(),

@@ -23,7 +23,8 @@ def test_demo_loop_retrains_on_drift_and_gates(tmp_path: Path) -> None:
     # Train on January, replay February to April: the weather warms up week after week. Retraining on drift
     # alone makes the retraining path certain on this small slice; the demo retrains on a performance drop.
     raw["demo"].update({"train_until": "2013-02-01", "replay_until": "2013-05-01", "sample_fraction": 0.1,
-                        "max_windows": 5, "retrain_windows": 2})
+                        "max_windows": 5})
+    raw["retraining"] = {"data": "recent", "max_age": "14D"}
     raw["monitoring"].update({"retrain_on_drift": True, "cooldown_windows": 1})
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(raw))

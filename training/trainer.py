@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
@@ -20,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn import functional
 
 from driftloop.config import Config, ModelConfig
 from driftloop.data import require_columns, split_by_fraction
@@ -27,6 +29,7 @@ from driftloop.errors import TrainingError
 from driftloop.state import state_path
 from driftloop.training import checkpoint
 from driftloop.training.artifacts import predict
+from driftloop.training.baseline import BaselineResult, fit_baseline
 from driftloop.training.checkpoint import CheckpointJob
 from driftloop.training.features import FeatureSpec, encode, encode_target, fit_spec, numeric_column
 from driftloop.training.launcher import RankSetup, free_port, join_torchrun, launch, run_here
@@ -35,6 +38,7 @@ from driftloop.training.partition import Partition, plan_partition
 from driftloop.training.pipeline import PipelineSettings, ScaledLoss, build_schedule, check_settings, rank_device
 from driftloop.training.telemetry import StageClock, Telemetry, TrainingExporter, summarize
 from driftloop.training.validation import EarlyStopping, lr_factor, model_loss, staged_loss, validation_split
+from driftloop.training.warm_start import WarmStart, start_point
 
 DATA = "data.safetensors"
 LOSSES = "losses.json"
@@ -42,6 +46,9 @@ VALIDATION = "validation.json"
 METRICS_FILE = ("metrics", "training.prom")  # under state_dir
 # Test hook: a rank whose number this variable holds raises at its first step (proves a failure cannot hang).
 FAIL_RANK_ENV = "DRIFTLOOP_FAIL_RANK"
+# The rows' sample weights travel beside them through the splits in this column, then into the target tensor.
+WEIGHT_COLUMN = "__driftloop_sample_weight__"
+INITIAL_PREFIX = "init."  # initial weights (warm start) in the ranks' data file
 
 StepFn = Callable[[torch.Tensor], float | None]
 Report = Callable[[int, int, float], None]
@@ -79,6 +86,9 @@ class TrainResult:
     validation_rows: int = 0  # rows set aside from the training rows to choose the epoch (training.validation_fraction)
     validation_losses: list[float] = field(default_factory=list)  # after each epoch (and the last step)
     best_epoch: int = -1  # the epoch whose weights were kept (-1: no validation, the last weights)
+    weighted: bool = False  # whether sample weights (retraining.recency_half_life) weighed the training loss
+    start: str = "scratch"  # where the weights started: "scratch", "warm start from ...", or why not warm
+    baseline: BaselineResult | None = None  # HistGradientBoosting on the same rows and holdout (training.baseline)
 
     def model(self) -> TabularNet:
         """The whole model with these weights, in eval mode."""
@@ -127,9 +137,44 @@ class RankJob:
     checkpoint: CheckpointJob | None = None
 
 
-def loss_module(task: str) -> nn.Module:
-    """BCE on logits for classification, MSE on the standardised target for regression."""
+class WeightedLoss(nn.Module):
+    """The training loss with a weight per row: the target's first column is the label, its second the weight.
+
+    The mean over the microbatch of weight x row loss, so each microbatch's loss is computed on its own rows alone,
+    as every pipeline schedule needs (weights scaled to mean 1 keep the loss's size)."""
+
+    def __init__(self, task: str) -> None:
+        super().__init__()
+        self.task = task
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        label, weight = target[:, 0], target[:, 1]
+        if self.task == "classification":
+            rows = functional.binary_cross_entropy_with_logits(output, label, reduction="none")
+        else:
+            rows = (output - label) ** 2
+        return (rows * weight).mean()
+
+
+def loss_module(task: str, weighted: bool = False) -> nn.Module:
+    """BCE on logits for classification, MSE on the standardised target for regression; `weighted`: per-row
+    weights in the target's second column (WeightedLoss)."""
+    if weighted:
+        return WeightedLoss(task)
     return nn.BCEWithLogitsLoss() if task == "classification" else nn.MSELoss()
+
+
+def is_weighted(y: torch.Tensor) -> bool:
+    """Whether a training target carries sample weights (a second column)."""
+    return y.dim() == 2
+
+
+def load_initial(modules: dict[int, nn.Module], initial: dict[str, torch.Tensor] | None) -> None:
+    """Start each stage from `initial`'s weights (the whole model's names) instead of its random ones."""
+    if not initial:
+        return
+    for module in modules.values():
+        module.load_state_dict({name: initial[name] for name in module.state_dict()})
 
 
 def make_optimizer(module: nn.Module, loop: LoopSettings) -> torch.optim.Optimizer:
@@ -190,10 +235,11 @@ def run_loop(step: StepFn, rows: int, loop: LoopSettings, report: Report | None 
 def _single_process(x: torch.Tensor, y: torch.Tensor, spec: FeatureSpec, model_config: ModelConfig,
                     loop: LoopSettings, threads: int, device: torch.device, on_step: StepReport | None,
                     saving: CheckpointJob | None = None, xv: torch.Tensor | None = None,
-                    yv: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], list[float], dict[str, Any],
-                                                            EarlyStopping]:
+                    yv: torch.Tensor | None = None,
+                    initial: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], list[float],
+                                                                            dict[str, Any], EarlyStopping]:
     """Train the whole model here, accumulating gradients over microbatches exactly as the pipeline does; with
-    validation rows (xv, yv), stop early and keep the best epoch's weights."""
+    validation rows (xv, yv), stop early and keep the best epoch's weights. `initial`: weights to start from."""
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     clock = StageClock([0], device)
@@ -201,9 +247,11 @@ def _single_process(x: torch.Tensor, y: torch.Tensor, spec: FeatureSpec, model_c
     stopper = EarlyStopping(loop.patience, loop.min_delta)
     try:
         with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG as it was
-            model = build_model(spec, model_config, loop.seed).to(device).train()
+            model = build_model(spec, model_config, loop.seed)
+            load_initial({0: model}, initial)
+            model = model.to(device).train()
             optimizer = make_optimizer(model, loop)
-            loss_fn = ScaledLoss(loss_module(spec.task), loop.microbatches)
+            loss_fn = ScaledLoss(loss_module(spec.task, is_weighted(y)), loop.microbatches)
             total = total_steps(len(x), loop)
             position = [0]  # optimizer steps done (set to the checkpoint's step on resume)
 
@@ -309,10 +357,13 @@ def pipeline_rank(rank: int, world_size: int, job: RankJob, messages: Any) -> No
     local = settings.rank_stages(rank)
     ranges = [range(start, stop) for start, stop in job.blocks]
     # Same seed everywhere: each stage gets exactly the whole model's initial weights, built for itself alone.
-    modules = {stage: build_stage(spec, job.model, job.loop.seed, stage, settings.stages, ranges).to(device).train()
-               for stage in local}
+    modules = {stage: build_stage(spec, job.model, job.loop.seed, stage, settings.stages, ranges) for stage in local}
+    load_initial(modules, {name[len(INITIAL_PREFIX):]: tensor for name, tensor in data.items()
+                           if name.startswith(INITIAL_PREFIX)})
+    modules = {stage: module.to(device).train() for stage, module in modules.items()}
     clock = StageClock(local, device)
-    schedule = build_schedule(modules, settings, loss_module(spec.task), width=spec.width, hidden=job.model.hidden,
+    schedule = build_schedule(modules, settings, loss_module(spec.task, is_weighted(y)), width=spec.width,
+                              hidden=job.model.hidden,
                               device=device, clock=clock)
     optimizer = make_optimizer(nn.ModuleList(modules[s] for s in local), job.loop)
     first, last = 0 in modules, settings.stages - 1 in modules
@@ -386,24 +437,27 @@ def merge_parts(parts: list[dict[str, torch.Tensor]], expected: list[str]) -> di
     return {name: state[name] for name in expected}
 
 
-def _data_file(folder: Path, x: torch.Tensor, y: torch.Tensor, validation: tuple[torch.Tensor, torch.Tensor]) -> None:
-    """The rows every rank reads: training (x, y) and validation (xv, yv; empty without a validation split)."""
+def _data_file(folder: Path, x: torch.Tensor, y: torch.Tensor, validation: tuple[torch.Tensor, torch.Tensor],
+               initial: dict[str, torch.Tensor] | None = None) -> None:
+    """The rows every rank reads: training (x, y) and validation (xv, yv; empty without a validation split), and
+    the weights to start from (warm start), if any."""
     xv, yv = validation
-    save_file({"x": x.contiguous(), "y": y.contiguous(), "xv": xv.contiguous(), "yv": yv.contiguous()},
-              str(folder / DATA))
+    tensors = {"x": x.contiguous(), "y": y.contiguous(), "xv": xv.contiguous(), "yv": yv.contiguous()}
+    tensors.update({INITIAL_PREFIX + name: tensor.contiguous() for name, tensor in (initial or {}).items()})
+    save_file(tensors, str(folder / DATA))
 
 
 def _pipelined(x: torch.Tensor, y: torch.Tensor, spec: FeatureSpec, config: Config, settings: PipelineSettings,
                partition: Partition, loop: LoopSettings, on_step: StepReport, saving: CheckpointJob | None = None,
-               validation: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor],
-                                                                                     list[float],
-                                                                                     list[dict[str, Any]],
-                                                                                     list[float]]:
+               validation: tuple[torch.Tensor, torch.Tensor] | None = None,
+               initial: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], list[float],
+                                                                       list[dict[str, Any]], list[float]]:
     """Train the stages on their ranks (processes here, or this process) and merge their weights and timings;
-    also returns the validation losses (one per epoch; empty without validation rows)."""
+    also returns the validation losses (one per epoch; empty without validation rows). `initial`: weights to
+    start from."""
     with tempfile.TemporaryDirectory(prefix="driftloop-train-") as tmp:
         folder = Path(tmp)
-        _data_file(folder, x, y, validation or _no_validation(x))
+        _data_file(folder, x, y, validation or _no_validation(x), initial)
         job = RankJob(folder, spec.to_json(), config.model, settings, loop, partition.blocks, saving)
         backend = "nccl" if settings.device == "cuda" and settings.launcher == "local" else "gloo"
         setup = RankSetup(settings.ranks, free_port(), config.training.threads_per_rank, config.training.timeout_s,
@@ -419,6 +473,17 @@ def _pipelined(x: torch.Tensor, y: torch.Tensor, spec: FeatureSpec, config: Conf
     return state, losses, timings, validated
 
 
+def with_weights(frame: pd.DataFrame, weights: np.ndarray) -> pd.DataFrame:
+    """`frame` with its rows' sample weights in WEIGHT_COLUMN, so that every split carries them along; TrainingError
+    unless there is one finite, non-negative weight per row and some are positive."""
+    weights = np.asarray(weights, dtype="float64")
+    if weights.shape != (len(frame),):
+        raise TrainingError(f"sample weights: {weights.size} given for {len(frame)} training rows")
+    if not np.isfinite(weights).all() or (weights < 0).any() or not (weights > 0).any():
+        raise TrainingError("sample weights must be finite, non-negative and not all zero")
+    return frame.assign(**{WEIGHT_COLUMN: weights})
+
+
 def _no_validation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Empty validation tensors (no split): the ranks then train every epoch."""
     return x[:0], torch.zeros(0)
@@ -426,7 +491,8 @@ def _no_validation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _torchrun(x: torch.Tensor, y: torch.Tensor, spec: FeatureSpec, config: Config, settings: PipelineSettings,
               partition: Partition, loop: LoopSettings, saving: CheckpointJob,
-              validation: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor],
+              validation: tuple[torch.Tensor, torch.Tensor] | None = None,
+              initial: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor],
                                                                                     list[float],
                                                                                     list[dict[str, Any]], Partition,
                                                                                     CheckpointJob, list[float]]:
@@ -444,7 +510,7 @@ def _torchrun(x: torch.Tensor, y: torch.Tensor, spec: FeatureSpec, config: Confi
         partition, saving = agreed
         with tempfile.TemporaryDirectory(prefix="driftloop-torchrun-") as tmp:
             folder = Path(tmp)
-            _data_file(folder, x, y, validation or _no_validation(x))
+            _data_file(folder, x, y, validation or _no_validation(x), initial)
             job = RankJob(folder, spec.to_json(), config.model, settings, loop, partition.blocks, saving)
             pipeline_rank(rank, world, job, None)
             mine = (load_file(str(folder / f"rank{rank}.safetensors")),
@@ -528,7 +594,7 @@ def _partition(settings: PipelineSettings, spec: FeatureSpec, config: Config, x:
         with torch.random.fork_rng(devices=[]):  # building and profiling draw random numbers: not the caller's
             model = build_model(spec, config.model, loop.seed).to(device).train()
             return plan_partition(settings.partition, model, settings.stages,
-                                  (x[rows].to(device), y[rows].to(device)), loss_module(spec.task))
+                                  (x[rows].to(device), y[rows].to(device)), loss_module(spec.task, is_weighted(y)))
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -544,10 +610,13 @@ def _exporter(config: Config, settings: PipelineSettings) -> TrainingExporter:
 
 
 def checkpoint_job(config: Config, spec: FeatureSpec, loop: LoopSettings, x: torch.Tensor,
-                   y: torch.Tensor) -> CheckpointJob:
-    """This run's checkpoint folder and interval, and the checkpoint to resume from (training.resume)."""
+                   y: torch.Tensor, start: str = "scratch") -> CheckpointJob:
+    """This run's checkpoint folder and interval, and the checkpoint to resume from (training.resume); `start`
+    (where the weights start) is part of the run's identity."""
     trajectory: dict[str, Any] = {"batch_size": loop.batch_size, "seed": loop.seed,
                                   "learning_rate": loop.learning_rate, "weight_decay": loop.weight_decay}
+    if start != "scratch":
+        trajectory["start"] = start
     if loop.lr_schedule != "constant":  # the schedule's length shapes every step's learning rate
         trajectory.update(lr_schedule=loop.lr_schedule, warmup_fraction=loop.warmup_fraction,
                           min_lr_fraction=loop.min_lr_fraction, steps=total_steps(len(x), loop))
@@ -558,7 +627,8 @@ def checkpoint_job(config: Config, spec: FeatureSpec, loop: LoopSettings, x: tor
 
 def train(frame: pd.DataFrame, config: Config, holdout: pd.DataFrame | None = None, *, stages: int | None = None,
           schedule: str | None = None, microbatches: int | None = None, seed: int | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, sample_weights: np.ndarray | None = None,
+          warm_start: WarmStart | None = None) -> TrainResult:
     """Train on time-ordered `frame`; the holdout is `holdout` or else the latest training.holdout_fraction of rows.
 
     training.validation_fraction of the remaining rows (the latest with data.timestamp, else a random draw) choose
@@ -572,12 +642,18 @@ def train(frame: pd.DataFrame, config: Config, holdout: pd.DataFrame | None = No
     With training.checkpoint_every, checkpoints go to state_dir/checkpoints/<run key>/; a run started again on
     the same data and settings resumes from its last one (training.resume auto), with any number of stages.
     The checkpoints are deleted once the run has finished.
+
+    `sample_weights` (one per row of `frame`, e.g. the retraining data policy's recency weights) weigh each row's
+    training loss; validation and holdout figures stay unweighted. `warm_start`: earlier weights to continue from,
+    used when they fit the new rows (training/warm_start.py; TrainResult.start says which).
     """
     started = time.perf_counter()
     t = config.training
     settings = check_settings(config, stages=stages, schedule=schedule, microbatches=microbatches)
     columns = config.data.features + [config.data.target]
     require_columns(frame, columns, "training data")
+    if sample_weights is not None:
+        frame = with_weights(frame, sample_weights)
     if holdout is None:
         if len(frame) < 2:
             raise TrainingError(f"training data has {len(frame)} row(s): too few to hold any out")
@@ -585,18 +661,25 @@ def train(frame: pd.DataFrame, config: Config, holdout: pd.DataFrame | None = No
     else:
         require_columns(holdout, columns, "holdout data")
     seed = t.seed if seed is None else seed
+    baseline_rows = frame  # the baseline fits every training row, the network's validation rows too
     frame, held = validation_split(frame, t.validation_fraction, config.data.timestamp, seed)
+    weights = frame.pop(WEIGHT_COLUMN).to_numpy(dtype="float32") if sample_weights is not None else None
+    held = held.drop(columns=WEIGHT_COLUMN, errors="ignore")
+    holdout = holdout.drop(columns=WEIGHT_COLUMN, errors="ignore")
     batch_size = fitted_batch_size(t.batch_size, len(frame), settings.microbatches)
     settings = replace(settings, batch_size=batch_size)
     loop = LoopSettings(t.epochs, batch_size, settings.microbatches, seed, t.learning_rate, t.weight_decay,
                         max_steps=t.max_steps, lr_schedule=t.lr_schedule, warmup_fraction=t.warmup_fraction,
                         min_lr_fraction=t.min_lr_fraction, patience=t.patience, min_delta=t.min_delta)
 
-    spec = fit_spec(frame, config.data, config.model)
+    begin = start_point(fit_spec(frame, config.data, config.model), warm_start, config.model)
+    spec = begin.spec
     x, y = encode(frame, spec), encode_target(frame, spec)
+    if weights is not None:
+        y = torch.stack([y, torch.from_numpy(weights)], dim=1)
     validation = (encode(held, spec), encode_target(held, spec)) if len(held) else None
     partition = _partition(settings, spec, config, x, y, loop)
-    saving = checkpoint_job(config, spec, loop, x, y)
+    saving = checkpoint_job(config, spec, loop, x, y, begin.note)
     steps = total_steps(len(frame), loop)
     if saving.resume is not None and saving.resume.step > steps:
         raise TrainingError(f"the checkpoint in {saving.resume.path} is past the end of this run ({steps} steps): "
@@ -612,14 +695,16 @@ def train(frame: pd.DataFrame, config: Config, holdout: pd.DataFrame | None = No
         if settings.stages == 1:
             xv, yv = validation if validation is not None else (None, None)
             state, losses, timing, stopper = _single_process(x, y, spec, config.model, loop, t.threads_per_rank,
-                                                             rank_device(settings, 0), on_step, saving, xv, yv)
+                                                             rank_device(settings, 0), on_step, saving, xv, yv,
+                                                             begin.state)
             timings, validated = [timing], stopper.losses
         elif settings.launcher == "torchrun":
             state, losses, timings, partition, saving, validated = _torchrun(x, y, spec, config, settings,
-                                                                             partition, loop, saving, validation)
+                                                                             partition, loop, saving, validation,
+                                                                             begin.state)
         else:
             state, losses, timings, validated = _pipelined(x, y, spec, config, settings, partition, loop, on_step,
-                                                           saving, validation)
+                                                           saving, validation, begin.state)
     shutil.rmtree(saving.folder, ignore_errors=True)  # finished: nothing left to resume
     telemetry = summarize(timings, settings.stages, batch_size)
     exporter.finish(telemetry, partition.costs, partition.unit, partition.imbalance)
@@ -634,6 +719,11 @@ def train(frame: pd.DataFrame, config: Config, holdout: pd.DataFrame | None = No
                          launcher=settings.launcher, device=settings.device, partition=partition,
                          telemetry=telemetry, resumed_from=saving.resume.step if saving.resume else 0,
                          validation_rows=len(held), validation_losses=validated,
-                         best_epoch=EarlyStopping(loop.patience, loop.min_delta, validated).best_epoch)
+                         best_epoch=EarlyStopping(loop.patience, loop.min_delta, validated).best_epoch,
+                         weighted=weights is not None, start=begin.note)
     metrics = holdout_metrics(result.model(), spec, holdout)
-    return replace(result, metrics=metrics, seconds=time.perf_counter() - started)
+    baseline = None
+    if t.baseline:
+        weights_all = baseline_rows[WEIGHT_COLUMN].to_numpy() if WEIGHT_COLUMN in baseline_rows else None
+        baseline = fit_baseline(baseline_rows, holdout, spec, seed, weights_all)
+    return replace(result, metrics=metrics, baseline=baseline, seconds=time.perf_counter() - started)
