@@ -19,6 +19,12 @@ SHADOW_FAILURES = "driftloop_shadow_failures_total"
 ADMIN_UNAUTHORIZED = "driftloop_admin_unauthorized_total"
 # Requests refused before they reach a handler or for a missing token, by path and reason (serving/guard.py).
 REQUESTS_REFUSED = "driftloop_requests_refused_total"
+# The version the champion alias names (as the server last probed it) and the version it serves: they differ while
+# the alias's version is refused or fails to load (alert DriftloopServedVersionNotChampion).
+CHAMPION_ALIAS_VERSION = "driftloop_champion_alias_version"
+SERVED_VERSION = "driftloop_serving_model_version"
+# 1 while the server serves its last-known-good copy because the champion could not be loaded at start.
+SERVING_DEGRADED = "driftloop_serving_degraded"
 
 # Monitoring
 DRIFT_SHARE = "driftloop_drift_share"
@@ -71,6 +77,9 @@ class ServingMetrics:
     shadow_failures: Counter
     admin_unauthorized: Counter
     refused: Counter
+    alias_version: Gauge
+    served_version: Gauge
+    degraded: Gauge
 
 
 def serving_metrics(registry: CollectorRegistry | None = None) -> ServingMetrics:
@@ -101,6 +110,11 @@ def serving_metrics(registry: CollectorRegistry | None = None) -> ServingMetrics
         # unauthorized (401 on /labels).
         refused=Counter(REQUESTS_REFUSED, "Requests refused by the server's limits and checks, by path and reason",
                         ["path", "reason"], registry=registry),
+        alias_version=Gauge(CHAMPION_ALIAS_VERSION, "The version the champion alias names, as last probed",
+                            ["model"], registry=registry),
+        served_version=Gauge(SERVED_VERSION, "The version being served (as a number)", ["model"], registry=registry),
+        degraded=Gauge(SERVING_DEGRADED, "1 while the last-known-good copy is served because the champion could not "
+                       "be loaded at start, else 0", ["model"], registry=registry),
     )
 
 

@@ -279,12 +279,14 @@ def _log_record(config: Config, version: str, decision: GateDecision) -> None:
 
 def apply_gate(config: Config, challenger: str, window: pd.DataFrame, holdout: pd.DataFrame | None = None,
                logged: pd.DataFrame | None = None) -> GateDecision:
-    """Decide, move the alias (champion if promoted, else challenger) and record the decision on the version."""
+    """Decide, record the decision on the version, then move the alias (champion if promoted, else challenger):
+    an alias never names a version whose decision is not written yet."""
     decision = decide(config, challenger, alias_version(config, CHAMPION), window, holdout, logged)
+    tags = decision_tags(decision)
     if decision.promoted:
-        promote(config, challenger, f"gate: {decision.reason}")
+        promote(config, challenger, f"gate: {decision.reason}", decision=tags)
     else:
+        tag_version(config, challenger, tags)
         set_alias(config, CHALLENGER, challenger)
-    tag_version(config, challenger, decision_tags(decision))
     _log_record(config, challenger, decision)
     return decision

@@ -18,6 +18,7 @@ import pandas as pd
 from driftloop.config import Config
 from driftloop.data import reference_frame
 from driftloop.errors import RegistryError
+from driftloop.registry.digests import model_digests, recorded_digests, verify
 from driftloop.registry.packaging import build_wheel, model_requirements
 from driftloop.state import mlflow_artifact_root, mlflow_tracking_uri, state_path
 from driftloop.training.artifacts import WEIGHTS, LoadedModel, load_model, predict, save_model
@@ -42,6 +43,9 @@ WHEEL_ARTIFACT = "driftloop_wheel"
 HISTORY_TAG = "champion.history"
 # MLflow stores of older servers cap a tag value at 5000 characters: the oldest moves are dropped beyond it.
 TAG_LIMIT = 5000
+# The gate's decision on a version ("promoted" or "rejected"); the server serves only a promoted one (trust.py).
+DECISION_TAG = "gate.decision"
+PROMOTED = "promoted"
 
 
 @dataclass(frozen=True)
@@ -122,23 +126,29 @@ def _write_history(config: Config, entries: list[dict]) -> None:
     mlflow_client(config).set_registered_model_tag(config.model.name, HISTORY_TAG, text)
 
 
-def promote(config: Config, version: str, reason: str, event: str = "promoted") -> str | None:
+def promote(config: Config, version: str, reason: str, event: str = "promoted",
+            decision: dict[str, str] | None = None) -> str | None:
     """Make `version` the champion and record the move; returns the previous champion (None if there was none).
 
-    `event` names why the alias moved (first, promoted, rollback). The version loses the challenger alias if it
-    held it. The history is read, extended and written back: two promotions at the same instant may lose one
-    entry, never the alias move itself.
+    `event` names why the alias moved (first, promoted, rollback). `decision`: the gate's tags for the version
+    (gate.decision, figures); without it a promotion records gate.decision=promoted with `reason` (a rollback
+    records none: its target was promoted before). The decision is written before the alias moves, so a failure
+    in between leaves the alias where it was, and the server never sees a champion without its decision. The
+    version loses the challenger alias if it held it. The history is read, extended and written back: two
+    promotions at the same instant may lose one entry, never the alias move itself.
     """
     client = mlflow_client(config)
     name = config.model.name
     previous = alias_version(config, CHAMPION)
+    at = now_iso()
+    if decision is None and event != "rollback":
+        decision = {DECISION_TAG: PROMOTED, "gate.reason": reason[:TAG_LIMIT]}
+    tag_version(config, version, {**(decision or {}), "champion.since": at})
     client.set_registered_model_alias(name, CHAMPION, version)
     if alias_version(config, CHALLENGER) == version:
         client.delete_registered_model_alias(name, CHALLENGER)
-    at = now_iso()
     entry = {"version": version, "previous": previous, "at": at, "event": event, "reason": reason[:160]}
     _write_history(config, [*champion_history(config), entry])
-    tag_version(config, version, {"champion.since": at})
     if previous is not None and previous != version:
         tag_version(config, previous, {"champion.until": at})
     return previous
@@ -267,6 +277,8 @@ def register(config: Config, result: TrainResult, lineage: dict[str, str], refer
         mlflow.set_tags(lineage)
         _log_training(config, result)
         folder = save_model(Path(tmp) / "model", result.state, result.spec, config.model)
+        digests = model_digests(folder)  # checked on every load (registry/digests.py)
+        mlflow.log_params(digests)
         sample.to_parquet(Path(tmp) / "reference.parquet", index=False)
         mlflow.log_artifact(str(Path(tmp) / "reference.parquet"), REFERENCE_ARTIFACT)
         # Numbers as float64 in the signature: an integer column could not take a missing value later.
@@ -278,11 +290,11 @@ def register(config: Config, result: TrainResult, lineage: dict[str, str], refer
                                        artifacts={"model": str(folder), WHEEL_ARTIFACT: str(wheel)},
                                        signature=signature, input_example=example,
                                        pip_requirements=model_requirements(wheel))
-        version = _new_version(client, config.model.name, info, run.info.run_id, lineage)
+        version = _new_version(client, config.model.name, info, run.info.run_id, {**lineage, **digests})
     first = alias_version(config, CHAMPION) is None
     if first:
-        promote(config, version, "first model", event="first")
-        tag_version(config, version, {"gate.decision": "promoted", "gate.reason": "first model"})
+        promote(config, version, "first model", event="first",
+                decision={DECISION_TAG: PROMOTED, "gate.reason": "first model"})
     return Registered(config.model.name, version, run.info.run_id, first)
 
 
@@ -305,28 +317,89 @@ def _fetch_once(target: Path, fetch: Callable[[Path], None]) -> Path:
     return target
 
 
-def _download(config: Config, version: str) -> Path:
-    """The version's pyfunc folder, cached under state_dir so each version is fetched once."""
-    import mlflow
-
-    mlflow_client(config)
-    uri = f"models:/{config.model.name}/{version}"
-    return _fetch_once(state_path(config, "cache", config.model.name, version),
-                       lambda staging: mlflow.artifacts.download_artifacts(uri, dst_path=str(staging)))
-
-
-def load_version(config: Config, version: str) -> LoadedModel:
-    """Load a registered version (safetensors weights; pickled artifacts are refused)."""
+def model_version(config: Config, version: str) -> ModelVersion:
+    """The registry's record of one version (its run id and tags), RegistryError when there is none."""
     from mlflow.exceptions import MlflowException
 
     try:
-        folder = _download(config, version)
+        return mlflow_client(config).get_model_version(config.model.name, version)
     except MlflowException as error:
         raise RegistryError(f"model {config.model.name} version {version}: {error.message}") from None
+
+
+def run_cache(config: Config, run_id: str, kind: str) -> Path:
+    """Where a run's artifacts of one kind are cached: keyed by the run id, which no other store shares, never by
+    model name and version (another tracking_uri has its own "version 1")."""
+    if not run_id:
+        raise RegistryError(f"model {config.model.name}: a version without a training run cannot be loaded")
+    return state_path(config, "cache", "runs", run_id, kind)
+
+
+def _download(config: Config, mv: ModelVersion) -> Path:
+    """The version's pyfunc folder, cached under state_dir by run id so each version is fetched once."""
+    import mlflow
+
+    mlflow_client(config)
+    uri = f"models:/{config.model.name}/{mv.version}"
+    return _fetch_once(run_cache(config, mv.run_id, "model"),
+                       lambda staging: mlflow.artifacts.download_artifacts(uri, dst_path=str(staging)))
+
+
+def _weights_folder(config: Config, mv: ModelVersion) -> Path:
+    """The folder holding the version's weights, fetched (or found in the cache)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        folder = _download(config, mv)
+    except MlflowException as error:
+        raise RegistryError(f"model {config.model.name} version {mv.version}: {error.message}") from None
     weights = sorted(folder.rglob(WEIGHTS))
     if not weights:
-        raise RegistryError(f"model {config.model.name} version {version}: no {WEIGHTS} in its artifacts")
-    return load_model(weights[0].parent, version=version)
+        raise RegistryError(f"model {config.model.name} version {mv.version}: no {WEIGHTS} in its artifacts")
+    return weights[0].parent
+
+
+def recorded(config: Config, mv: ModelVersion) -> list[dict[str, str]]:
+    """The digests recorded for a version: its run's parameters (immutable in MLflow) and its tags; RegistryError
+    when neither has any and registry.require_digests is on."""
+    params = mlflow_client(config).get_run(mv.run_id).data.params if mv.run_id else {}
+    found = [d for d in (recorded_digests(params), recorded_digests(mv.tags or {})) if d]
+    if not found and config.registry.require_digests:
+        raise RegistryError(f"model {config.model.name} version {mv.version}: no sha256 of its files was recorded "
+                            "at registration, so its weights cannot be checked; register it again (driftloop train), "
+                            "or set registry.require_digests: false to load such versions unchecked")
+    return found
+
+
+def verified_folder(config: Config, version: str) -> Path:
+    """The version's model folder, its files checked against the digests recorded at registration.
+
+    A cached copy that fails the check is dropped and fetched again once; a fresh copy that fails is refused
+    (registry/digests.py DigestMismatch): the artifact store's files changed after registration.
+    """
+    mv = model_version(config, version)
+    records = recorded(config, mv)
+    what = f"model {config.model.name} version {version}"
+    cache = run_cache(config, mv.run_id, "model")
+    cached = cache.exists()
+    folder = _weights_folder(config, mv)
+    try:
+        for record in records:
+            verify(folder, record, what)
+    except RegistryError:
+        if not cached:
+            raise
+        shutil.rmtree(cache, ignore_errors=True)
+        folder = _weights_folder(config, mv)
+        for record in records:
+            verify(folder, record, what)
+    return folder
+
+
+def load_version(config: Config, version: str) -> LoadedModel:
+    """Load a registered version: its files checked against their recorded sha256, safetensors weights and JSON
+    only (pickled artifacts are refused)."""
+    return load_model(verified_folder(config, version), version=version)
 
 
 def load_alias(config: Config, alias: str = CHAMPION) -> LoadedModel:
@@ -341,8 +414,8 @@ def load_reference(config: Config, version: str) -> pd.DataFrame:
     """The training rows a version was trained on (the monitor's reference)."""
     import mlflow
 
-    run_id = mlflow_client(config).get_model_version(config.model.name, version).run_id
-    target = _fetch_once(state_path(config, "cache", config.model.name, f"{version}-reference"),
+    run_id = model_version(config, version).run_id
+    target = _fetch_once(run_cache(config, run_id, REFERENCE_ARTIFACT),
                          lambda staging: mlflow.artifacts.download_artifacts(
                              run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=str(staging)))
     files = sorted(target.rglob("*.parquet"))
