@@ -45,8 +45,11 @@ from driftloop.errors import RegistryError
 from driftloop.metrics import ServingMetrics, serving_metrics
 from driftloop.pii import pii_policy
 from driftloop.serving.admin import admin_token, authorized, labels_token, token_principal
-from driftloop.serving.guard import RequestGuard
+from driftloop.serving.guard import SCORING_PATHS, RequestGuard
+from driftloop.serving.invocations import invocations_router
+from driftloop.serving.oip import oip_router
 from driftloop.serving.prediction_log import AlreadyLabelled, PredictionLog, UnknownPredictionIds
+from driftloop.serving.protocol import Answer, RowsOf, route
 from driftloop.serving.quantization import frame_rows, quantize_if_close
 from driftloop.serving.validation import (
     InvalidRequest,
@@ -288,7 +291,8 @@ class Models:
 
 
 class PredictMetrics:
-    """Pure ASGI middleware: latency and status of every /predict request, rejected ones included.
+    """Pure ASGI middleware: latency and status of every scoring request (/predict, OIP infer, /invocations),
+    rejected ones included.
 
     (Starlette's @app.middleware("http") wraps each request in extra tasks and streams; this costs nothing.)
     """
@@ -298,7 +302,7 @@ class PredictMetrics:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/predict":
+        if scope["type"] != "http" or route(scope["path"]) not in SCORING_PATHS:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
@@ -408,10 +412,11 @@ def create_app(config: Config, load_champion: ModelSource, champion_version: Ver
                 "quantized": bool(served and served.model.quantized),
                 "challenger_version": challenger_served.version if challenger_served else None}
 
-    def score(served: Served, body: bytes) -> tuple[list[float], list[tuple]]:
-        """Parse, validate and score a /predict body (champion, then challenger in shadow mode) and prepare its
-        log records; HTTPException on bad input. Runs in the threadpool: none of it holds up the event loop."""
-        rows = request_rows(body)
+    def score(served: Served, rows_of: RowsOf) -> tuple[list[float], list[tuple]]:
+        """Parse (`rows_of`), validate and score a request's rows (champion, then challenger in shadow mode) and
+        prepare its log records; HTTPException on bad input. Runs in the threadpool: none of it holds up the event
+        loop."""
+        rows = rows_of()
         try:
             batch = parse_rows(rows, config.data, config.serving.max_batch_rows, TimeBounds.now(config.serving))
             if config.serving.unknown_category == "reject":
@@ -435,16 +440,30 @@ def create_app(config: Config, load_champion: ModelSource, champion_version: Ver
         benchmarks/serve_bench.py: it wins at concurrency 1 but serialises all scoring on one thread and doubles p99
         at 32. The body is parsed with json.loads, not pydantic: one pass over the rows instead of two.
         """
+        body = await request.body()
+        answer = await score_rows(lambda: request_rows(body))
+        return JSONResponse({"predictions": answer.predictions, "model_version": answer.model_version,
+                             "prediction_ids": answer.prediction_ids})
+
+    async def score_rows(rows_of: RowsOf) -> Answer:
+        """The one scoring path of every protocol: parse, validate and score in the threadpool, log, count."""
         served = champion.current
         if served is None:
             raise HTTPException(503, _no_model(config))
-        values, records = await run_in_threadpool(score, served, await request.body())
+        values, records = await run_in_threadpool(score, served, rows_of)
         try:
             ids = await asyncio.wrap_future(log.submit_records(records))
         except sqlite3.Error as error:  # no id, no answer: a prediction that cannot be labelled is not served
             raise HTTPException(503, f"prediction log unavailable: {error}") from None
         metrics.prediction_rows.labels(served.version).inc(len(values))
-        return JSONResponse({"predictions": values, "model_version": served.version, "prediction_ids": ids})
+        return Answer(values, ids, served.version)
+
+    def served_version() -> str | None:
+        served = champion.current
+        return served.version if served is not None else None
+
+    app.include_router(oip_router(config, score_rows, served_version))
+    app.include_router(invocations_router(score_rows, served_version))
 
     @app.post("/labels")
     async def labels(request: Request, authorization: Annotated[str | None, Header()] = None) -> dict[str, int]:

@@ -2,12 +2,14 @@
 
 A pure ASGI middleware, in this order: the Host header must name this server (400: a DNS-rebinding page in a
 browser reaches a loopback server under its own name), POST bodies to /predict and /labels must be declared
-`application/json` (415: a browser page's form or text/plain post needs no CORS preflight, JSON does), a body may
+`application/json` (415: a browser page's form or text/plain post needs no CORS preflight, JSON does; the Open
+Inference Protocol's infer also takes `application/octet-stream`, binary tensors, and no Content-Type at all, as
+`tritonclient` sends none, unless an Origin header says a browser sent it), a body may
 not exceed serving.max_body_bytes (413: by Content-Length before anything is read, and counted while a chunked
 body streams in, so a large body is never buffered or parsed), a body that stalls for serving.body_timeout_s is
-408 (a slot is not held for ever), and at most serving.max_concurrent_requests /predict requests are in progress at
-once (503 with Retry-After). Each refusal is counted in
-driftloop_requests_refused_total by path and reason.
+408 (a slot is not held for ever), and at most serving.max_concurrent_requests scoring requests (/predict, OIP infer,
+/invocations) are in progress at once (503 with Retry-After). Each refusal is counted in
+driftloop_requests_refused_total by path and reason, and answered in the error body of the path's protocol.
 """
 
 from __future__ import annotations
@@ -21,12 +23,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from driftloop.config import ServingConfig
 from driftloop.metrics import ServingMetrics
+from driftloop.serving.protocol import INVOCATIONS, OIP_INFER_ROUTE, error_body, route
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-JSON_PATHS = frozenset({"/predict", "/labels"})
-SCORING_PATHS = frozenset({"/predict"})
+JSON_PATHS = frozenset({"/predict", "/labels", INVOCATIONS})
+# Binary tensors (the OIP binary data extension) are not a type a browser may post without a CORS preflight.
+OIP_CONTENT_TYPES = frozenset({"application/json", "application/octet-stream"})
+SCORING_PATHS = frozenset({"/predict", INVOCATIONS, OIP_INFER_ROUTE})
 # The path label of the refusal counter: any other path counts as "other", so a client cannot mint series.
-KNOWN_PATHS = frozenset({"/predict", "/labels", "/healthz", "/metrics", "/admin/reload", "/admin/rollback"})
+KNOWN_PATHS = frozenset({"/predict", "/labels", "/healthz", "/metrics", "/admin/reload", "/admin/rollback",
+                         INVOCATIONS, OIP_INFER_ROUTE})
 # A client refused for concurrency should come back soon: scoring takes milliseconds.
 RETRY_AFTER_S = "1"
 
@@ -57,6 +63,18 @@ def host_name(header: str) -> str:
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
+def _oip_content_refusal(scope: Scope) -> str | None:
+    """Why an OIP infer request's Content-Type is refused, or None: JSON, binary tensors, or none from a non-browser
+    client (tritonclient sends none; a browser page's post without one carries an Origin header)."""
+    kind = (_header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
+    if kind in OIP_CONTENT_TYPES:
+        return None
+    if not kind and _header(scope, b"origin") is None:
+        return None
+    return (f"{scope['path']} takes 'Content-Type: application/json' (or application/octet-stream with binary "
+            f"tensors), not {kind or 'none from a browser page'!r}")
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     """One request header, decoded; None when absent."""
     for key, value in scope["headers"]:
@@ -81,17 +99,18 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
+        named = route(scope["path"])
+        path = named if named in KNOWN_PATHS else "other"
         refusal = self._refusal(scope)
         if refusal is not None:
             status, reason, detail = refusal
-            await self._refuse(send, path, status, reason, detail)
+            await self._refuse(send, path, status, reason, detail, scope["path"])
             return
         scoring = path in SCORING_PATHS
         if scoring:
             if self.scoring >= self.max_scoring:
                 await self._refuse(send, path, 503, "concurrency", f"more than serving.max_concurrent_requests "
-                                   f"({self.max_scoring}) requests in progress; retry shortly")
+                                   f"({self.max_scoring}) requests in progress; retry shortly", scope["path"])
                 return
             self.scoring += 1
         try:
@@ -111,6 +130,10 @@ class RequestGuard:
             kind = (_header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
             if kind != "application/json":
                 return 415, "content_type", f"{scope['path']} takes 'Content-Type: application/json', not {kind!r}"
+        if scope["method"] == "POST" and route(scope["path"]) == OIP_INFER_ROUTE:
+            refused = _oip_content_refusal(scope)
+            if refused is not None:
+                return 415, "content_type", refused
         length = _header(scope, b"content-length")
         if length is not None:
             try:
@@ -152,10 +175,11 @@ class RequestGuard:
 
         return counted
 
-    async def _refuse(self, send: Send, path: str, status: int, reason: str, detail: str) -> None:
-        """Answer `status` with a JSON detail, as FastAPI's own errors look, and count it."""
+    async def _refuse(self, send: Send, path: str, status: int, reason: str, detail: str, request_path: str) -> None:
+        """Answer `status` with the error body of the request path's protocol (FastAPI's {"detail"} for driftloop's
+        own paths), and count it."""
         self.metrics.refused.labels(path, reason).inc()
-        body = json.dumps({"detail": detail}).encode()
+        body = json.dumps(error_body(request_path, status, detail)).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         if status == 503:
             headers.append((b"retry-after", RETRY_AFTER_S.encode()))
