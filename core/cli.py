@@ -164,6 +164,33 @@ def cmd_monitor(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+def cmd_predict(args: argparse.Namespace, config: Config) -> int:
+    """Score a CSV/Parquet file in chunks with the champion (or --version / --alias): 0 ok, 2 bad input (nothing
+    written)."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    from driftloop.serving.batch import predict_file
+
+    with Progress(TextColumn("scoring"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[rows]:,} rows"),
+                  TimeElapsedColumn(), transient=True, disable=args.json or not sys.stderr.isatty()) as bar:
+
+        def start(total: int) -> Callable[[int, int], None]:
+            task = bar.add_task("scoring", total=total, rows=0)
+            return lambda rows, done: bar.update(task, completed=done, rows=rows)
+
+        result = predict_file(config, Path(args.data), Path(args.out), version=args.version, alias=args.alias,
+                              log=args.log, progress=start)
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        logged = (f"; logged as prediction ids {result.first_prediction_id}-{result.last_prediction_id}"
+                  if result.logged else "")
+        _err(f"scored {result.rows:,} rows with {config.model.name} version {result.model_version} in "
+             f"{result.seconds:.1f} s ({result.rows / max(result.seconds, 1e-9):,.0f} rows/s) into {result.out}"
+             f"{logged}")
+    return EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     """Serve the champion over HTTP until interrupted."""
     from driftloop.serving.server import serve_champion
@@ -396,6 +423,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("monitor", cmd_monitor, "drift check of one window against the reference")
     p.add_argument("--current", required=True, help="CSV or Parquet window to check")
     p.add_argument("--reference", help="reference data (default: the champion's training data)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    p = command("predict", cmd_predict, "score a CSV or Parquet file in chunks with a registered model; write its key "
+                "columns and `prediction` (and `prediction_id` with --log)")
+    p.add_argument("--data", required=True, help="CSV or Parquet file to score")
+    p.add_argument("--out", required=True, help="CSV or Parquet file to write (written whole or not at all)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--version", help="the model version to score with (default: the champion)")
+    which.add_argument("--alias", help="the registry alias to score with, e.g. challenger (default: champion)")
+    p.add_argument("--log", action="store_true", help="write the rows to the prediction log (the monitor sees them, "
+                   "labels can follow) and add their prediction_id to the output")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     p = command("serve", cmd_serve, "serve the champion model over HTTP")

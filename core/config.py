@@ -332,6 +332,13 @@ class ServingConfig(_Strict):
         None, description="Host header values (names, without the port) the server answers; another is 400 (DNS "
         "rebinding). None: the loopback names (localhost, 127.0.0.1, ::1) when bound to a loopback address, any "
         "host otherwise; ['*'] allows any.")
+    batch_chunk_rows: int = Field(
+        65536, ge=1, description="Rows `driftloop predict` reads, checks and scores at a time: memory is bounded by "
+        "a chunk, not the file. 65,536 rows of the demo's flights take about 60 MB in flight; larger chunks gain "
+        "little (benchmarks/batch_bench.py).")
+    batch_key_columns: list[str] | None = Field(
+        None, description="Input columns `driftloop predict` copies to its output beside `prediction`, to join the "
+        "scores back; None: every input column that is not a feature, the target or PII.")
 
     @model_validator(mode="after")
     def _durations(self) -> ServingConfig:
