@@ -143,7 +143,9 @@ def contract_suite(config: Config, frame: pd.DataFrame, reference: pd.DataFrame 
         return saved
     if reference is not None:
         check_reference(reference, config, "reference")
-    return build_suite(config, frame if reference is None else reference)
+    if reference is None:
+        return build_suite(config, frame, own_profile=True)
+    return build_suite(config, reference)
 
 
 def check_usable(frame: pd.DataFrame, config: Config, source: str) -> None:
