@@ -19,6 +19,8 @@ SHADOW_FAILURES = "driftloop_shadow_failures_total"
 ADMIN_UNAUTHORIZED = "driftloop_admin_unauthorized_total"
 # Requests refused before they reach a handler or for a missing token, by path and reason (serving/guard.py).
 REQUESTS_REFUSED = "driftloop_requests_refused_total"
+# Failed WAL checkpoints of the SQLite prediction log (the checkpoint thread logs each, retries, and keeps running).
+LOG_CHECKPOINT_ERRORS = "driftloop_log_checkpoint_errors_total"
 # The version the champion alias names (as the server last probed it) and the version it serves: they differ while
 # the alias's version is refused or fails to load (alert DriftloopServedVersionNotChampion).
 CHAMPION_ALIAS_VERSION = "driftloop_champion_alias_version"
@@ -77,6 +79,7 @@ class ServingMetrics:
     shadow_failures: Counter
     admin_unauthorized: Counter
     refused: Counter
+    log_checkpoint_errors: Counter
     alias_version: Gauge
     served_version: Gauge
     degraded: Gauge
@@ -110,6 +113,8 @@ def serving_metrics(registry: CollectorRegistry | None = None) -> ServingMetrics
         # unauthorized (401 on /labels).
         refused=Counter(REQUESTS_REFUSED, "Requests refused by the server's limits and checks, by path and reason",
                         ["path", "reason"], registry=registry),
+        log_checkpoint_errors=Counter(LOG_CHECKPOINT_ERRORS, "Failed checkpoints of the prediction log's WAL "
+                                      "(retried every second; the log keeps committing)", registry=registry),
         alias_version=Gauge(CHAMPION_ALIAS_VERSION, "The version the champion alias names, as last probed",
                             ["model"], registry=registry),
         served_version=Gauge(SERVED_VERSION, "The version being served (as a number)", ["model"], registry=registry),

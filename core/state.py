@@ -2,20 +2,79 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from pathlib import Path
 
 from driftloop.config import Config
 from driftloop.env import stack_part_url
+from driftloop.errors import DataError
+
+logger = logging.getLogger("driftloop.state")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write a text file whole: a reader (or a process killed halfway) sees the old content or the new, never
-    half of it. The temporary name is per process, so two writers never share one."""
+LAST_GOOD_SUFFIX = ".last-good"
+
+
+def write_atomic(path: Path, text: str, keep_last_good: bool = False) -> None:
+    """Write a text file whole and durably: a reader (or a process killed halfway, or a power cut) sees the old
+    content or the new, never half of it. The new content is fsynced before the rename and the folder after it.
+    The temporary name is per process, so two writers never share one. `keep_last_good`: the content replaced is
+    kept as NAME.last-good (read_json_state falls back on it when the file itself is damaged)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    partial.write_text(text, encoding="utf-8")
+    _write_synced(partial, text.encode("utf-8"))
+    if keep_last_good and path.exists():
+        previous = path.read_bytes()
+        if _json_ok(previous):  # never keep a damaged file as the fallback
+            backup = path.with_name(f"{path.name}{LAST_GOOD_SUFFIX}.{os.getpid()}.partial")
+            _write_synced(backup, previous)
+            backup.replace(path.with_name(path.name + LAST_GOOD_SUFFIX))
     partial.replace(path)
+    _sync_folder(path.parent)
+
+
+def read_json_state(path: Path) -> dict | None:
+    """A JSON state file written with keep_last_good: its content, else (damaged: truncated, not JSON) the last good
+    copy with a warning, else None when neither exists; DataError naming both when both are damaged."""
+    candidates = [path, path.with_name(path.name + LAST_GOOD_SUFFIX)]
+    damaged = []
+    for candidate in candidates:
+        if not candidate.exists():
+            continue
+        raw = candidate.read_bytes()
+        if _json_ok(raw):
+            if damaged:
+                logger.warning("%s is damaged; using the last good copy %s", path, candidate)
+            return json.loads(raw)
+        damaged.append(str(candidate))
+    if damaged:
+        raise DataError(f"{' and '.join(damaged)}: not a JSON object (damaged); delete them to start afresh")
+    return None
+
+
+def _json_ok(raw: bytes) -> bool:
+    try:
+        return isinstance(json.loads(raw), dict)
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with path.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder, so that a rename in it survives a power cut."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def state_path(config: Config, *parts: str) -> Path:
@@ -42,7 +101,7 @@ def batches_dir(config: Config) -> Path:
 
 
 def prediction_log_path(config: Config) -> Path:
-    """SQLite file of the prediction log."""
+    """SQLite file of the prediction log (the default of serving.log_uri)."""
     return state_path(config, "predictions.db")
 
 

@@ -13,8 +13,7 @@ from driftloop.flows.monitoring import log_to_contract
 from driftloop.monitoring.windows import cut_windows
 from driftloop.registry.gate import GateDecision, apply_gate
 from driftloop.registry.store import CHALLENGER, CHAMPION, alias_version
-from driftloop.serving.prediction_log import PredictionLog
-from driftloop.state import prediction_log_path
+from driftloop.serving.prediction_log import log_exists, log_name, open_log
 
 
 def regate(config: Config, version: str | None = None) -> GateDecision:
@@ -28,10 +27,9 @@ def regate(config: Config, version: str | None = None) -> GateDecision:
         raise RegistryError(f"model {config.model.name} has no champion yet: train one (driftloop train)")
     if version == champion:
         raise RegistryError(f"version {version} is the champion already")
-    path = prediction_log_path(config)
-    if not path.is_file():
-        raise DataError(f"no prediction log at {path}: the gate judges on labelled logged traffic")
-    with PredictionLog(path) as log:
+    if not log_exists(config):
+        raise DataError(f"no prediction log at {log_name(config)}: the gate judges on labelled logged traffic")
+    with open_log(config) as log:
         labelled = log.read(labelled_only=True)
     minimum = config.monitoring.min_labelled_rows
     windows = [] if labelled.empty else [

@@ -24,8 +24,7 @@ from driftloop.data_checks.validate import batch_fingerprint
 from driftloop.flows.monitoring import log_to_contract
 from driftloop.monitoring.drift import check_drift
 from driftloop.registry.store import load_reference, load_version
-from driftloop.serving.prediction_log import PredictionLog
-from driftloop.state import prediction_log_path
+from driftloop.serving.prediction_log import log_exists, open_log
 
 # Samples for the drift checks are drawn with a fixed seed: the same batch always gets the same verdict.
 SAMPLE_SEED = 0
@@ -129,11 +128,10 @@ def recent_traffic(config: Config) -> pd.DataFrame | None:
     the whole log was read.
     """
     wanted = config.governance.representativity_windows
-    path = prediction_log_path(config)
-    if wanted == 0 or not path.is_file():
+    if wanted == 0 or not log_exists(config):
         return None
     size = config.monitoring.window
-    with PredictionLog(path, config.data.pii) as log:
+    with open_log(config, config.data.pii) as log:
         last = log.last_id()
         span = wanted * size if isinstance(size, int) else config.monitoring.max_window_rows
         while True:

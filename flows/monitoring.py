@@ -21,8 +21,8 @@ from driftloop.monitoring.policy import PolicyState, decide
 from driftloop.monitoring.summary import markdown_summary
 from driftloop.monitoring.workspace import store_window
 from driftloop.registry.store import CHAMPION, alias_version, load_reference
-from driftloop.serving.prediction_log import PredictionLog
-from driftloop.state import prediction_log_path, reports_dir, state_path
+from driftloop.serving.prediction_log import read_window
+from driftloop.state import reports_dir, state_path
 
 DRIFT_EVENT = "driftloop.drift.detected"
 _METRICS: dict[str, MonitorMetrics] = {}
@@ -94,8 +94,7 @@ def monitoring_flow(config: Config, first_id: int, last_id: int, label: str,
     policy says retrain, the flow emits `driftloop.drift.detected` for automations to act on.
     """
     logger = get_run_logger()
-    with PredictionLog(prediction_log_path(config)) as log:
-        logged = log.read(first_id, last_id)
+    logged = read_window(config, first_id, last_id)
     window = log_to_contract(config, logged)
     version, reference = champion_reference(config)
     result = check_window(config, reference, window, label)

@@ -17,15 +17,15 @@ from driftloop.flows.outcomes import RetrainingOutcome, Status
 from driftloop.flows.training import training_pipeline
 from driftloop.registry.gate import GateDecision, apply_gate
 from driftloop.registry.store import CHAMPION, alias_version
-from driftloop.serving.prediction_log import PredictionLog
-from driftloop.state import prediction_log_path, state_path
+from driftloop.serving.prediction_log import log_name, read_window
+from driftloop.state import state_path
 from driftloop.training.data_policy import describe_policy, select_training_rows
 
 
 def labelled_rows(config: Config, first_id: int, last_id: int):  # noqa: ANN201 - a DataFrame
-    """Logged predictions in the id range whose labels have arrived, in the config's columns."""
-    with PredictionLog(prediction_log_path(config)) as log:
-        logged = log.read(first_id, last_id, labelled_only=True)
+    """Logged predictions in the id range whose labels have arrived, in the config's columns (read in chunks of
+    serving.log_read_chunk_rows)."""
+    logged = read_window(config, first_id, last_id, labelled_only=True)
     if logged.empty:
         raise DataError(f"no labelled predictions between ids {first_id} and {last_id}")
     return log_to_contract(config, logged)
@@ -95,7 +95,7 @@ def retraining_flow(config: Config, train_first_id: int, train_last_id: int, gat
         weights_path = path.with_suffix(".weights.npy")
         np.save(weights_path, weights)
     champion = alias_version(config, CHAMPION)
-    source = prediction_log_source(train_first_id, train_last_id, prediction_log_path(config))
+    source = prediction_log_source(train_first_id, train_last_id, log_name(config))
     training = training_pipeline(config, str(path), reference_version=champion, progress=progress, source=source,
                                  evaluation_path=str(gate_path),
                                  weights_path=str(weights_path) if weights_path else None,

@@ -1,5 +1,10 @@
 """Delayed labels from a file: the rows `driftloop label` attaches to the prediction log (the operator's command,
-on the log file itself: no token; the audit trail records the OS user)."""
+on the log itself: no token; the audit trail records the OS user).
+
+New labels are written in chunks of serving.label_import_chunk_rows, each its own short transaction, so the model
+server's commits never wait behind a whole file. Every id is checked first (an unknown id or one labelled with a
+different value: nothing is written). An import killed halfway is resumed by running the same command again: the
+labels already written with the same values are skipped, the rest are added."""
 
 from __future__ import annotations
 
@@ -11,8 +16,16 @@ import pandas as pd
 from driftloop.config import Config
 from driftloop.data import read_table
 from driftloop.errors import DataError
-from driftloop.serving.prediction_log import AlreadyLabelled, NotLabelled, PredictionLog, UnknownPredictionIds
-from driftloop.state import prediction_log_path
+from driftloop.serving.log import is_postgres
+from driftloop.serving.prediction_log import (
+    AlreadyLabelled,
+    NotLabelled,
+    UnknownPredictionIds,
+    log_exists,
+    log_location,
+    log_name,
+    open_log,
+)
 
 
 def read_label_file(config: Config, path: Path) -> tuple[list[int], list[float]]:
@@ -55,7 +68,7 @@ class LabelsAttached:
 
     labelled: int
     rows: int
-    log: Path
+    log: Path | str
     corrected: bool = False  # the labels were audited corrections (driftloop label --correct)
 
     def to_json(self) -> dict:
@@ -64,17 +77,21 @@ class LabelsAttached:
 
 
 def attach_label_file(config: Config, path: Path, correct_reason: str | None = None) -> LabelsAttached:
-    """Attach the labels of a file to the prediction log, all or nothing: DataError for a bad file, a missing log,
-    ids the log does not have or ids labelled already, naming them (then no label is written). With
-    `correct_reason`, the labels are recorded as corrections of labels already there (the old ones are kept)."""
+    """Attach the labels of a file to the prediction log: DataError for a bad file, a missing log, ids the log does
+    not have or ids labelled already with another value, naming them (then no label is written). New labels go in
+    short transactions of serving.label_import_chunk_rows (resumable, see the module docstring). With
+    `correct_reason`, the labels are recorded as corrections of labels already there (the old ones are kept), all
+    or nothing."""
     ids, labels = read_label_file(config, path)
-    log_path = prediction_log_path(config)
-    if not log_path.is_file():
+    location = log_location(config)
+    log_path = Path(location) if not is_postgres(location) else log_name(config)
+    if not log_exists(config):
         raise DataError(f"no prediction log at {log_path}: serve predictions (driftloop serve) before labelling them")
-    with PredictionLog(log_path) as log:
+    with open_log(config) as log:
         try:
             if correct_reason is None:
-                updated = log.attach_labels(ids, labels, source="cli")
+                updated = log.attach_labels_in_chunks(ids, labels, chunk_rows=config.serving.label_import_chunk_rows,
+                                                      source="cli")
             else:
                 updated = log.correct_labels(ids, labels, reason=correct_reason, source="cli")
         except UnknownPredictionIds as error:

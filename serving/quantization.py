@@ -22,7 +22,7 @@ import pandas as pd
 
 from driftloop.config import Config
 from driftloop.scoring import score
-from driftloop.serving.prediction_log import PredictionLog
+from driftloop.serving.prediction_log import LogBase
 from driftloop.training.artifacts import LoadedModel, quantize
 
 # Recent log rows searched for labels, and rows compared when there are no labels.
@@ -64,7 +64,7 @@ def frame_rows(frame: pd.DataFrame, model: LoadedModel) -> list[dict[str, Any]]:
     return [{c: row.get(c) for c in needed} for row in rows]
 
 
-def recent_rows(log: PredictionLog) -> pd.DataFrame:
+def recent_rows(log: LogBase) -> pd.DataFrame:
     """The last EVIDENCE_ROWS logged rows (empty when the log is)."""
     last = log.last_id()
     return log.read(first_id=max(1, last - EVIDENCE_ROWS + 1)) if last else pd.DataFrame()
@@ -95,7 +95,7 @@ def decide(float_model: LoadedModel, quantized: LoadedModel, config: Config, rec
                                 f"for {metric}) {verdict} serving.quantize_tolerance {tolerance}")
 
 
-def quantize_if_close(model: LoadedModel, config: Config, log: PredictionLog) -> QuantizeDecision:
+def quantize_if_close(model: LoadedModel, config: Config, log: LogBase) -> QuantizeDecision:
     """The int8 model if it passes `decide`, else `model`; never raises (float is always a safe answer)."""
     try:
         candidate = quantize(model)
