@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,12 +31,20 @@ def cluster_or_skip(folder: Path) -> postgres_cluster.Cluster:
 
 
 def session_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[postgres_cluster.Cluster]:
-    """The session's cluster (the body of the `pg_cluster` fixture in conftest.py)."""
-    cluster = cluster_or_skip(tmp_path_factory.mktemp("postgres") / "cluster")
+    """The session's cluster (the body of the `pg_cluster` fixture in conftest.py).
+
+    Its folder is a fresh one directly under the system's temporary folder, not under pytest's: when root, the
+    server runs as the unprivileged `postgres` user (driftloop.postgres_cluster), which must pass through every
+    parent folder, and another pytest session starting meanwhile makes pytest-of-root private (0700) again.
+    """
+    del tmp_path_factory  # the signature of a session fixture; see above for why its folders are not used
+    folder = Path(tempfile.mkdtemp(prefix="driftloop-pg-"))
+    cluster = cluster_or_skip(folder / "cluster")
     try:
         yield cluster
     finally:
         postgres_cluster.stop(cluster)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def fresh_database(cluster: postgres_cluster.Cluster) -> str:

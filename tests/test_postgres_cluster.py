@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,10 +16,11 @@ from tests.postgres import cluster_or_skip
 
 
 @pytest.mark.slow
-def test_cluster_listens_on_loopback_with_a_password(tmp_path: Path) -> None:
+def test_cluster_listens_on_loopback_with_a_password() -> None:
     import psycopg
 
-    cluster = cluster_or_skip(tmp_path / "pg")
+    folder = Path(tempfile.mkdtemp(prefix="driftloop-pg-test-"))  # not under pytest's private folder: tests/postgres.py
+    cluster = cluster_or_skip(folder / "pg")
     try:
         with psycopg.connect(postgres_cluster.url(cluster)) as db:
             assert db.execute("SHOW listen_addresses").fetchone() == ("127.0.0.1",)
@@ -39,3 +42,4 @@ def test_cluster_listens_on_loopback_with_a_password(tmp_path: Path) -> None:
             assert db.execute("SELECT 1").fetchone() == (1,)
     finally:
         postgres_cluster.stop(cluster)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -4,22 +4,27 @@ serving.log_uri (`open_log`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 
 from driftloop.config import Config
+from driftloop.env import stack_part_url
 from driftloop.errors import ConfigError
 from driftloop.pii import PiiPolicy
-from driftloop.serving.log.base import LogBase
-from driftloop.state import prediction_log_path
+from driftloop.serving.log.base import ARCHIVE_DIR, Archived, LogBase
+from driftloop.state import prediction_log_path, state_path
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 def log_location(config: Config) -> str:
-    """serving.log_uri, or the SQLite file under state_dir when it is not set."""
-    return config.serving.log_uri or str(prediction_log_path(config))
+    """serving.log_uri; when it is not set, the local stack's PostgreSQL while it runs (stack.database: postgres,
+    so that every server, command and flow of the stack writes and reads one log), else the SQLite file under
+    state_dir."""
+    return config.serving.log_uri or stack_part_url(Path(config.state_dir), "postgres") or \
+        str(prediction_log_path(config))
 
 
 def is_postgres(location: str) -> bool:
@@ -65,6 +70,22 @@ def read_window(config: Config, first_id: int | None, last_id: int | None, label
         if not chunks:
             return log.read(first_id, last_id, labelled_only)  # empty, with the documented columns
     return chunks[0] if len(chunks) == 1 else pd.concat(chunks, ignore_index=True)
+
+
+def prune_log(config: Config) -> Archived:
+    """Retention (`driftloop log-prune`): rows logged more than serving.log_retention_days ago, with their labels,
+    archived to Parquet under state_dir/archive/predictions and then deleted (LogBase.archive_before); ConfigError
+    when no retention is set."""
+    days = config.serving.log_retention_days
+    if days is None:
+        raise ConfigError("serving.log_retention_days is not set: nothing to prune (set it, e.g. 90, to archive and "
+                          "delete older rows)")
+    if not log_exists(config):
+        return Archived(0, None, None, ())
+    cutoff = datetime.now(UTC) - timedelta(days=days)
+    with open_log(config) as log:
+        return log.archive_before(cutoff, state_path(config, ARCHIVE_DIR, "predictions", "x").parent,
+                                  chunk_rows=config.serving.log_read_chunk_rows)
 
 
 def log_exists(config: Config) -> bool:
