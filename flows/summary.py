@@ -7,6 +7,7 @@ import html
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -16,6 +17,9 @@ import pandas as pd  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from driftloop.config import Config  # noqa: E402
+
+if TYPE_CHECKING:
+    from driftloop.flows.backtest import Backtest
 
 
 @dataclass(frozen=True)
@@ -110,3 +114,73 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head><b
 {''.join(body)}</table></body></html>"""
     path.write_text(page, encoding="utf-8")
     return path, rich_table(rows)
+
+
+# Line colours of the backtest's policies (matplotlib's default cycle, fixed per policy so pages compare).
+POLICY_COLOURS = {"never": "tab:gray", "every": "tab:blue", "policy": "tab:green", "gbdt_every": "tab:orange"}
+
+
+def backtest_plot_png(backtest: Backtest) -> bytes:
+    """The metric per window, a line per policy; o: a retraining after that window, *: it then served."""
+    fig, axis = plt.subplots(figsize=(10, 4.5))
+    for name, run in backtest.runs.items():
+        values = [value if value is not None else float("nan") for value in run.per_window]
+        colour = POLICY_COLOURS.get(name)
+        axis.plot(backtest.windows, values, label=name, color=colour, linewidth=1.5)
+        for indices, marker, size in ((run.retrains, "o", 36), (run.promotions, "*", 90)):
+            axis.scatter([backtest.windows[i] for i in indices], [values[i] for i in indices], marker=marker,
+                         s=size, color=colour, zorder=3)
+    axis.set_ylabel(f"{backtest.metric} per window")
+    axis.set_title("o: retrained after this window · *: the new model served from the next")
+    axis.legend(loc="best")
+    fig.autofmt_xdate()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def backtest_table(backtest: Backtest) -> Table:
+    """mean, min, retrains, promotions and training time per policy, for the terminal."""
+    table = Table(title=f"driftloop backtest: {backtest.metric} over {len(backtest.windows)} windows")
+    for column in ("policy", f"mean {backtest.metric}", f"min {backtest.metric}", "retrains", "promotions",
+                   "train s"):
+        table.add_column(column)
+    for name, run in backtest.runs.items():
+        figures = run.summary()
+        table.add_row(name, _figure(figures["mean"]), _figure(figures["min"]), str(figures["retrains"]),
+                      str(figures["promotions"]), f"{figures['train_seconds']:.0f}")
+    return table
+
+
+def write_backtest_page(backtest: Backtest, path: Path, title: str) -> Path:
+    """The backtest's HTML page: the plot, the policies' table and every window's figures."""
+    image = base64.b64encode(backtest_plot_png(backtest)).decode()
+    names = list(backtest.runs)
+    summary = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{_figure(f['mean'])}</td><td>{_figure(f['min'])}</td>"
+        f"<td>{f['retrains']}</td><td>{f['promotions']}</td><td>{f['train_seconds']:.0f}</td></tr>"
+        for name, f in ((name, run.summary()) for name, run in backtest.runs.items()))
+    per_window = "".join(
+        f"<tr><td>{start:%Y-%m-%d %H:%M}</td>"
+        + "".join(f"<td>{_figure(backtest.runs[name].per_window[i])}"
+                  f"{' ↻' if i in backtest.runs[name].retrains else ''}</td>" for name in names) + "</tr>"
+        for i, start in enumerate(backtest.windows))
+    metric = html.escape(backtest.metric)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>driftloop backtest</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin-bottom:2em}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head><body>
+<h1>driftloop backtest — {html.escape(title)}</h1>
+<img alt="{metric} per window and policy" src="data:image/png;base64,{image}">
+<table id="policies"><tr><th>policy</th><th>mean {metric}</th><th>min {metric}</th><th>retrains</th>
+<th>promotions</th><th>train s</th></tr>
+{summary}</table>
+<table id="windows"><tr><th>window</th>{''.join(f'<th>{html.escape(n)}</th>' for n in names)}</tr>
+{per_window}</table><p>↻: retrained after this window.</p></body></html>"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
