@@ -143,7 +143,9 @@ def promote(config: Config, version: str, reason: str, event: str = "promoted",
     at = now_iso()
     if decision is None and event != "rollback":
         decision = {DECISION_TAG: PROMOTED, "gate.reason": reason[:TAG_LIMIT]}
-    tag_version(config, version, {**(decision or {}), "champion.since": at})
+    tags = {**(decision or {}), "champion.since": at}
+    verdict = tags.pop(DECISION_TAG, None)  # written last: a failure half-way leaves the old decision in force
+    tag_version(config, version, tags if verdict is None else {**tags, DECISION_TAG: verdict})
     client.set_registered_model_alias(name, CHAMPION, version)
     if alias_version(config, CHALLENGER) == version:
         client.delete_registered_model_alias(name, CHALLENGER)

@@ -117,21 +117,34 @@ class RollbackRequest(BaseModel):
 
 
 @dataclass(frozen=True)
+class LastKnownGood:
+    """A local copy of the last champion served (registry/trust.py): `load` it when the champion cannot be loaded
+    while nothing is served yet; `keep` a newly served champion's version as the copy."""
+
+    load: ModelSource
+    keep: Callable[[str], Any]
+
+
+@dataclass(frozen=True)
 class AliasSource:
-    """How to follow one registry alias: a cheap version probe and a loader of the version it names."""
+    """How to follow one registry alias: a cheap version probe, a loader of the version it names, and optionally
+    the last-known-good copy to fall back on."""
 
     load: ModelSource
     probe: VersionProbe
+    last_known_good: LastKnownGood | None = None
 
 
 @dataclass(frozen=True)
 class Served:
-    """A model in service, the version it reports, the probed version it was loaded for, and why int8 or not."""
+    """A model in service, the version it reports, the probed version it was loaded for, why int8 or not, and why
+    it is a degraded fallback (the last-known-good copy; empty when it is not)."""
 
     model: LoadedModel
     version: str
     probed: str
     quantize_reason: str = ""
+    degraded: str = ""
 
 
 class SmokeTestError(RuntimeError):
@@ -181,6 +194,7 @@ class AliasSlot:
         self._log = log
         self._metrics = metrics
         self._failed: str | None = None  # last version that failed, so its traceback is logged once
+        self._fell_back = False  # the last-known-good copy is tried once
         self.current: Served | None = None  # replaced, never mutated: readers take it once per request
 
     def refresh(self, exclude: str | None = None) -> bool:
@@ -192,7 +206,9 @@ class AliasSlot:
             probed = self._source.probe()
         except Exception as error:  # the registry may be briefly unreachable: keep serving
             logger.warning("%s version probe failed: %s", self.role, error)
-            return False
+            return self._fall_back(f"the registry cannot be read: {error}")
+        if self.role == "champion" and probed is not None and probed.isdigit():
+            self._metrics.alias_version.labels(self.config.model.name).set(int(probed))
         served = self.current
         if probed is None or probed == exclude:
             if self.role == "challenger" and served is not None:
@@ -213,12 +229,28 @@ class AliasSlot:
             else:
                 logger.debug("%s version %s still fails to load: %s", self.role, probed, error)
             self._failed = probed
-            return False
+            return self._fall_back(f"version {probed} cannot be loaded: {error}")
         reason = ""
         if self.role == "champion" and self.config.serving.quantize:
             decision = quantize_if_close(model, self.config, self._log)
             model, reason = decision.model, decision.reason
         self._swap(Served(model, str(model.version or probed), probed, reason))
+        return True
+
+    def _fall_back(self, why: str) -> bool:
+        """While nothing is served, serve the last-known-good copy (marked degraded) if there is one; True if so."""
+        fallback = self._source.last_known_good
+        if self.current is not None or fallback is None or self._fell_back:
+            return False
+        self._fell_back = True
+        try:
+            model = fallback.load()
+            smoke_test(model, self.config, self._recent_rows())
+        except Exception as error:
+            logger.error("no model to serve: %s; the last-known-good copy cannot be served either: %s", why, error)
+            return False
+        logger.warning("serving the last-known-good copy of version %s (degraded): %s", model.version, why)
+        self._swap(Served(model, str(model.version), "", degraded=why))
         return True
 
     def _count_failure(self) -> None:
@@ -235,12 +267,26 @@ class AliasSlot:
             info, name = self._metrics.model_info, self.config.model.name
             info.labels(name, new.version).set(1)
             self._metrics.quantized.labels(name).set(1 if new.model.quantized else 0)
+            self._metrics.degraded.labels(name).set(1 if new.degraded else 0)
+            if new.version.isdigit():
+                self._metrics.served_version.labels(name).set(int(new.version))
+            self._keep(new)
             if old is not None:
                 self._metrics.swaps.inc()
                 if old.version != new.version:
                     info.remove(name, old.version)
         logger.info("now serving %s %s version %s%s", self.role, self.config.model.name, new.version,
                     " (int8)" if new.model.quantized else "")
+
+    def _keep(self, new: Served) -> None:
+        """Keep a champion put in service from the registry as the last-known-good copy; a failure is only logged."""
+        fallback = self._source.last_known_good
+        if fallback is None or new.degraded:
+            return
+        try:
+            fallback.keep(new.probed)
+        except Exception as error:
+            logger.warning("cannot keep version %s as the last-known-good copy: %s", new.probed, error)
 
     def _recent_rows(self) -> pd.DataFrame:
         """The last few logged rows, for the smoke test; empty if the log has none or cannot be read."""
@@ -356,16 +402,19 @@ def shadow_scores(slot: AliasSlot | None, rows: list[dict[str, Any]],
 
 def create_app(config: Config, load_champion: ModelSource, champion_version: VersionProbe,
                log: PredictionLog | None = None, *, challenger: AliasSource | None = None,
-               rollback: Rollback | None = None, host: str | None = None) -> FastAPI:
+               rollback: Rollback | None = None, host: str | None = None,
+               last_known_good: LastKnownGood | None = None) -> FastAPI:
     """The model server app; models are loaded at startup and hot-swapped by a background poller.
 
     `challenger` is followed only with serving.shadow; `rollback` backs POST /admin/rollback (501 without it);
-    `host`: the address the server binds (default serving.host), which sets the default serving.allowed_hosts.
+    `host`: the address the server binds (default serving.host), which sets the default serving.allowed_hosts;
+    `last_known_good`: the local copy served (degraded) when the champion cannot be loaded at start.
     """
     owns_log = log is None
     log = log or PredictionLog(prediction_log_path(config), pii=pii_policy(config))
     metrics = serving_metrics()
-    champion = AliasSlot("champion", config, AliasSource(load_champion, champion_version), log, metrics)
+    champion = AliasSlot("champion", config, AliasSource(load_champion, champion_version, last_known_good), log,
+                         metrics)
     shadow = AliasSlot("challenger", config, challenger, log, metrics) if config.serving.shadow and challenger \
         else None
     models = Models(config, champion, shadow)
@@ -515,13 +564,16 @@ def create_app(config: Config, load_champion: ModelSource, champion_version: Ver
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
-        """200 with the served version (and whether it is int8), or 503 while no model is loaded."""
+        """200 with the served version (and whether it is int8), or 503 while no model is loaded; status "degraded"
+        (still 200, with the reason) while the last-known-good copy is served."""
         served = champion.current
         if served is None:
             return JSONResponse({"status": "unavailable", "model_version": None, "quantized": False,
                                  "detail": _no_model(config)}, status_code=503)
         challenger_served = shadow.current if shadow else None
-        return JSONResponse({"status": "ok", "model_version": served.version, "quantized": served.model.quantized,
+        degraded = {"status": "degraded", "detail": f"serving the last-known-good copy: {served.degraded}"} \
+            if served.degraded else {"status": "ok"}
+        return JSONResponse({**degraded, "model_version": served.version, "quantized": served.model.quantized,
                              "challenger_version": challenger_served.version if challenger_served else None})
 
     @app.get("/metrics")
