@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -45,6 +46,11 @@ class Part:
     oneshot: bool = False  # runs to completion (exit 0), then is checked; nothing to stop later
     user: str | None = None  # run as this user (PostgreSQL refuses to run as root)
     stop_signal: int = signal.SIGTERM  # sent to the part's process group by `down`
+
+
+def shown_url(url: str) -> str:
+    """A URL for the console: a password in it as *** (`stack status --json` gives the whole URL)."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 def stack_dir(config: Config) -> Path:

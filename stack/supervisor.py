@@ -34,6 +34,7 @@ from driftloop.stack.parts import (
     remote_parts,
     select_parts,
     server_names,
+    shown_url,
     stack_dir,
     write_part_files,
 )
@@ -328,7 +329,8 @@ def stack_up(config: Config, config_path: Path, parts: list[str] | None = None) 
                     done.add(name)
                     how = "already up" if entry.running_before else \
                         f"healthy in {time.monotonic() - entry.begun:.0f} s"
-                    console.print(f"[green]✓[/] {name} {how}: {entry.part.ui_url or entry.part.url}", soft_wrap=True)
+                    console.print(f"[green]✓[/] {name} {how}: {entry.part.ui_url or shown_url(entry.part.url)}",
+                                  soft_wrap=True)
                     states[name] = ("up", None if entry.part.oneshot else entry.pid)
                 if pending or waiting_on:
                     spinner.update(f"waiting for {', '.join(waiting_on) or '-'} "
@@ -401,7 +403,7 @@ def _table(config: Config, parts: list[Part], states: dict[str, tuple[str, int |
     table = Table("part", "URL", "page", "state", "pid", "log", title=f"driftloop stack ({config.state_dir})")
     for part in parts:
         state, pid = states.get(part.name, ("down", None))
-        table.add_row(part.name, part.url, part.ui_url or "", f"[{colours.get(state, 'white')}]{state}[/]",
+        table.add_row(part.name, shown_url(part.url), part.ui_url or "", f"[{colours.get(state, 'white')}]{state}[/]",
                       "" if pid is None else str(pid), str(log_path(config, part.name)))
     return table
 

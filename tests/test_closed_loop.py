@@ -1,14 +1,19 @@
 """The closed loop on the real local stack: Prefect server, Prometheus, Alertmanager, the model server, the
 receiver and the served deployments, all started by `driftloop stack up` as a user would.
 
-One stack per module (about a minute to start); the tests run in file order and share it.
+Twice: on SQLite with the deployments served by their own process (the default), and scaled out (issue 16) on the
+stack's PostgreSQL (Prefect, MLflow and the prediction log) with two model servers and a Prefect process worker
+that runs every flow. One stack per variant (about a minute to start); the tests run in file order and share it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +32,7 @@ from driftloop.flows.deployments import MONITOR, MONITOR_FLOW, RETRAIN_FLOW, RET
 from driftloop.flows.monitoring import DRIFT_EVENT
 from driftloop.metrics import RETRAIN_RECOMMENDED, WINDOW_PERFORMANCE
 from driftloop.serving.admin import labels_auth
+from driftloop.stack.process import port_free
 from driftloop.state import evidently_workspace
 from tests.helpers import chromium, console_errors, free_port, make_config, page_text
 
@@ -44,6 +50,12 @@ for index in range(3):
 """
 
 
+VARIANTS = {
+    "sqlite": {},
+    "postgres-worker": {"database": "postgres", "server_replicas": 2, "worker": True},
+}
+
+
 @dataclass
 class Loop:
     """The running stack and where to reach it."""
@@ -51,6 +63,15 @@ class Loop:
     config: Config
     config_path: Path
     drifted: Path
+
+    @property
+    def scaled(self) -> bool:
+        return self.config.stack.database == "postgres"
+
+    @property
+    def servers(self) -> list[int]:
+        """Every replica's port."""
+        return [self.config.serving.port + index for index in range(self.config.stack.server_replicas)]
 
     def url(self, port: int) -> str:
         return f"http://{self.config.stack.host}:{port}"
@@ -71,8 +92,12 @@ def must(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return result
 
 
-def loop_config(state_dir: Path) -> Config:
-    """Small model, short windows, fast scrapes and alert routing, free ports, schedules that never fire in a test."""
+def loop_config(state_dir: Path, **scale: object) -> Config:
+    """Small model, short windows, fast scrapes and alert routing, free ports, schedules that never fire in a test;
+    `scale`: the stack's database, replicas and worker."""
+    server = free_port()
+    while not port_free("127.0.0.1", server + 1):  # a second replica listens on the next port
+        server = free_port()
     return make_config(
         state_dir,
         model={"hidden": 16, "blocks": 2},
@@ -80,36 +105,42 @@ def loop_config(state_dir: Path) -> Config:
         monitoring={"window": 500, "min_labelled_rows": 100, "calibration_draws": 500, "retrain_on_drift": True},
         orchestration={"monitor_cron": "0 0 1 1 *", "retrain_cron": "0 0 1 1 *"},
         retraining={"data": "recent", "max_rows": 1000},  # the two latest windows of 500 before the gate
-        serving={"port": free_port(), "reload_interval_s": 1},
+        serving={"port": server, "reload_interval_s": 1},
         stack={"prefect_port": free_port(), "prometheus_port": free_port(), "alertmanager_port": free_port(),
                "receiver_port": free_port(), "mlflow_port": free_port(), "evidently_port": free_port(),
-               "scrape_interval_s": 1, "evaluation_interval_s": 1},
+               "postgres_port": free_port(), "scrape_interval_s": 1, "evaluation_interval_s": 1, **scale},
         alerts={"retrain_alerts": ["DriftloopDriftDetected", "DriftloopRetrainRecommended"], "group_wait_s": 1,
                 "group_interval_s": 1},
     )
 
 
 def send_traffic(loop: Loop, frame: pd.DataFrame) -> None:
-    """Predictions through the model server, then their labels, as clients would send them."""
+    """Predictions through the model servers (taking turns when there are several), then their labels, as clients
+    would send them."""
     from driftloop.flows.demo import request_rows
 
-    with httpx.Client(base_url=loop.url(loop.config.serving.port), timeout=60) as client:
+    clients = [httpx.Client(base_url=loop.url(port), timeout=60) for port in loop.servers]
+    try:
         ids: list[int] = []
         rows = request_rows(loop.config, frame)
-        for start in range(0, len(rows), 250):
-            response = client.post("/predict", json={"rows": rows[start:start + 250]})
+        for turn, start in enumerate(range(0, len(rows), 250)):
+            response = clients[turn % len(clients)].post("/predict", json={"rows": rows[start:start + 250]})
             response.raise_for_status()
             ids += response.json()["prediction_ids"]
         labels = [{"prediction_id": i, "label": y} for i, y in zip(ids, frame[loop.config.data.target], strict=True)]
-        client.post("/labels", json={"labels": labels}, headers=labels_auth(loop.config)).raise_for_status()
+        clients[-1].post("/labels", json={"labels": labels}, headers=labels_auth(loop.config)).raise_for_status()
+    finally:
+        for client in clients:
+            client.close()
 
 
-@pytest.fixture(scope="module")
-def loop(tmp_path_factory: pytest.TempPathFactory, flights_jan: pd.DataFrame,
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def loop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, flights_jan: pd.DataFrame,
          flights_jul: pd.DataFrame) -> Iterator[Loop]:
-    """Prefect server → a champion trained through it → the rest of the stack → labelled traffic."""
-    root = tmp_path_factory.mktemp("loop")
-    config = loop_config(root / "state")
+    """Prefect server (and its database) → a champion trained through it → the rest of the stack → labelled
+    traffic."""
+    root = tmp_path_factory.mktemp(f"loop-{request.param}")
+    config = loop_config(root / "state", **VARIANTS[request.param])
     config_path = root / "config.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     train, drifted = root / "jan.parquet", root / "jul.parquet"
@@ -117,7 +148,8 @@ def loop(tmp_path_factory: pytest.TempPathFactory, flights_jan: pd.DataFrame,
     flights_jul.head(500).to_parquet(drifted, index=False)
     loop = Loop(config, config_path, drifted)
     try:
-        must(driftloop("stack", "up", "--only", "prefect", config_path=config_path))
+        first = ["--only", "postgres", "--only", "mlflow"] if loop.scaled else []  # MLflow's store is PostgreSQL
+        must(driftloop("stack", "up", *first, "--only", "prefect", config_path=config_path))
         must(driftloop("train", "--data", str(train), config_path=config_path))
         must(driftloop("stack", "up", config_path=config_path))
         send_traffic(loop, flights_jul)
@@ -159,15 +191,55 @@ def model_versions(config: Config) -> list[str]:
 def test_stack_status_says_every_part_is_up(loop: Loop) -> None:
     status = json.loads(must(driftloop("stack", "status", "--json", config_path=loop.config_path)).stdout)
     assert status["healthy"] is True
-    assert {name: part["state"] for name, part in status["parts"].items()} == {
-        name: "up" for name in ("prefect", "mlflow", "evidently", "prometheus", "alertmanager", "receiver", "server",
-                                "deployments")}
-    assert {name: part["ui"] for name, part in status["parts"].items() if part["ui"]} == {
-        name: loop.url(port) + "/" for name, port in (
-            ("prefect", loop.config.stack.prefect_port), ("mlflow", loop.config.stack.mlflow_port),
-            ("evidently", loop.config.stack.evidently_port), ("prometheus", loop.config.stack.prometheus_port),
-            ("alertmanager", loop.config.stack.alertmanager_port))}
-    assert all(part["url"].startswith("http://127.0.0.1:") for part in status["parts"].values() if part["url"])
+    names = ["prefect", "mlflow", "evidently", "prometheus", "alertmanager", "receiver", "server", "deployments"]
+    if loop.scaled:
+        names = ["postgres", *names[:-1], "server-2", "deployments", "worker"]
+    assert {name: part["state"] for name, part in status["parts"].items()} == dict.fromkeys(names, "up")
+    pages = {name: loop.url(port) + "/" for name, port in (
+        ("prefect", loop.config.stack.prefect_port), ("mlflow", loop.config.stack.mlflow_port),
+        ("evidently", loop.config.stack.evidently_port), ("prometheus", loop.config.stack.prometheus_port),
+        ("alertmanager", loop.config.stack.alertmanager_port))}
+    if loop.scaled:
+        pages["worker"] = f"{loop.url(loop.config.stack.prefect_port)}/work-pools/work-pool/driftloop"
+    assert {name: part["ui"] for name, part in status["parts"].items() if part["ui"]} == pages
+    http = {name: part for name, part in status["parts"].items() if name != "postgres"}
+    assert all(part["url"].startswith("http://127.0.0.1:") for part in http.values())
+    if loop.scaled:
+        assert [status["parts"][name]["url"] for name in ("server", "server-2")] == [loop.url(p) for p in loop.servers]
+        url = status["parts"]["postgres"]["url"]
+        assert url.startswith("postgresql://driftloop:")
+        assert url.endswith(f"@127.0.0.1:{loop.config.stack.postgres_port}/driftloop")
+
+
+def test_prefect_mlflow_and_the_log_keep_their_data_in_postgresql(loop: Loop) -> None:
+    if not loop.scaled:
+        pytest.skip("the SQLite stack has no PostgreSQL")
+    import psycopg
+
+    url = json.loads(must(driftloop("stack", "status", "--json", config_path=loop.config_path)).stdout)["parts"][
+        "postgres"]["url"]
+    base = url.rsplit("/", 1)[0]
+    with psycopg.connect(f"{base}/driftloop") as log:
+        # 2,000 predictions sent to the two servers in turns land in the one table, with every label
+        assert log.execute("SELECT count(*), count(DISTINCT prediction_id) FROM predictions").fetchone() == \
+            (2000, 2000)
+    with psycopg.connect(f"{base}/mlflow") as mlflow:
+        assert mlflow.execute("SELECT count(*) FROM registered_models WHERE name = %s",
+                              (loop.config.model.name,)).fetchone() == (1,)
+    with psycopg.connect(f"{base}/prefect") as prefect:
+        assert prefect.execute("SELECT count(*) FROM deployment").fetchone()[0] == 3
+    for store in ("predictions.db", "mlflow.db"):
+        assert not (loop.config.state_dir / store).exists(), f"{store} was written beside PostgreSQL"
+    assert oct((loop.config.state_dir / "stack" / "postgres" / "password").stat().st_mode & 0o777) == "0o600"
+
+
+def ran_on_worker(loop: Loop, run: dict) -> None:
+    """On the scaled stack: the flow run went to the worker's pool and the worker ran it."""
+    if not loop.scaled:
+        return
+    assert run["work_pool_name"] == loop.config.stack.worker_pool
+    log = (loop.config.state_dir / "stack" / "logs" / "worker.log").read_text()
+    assert f"submitting flow run '{run['id']}'" in log
 
 
 def test_deployments_are_registered_with_schedules_trigger_and_limit(loop: Loop) -> None:
@@ -200,6 +272,7 @@ def test_three_drift_events_retrain_once_and_cancel_the_others(loop: Loop) -> No
 
     runs = wait_until(all_finished, 300, "three retrain-on-drift runs did not all finish")
     assert sorted(r["state_type"] for r in runs) == ["CANCELLED", "CANCELLED", "COMPLETED"]
+    ran_on_worker(loop, next(r for r in runs if r["state_type"] == "COMPLETED"))  # started by the automation
     after = model_versions(loop.config)
     assert len(after) == len(before) + 1, f"versions before {before}, after {after}"
 
@@ -252,8 +325,10 @@ def test_the_deployed_monitor_checks_each_complete_window_and_its_event_starts_a
     finished = wait_until(lambda: next((r for r in runs_of(loop, monitor["id"]) if r["id"] == run["id"]
                                         and r["state_type"] in FINAL), None), 300, "the monitor run did not finish")
     assert finished["state_type"] == "COMPLETED"
+    ran_on_worker(loop, finished)
     cursor = json.loads((loop.config.state_dir / "monitor" / "cursor.json").read_text())
-    assert cursor["last_id"] == 2000 and cursor["policy"]["windows"] == 4  # 2,000 logged rows, windows of 500
+    # 2,000 logged rows, windows of 500; on the scaled stack the two servers logged every other 250 of them
+    assert cursor["last_id"] == 2000 and cursor["policy"]["windows"] == 4
     text = (loop.config.state_dir / "metrics" / "monitor.prom").read_text()
     samples = {(s.name, s.labels.get("metric")) for family in text_string_to_metric_families(text)
                for s in family.samples}
@@ -363,6 +438,60 @@ def test_summary_page_shows_its_plot(loop: Loop, browser: object) -> None:
     assert shown and all(width and width > 100 for width in shown), f"the summary's plots did not load: {shown}"
     assert all(row.label in browser.find_element("tag name", "body").text for row in rows)
     look(loop, browser, "summary")
+
+
+def test_killing_one_replica_under_load_loses_no_acknowledged_row(loop: Loop) -> None:
+    if not loop.scaled:
+        pytest.skip("one model server on the SQLite stack")
+    import psycopg
+
+    from driftloop.flows.demo import request_rows
+
+    body = {"rows": request_rows(loop.config, pd.read_parquet(loop.drifted).head(20))}
+    acknowledged: dict[int, list[int]] = {port: [] for port in loop.servers}
+    failed: dict[int, int] = dict.fromkeys(loop.servers, 0)
+    lock, stop = threading.Lock(), threading.Event()
+
+    def client(port: int) -> None:
+        with httpx.Client(base_url=loop.url(port), timeout=10) as http:
+            while not stop.is_set():
+                try:
+                    response = http.post("/predict", json=body)
+                    ids = response.json()["prediction_ids"] if response.status_code == 200 else None
+                except (httpx.HTTPError, ValueError):
+                    ids = None
+                with lock:
+                    if ids is None:
+                        failed[port] += 1
+                    else:
+                        acknowledged[port] += ids
+                if ids is None:
+                    time.sleep(0.05)
+
+    threads = [threading.Thread(target=client, args=(port,), daemon=True) for port in loop.servers for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    time.sleep(3)
+    victim = json.loads((loop.config.state_dir / "stack" / "server-2.json").read_text())["pid"]
+    os.kill(victim, signal.SIGKILL)
+    with lock:
+        before = len(acknowledged[loop.servers[0]])
+    time.sleep(3)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    first, second = loop.servers
+    assert failed[first] == 0, "the surviving replica failed requests"
+    assert len(acknowledged[first]) > before, "the surviving replica stopped answering"
+    assert acknowledged[second] and failed[second] > 0  # it answered, then was killed
+    sent = acknowledged[first] + acknowledged[second]
+    url = json.loads(must(driftloop("stack", "status", "--json", config_path=loop.config_path)).stdout)["parts"][
+        "postgres"]["url"]
+    with psycopg.connect(url) as log:
+        logged = {row[0] for row in log.execute("SELECT prediction_id FROM predictions WHERE prediction_id = ANY(%s)",
+                                                (sent,))}
+    assert len(sent) == len(set(sent))
+    assert logged == set(sent), f"{len(set(sent) - logged)} acknowledged rows are missing from the log"
 
 
 def test_stack_down_stops_every_part(loop: Loop) -> None:
