@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -29,40 +28,59 @@ from prefect.schedules import Cron
 from driftloop.config import Config, load_config
 from driftloop.data import Window
 from driftloop.data_checks.approvals import find_approval
-from driftloop.errors import ConfigError
 from driftloop.flows.monitoring import DRIFT_EVENT, drift_resource, log_to_contract, monitoring_flow
 from driftloop.flows.outcomes import MonitoringOutcome, MonitorRun, RetrainingOutcome, Status
 from driftloop.flows.retraining import retraining_flow
+from driftloop.flows.starter import RETRAIN_FLOW, RETRAIN_ON_DRIFT, require_prefect_server
 from driftloop.monitoring.policy import PolicyState, new_champion
 from driftloop.monitoring.windows import cut_windows
 from driftloop.registry.store import CHAMPION, alias_version, holdout_figures
-from driftloop.serving.prediction_log import PredictionLog
+from driftloop.serving.prediction_log import LogBase, open_log
 from driftloop.stack.parts import work_pool
-from driftloop.state import prediction_log_path, state_path, write_atomic
+from driftloop.state import read_json_state, state_path, write_atomic
 
 MONITOR = "monitor"
 SCHEDULED_RETRAINING = "scheduled-retraining"
-RETRAIN_ON_DRIFT = "retrain-on-drift"
 MONITOR_FLOW = "monitor-traffic"
-RETRAIN_FLOW = "retrain-from-log"
+
+
+CURSOR_STATE = "monitor_cursor"
+LAST_RETRAINING_STATE = "last_retraining"
+
+
+def load_state(name: str, path: Path, log: LogBase | None) -> dict | None:
+    """A state record: from the log's database (the truth, written transactionally) when `log` is given and holds
+    it, else from the file (fsynced, with its last good copy: read_json_state); None when neither has it."""
+    raw = log.get_state(name) if log is not None else None
+    return raw if raw is not None else read_json_state(path)
+
+
+def save_state(name: str, path: Path, value: dict, log: LogBase | None) -> None:
+    """Record `value` in the log's database (one transaction) and mirror it to the file for people to read."""
+    if log is not None:
+        log.put_state(name, value)
+    write_atomic(path, json.dumps(value), keep_last_good=True)
 
 
 @dataclass
 class MonitorCursor:
-    """What the deployed monitor remembers between runs: the last checked prediction id and the policy."""
+    """What the deployed monitor remembers between runs: the last checked prediction id and the policy. Kept in the
+    prediction log's database (state `monitor_cursor`) beside the rows it points into, mirrored to
+    state_dir/monitor/cursor.json."""
 
     last_id: int = 0
     champion: str | None = None
     policy: dict | None = None
 
     @classmethod
-    def load(cls, path: Path) -> MonitorCursor:
+    def load(cls, path: Path, log: LogBase | None = None) -> MonitorCursor:
         """The saved cursor, or a fresh one."""
-        return cls(**json.loads(path.read_text(encoding="utf-8"))) if path.exists() else cls()
+        raw = load_state(CURSOR_STATE, path, log)
+        return cls(**raw) if raw else cls()
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, log: LogBase | None = None) -> None:
         """Write atomically: a killed run leaves the previous cursor."""
-        write_atomic(path, json.dumps(asdict(self)))
+        save_state(CURSOR_STATE, path, asdict(self), log)
 
 
 def complete_windows(config: Config, logged: pd.DataFrame) -> list[Window]:
@@ -97,11 +115,20 @@ def policy_for(config: Config, cursor: MonitorCursor, champion: str) -> dict:
 def monitor_traffic(config_path: str) -> MonitorRun:
     """Check each complete window of traffic logged since the last run; the policy may ask for a retrain."""
     config = load_config(config_path)
-    logger = get_run_logger()
     cursor_path = state_path(config, "monitor", "cursor.json")
-    cursor = MonitorCursor.load(cursor_path)
-    with PredictionLog(prediction_log_path(config), config.data.pii) as log:
-        logged = log.read(first_id=cursor.last_id + 1)
+    with open_log(config, config.data.pii) as log:
+        cursor = MonitorCursor.load(cursor_path, log)
+        # Ids and event times only, read in chunks: enough to cut the windows; each window's rows are read by
+        # monitoring_flow, so memory is bounded by a window, not by the traffic since the last run.
+        logged = log.read_index(first_id=cursor.last_id + 1, chunk_rows=config.serving.log_read_chunk_rows)
+        return _check_windows(config, log, cursor, cursor_path, logged)
+
+
+def _check_windows(config: Config, log: LogBase, cursor: MonitorCursor, cursor_path: Path,
+                   logged: pd.DataFrame) -> MonitorRun:
+    """monitor_traffic's loop over the complete windows of `logged` (ids and event times), the cursor saved after
+    each."""
+    logger = get_run_logger()
     windows = complete_windows(config, logged)
     if not windows:
         logger.info("no complete window since prediction id %d (%d new rows)", cursor.last_id, len(logged))
@@ -116,7 +143,7 @@ def monitor_traffic(config_path: str) -> MonitorRun:
         label = f"ids-{first}-{last}"
         outcome = monitoring_flow(config, first, last, label, policy=policy_for(config, cursor, champion))
         cursor = MonitorCursor(last_id=last, champion=champion, policy=outcome.policy)
-        cursor.save(cursor_path)
+        cursor.save(cursor_path, log)
         checked.append(outcome)
     return MonitorRun(tuple(checked))
 
@@ -146,8 +173,9 @@ def plan_retraining(config: Config, labelled: pd.DataFrame) -> RetrainPlan | Non
 
 @dataclass(frozen=True)
 class LastRetraining:
-    """What the retraining deployment remembers of its last run (state_dir/retraining/last.json): the gate window,
-    the version trained, the status, and the fingerprint of a refused batch."""
+    """What the retraining deployment remembers of its last run: the gate window, the version trained, the status,
+    and the fingerprint of a refused batch. Kept in the prediction log's database (state `last_retraining`),
+    mirrored to state_dir/retraining/last.json."""
 
     gate: tuple[int, int] | None = None
     version: str | None = None
@@ -155,18 +183,19 @@ class LastRetraining:
     fingerprint: str | None = None
 
     @classmethod
-    def load(cls, path: Path) -> LastRetraining:
+    def load(cls, path: Path, log: LogBase | None = None) -> LastRetraining:
         """The saved record, or an empty one."""
-        if not path.exists():
+        raw = load_state(LAST_RETRAINING_STATE, path, log)
+        if raw is None:
             return cls()
-        raw = json.loads(path.read_text(encoding="utf-8"))
         gate = raw.get("gate")
         return cls(tuple(gate) if gate else None, raw.get("version"), raw.get("status"), raw.get("fingerprint"))
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, log: LogBase | None = None) -> None:
         """Write atomically: a killed run leaves the previous record."""
-        write_atomic(path, json.dumps({"gate": list(self.gate) if self.gate else None, "version": self.version,
-                                       "status": self.status, "fingerprint": self.fingerprint}))
+        save_state(LAST_RETRAINING_STATE, path, {"gate": list(self.gate) if self.gate else None,
+                                                 "version": self.version, "status": self.status,
+                                                 "fingerprint": self.fingerprint}, log)
 
 
 def approved_since(config: Config, previous: LastRetraining) -> bool:
@@ -186,16 +215,22 @@ def retrain_from_log(config_path: str, reason: str = "scheduled") -> RetrainingO
     once a person approved it.
     """
     config = load_config(config_path)
+    with open_log(config, config.data.pii) as log:
+        # Ids and event times of the labelled rows (chunked): the plan; retraining_flow reads the planned rows.
+        labelled = log.read_index(labelled_only=True, chunk_rows=config.serving.log_read_chunk_rows)
+        return _retrain_planned(config, log, labelled, reason)
+
+
+def _retrain_planned(config: Config, log: LogBase, labelled: pd.DataFrame, reason: str) -> RetrainingOutcome:
+    """retrain_from_log once the labelled rows' ids and times are known; the last retraining's record in `log`."""
     logger = get_run_logger()
-    with PredictionLog(prediction_log_path(config), config.data.pii) as log:
-        labelled = log.read(labelled_only=True)
     plan = plan_retraining(config, labelled) if not labelled.empty else None
     if plan is None:
         logger.warning("retraining (%s) skipped: fewer than two windows with %d labels each in the prediction log",
                        reason, config.monitoring.min_labelled_rows)
         return RetrainingOutcome.skipped("not enough labelled traffic")
     last_path = state_path(config, "retraining", "last.json")
-    previous = LastRetraining.load(last_path)
+    previous = LastRetraining.load(last_path, log)
     if previous.gate == plan.gate and not approved_since(config, previous):
         logger.info("retraining (%s) skipped: no new labelled window since version %s", reason, previous.version)
         return RetrainingOutcome.skipped(f"no new labelled window since version {previous.version}")
@@ -204,7 +239,7 @@ def retrain_from_log(config_path: str, reason: str = "scheduled") -> RetrainingO
     if outcome.refusal is not None:
         logger.warning("retraining (%s) refused:\n%s", reason, "\n".join(outcome.refusal.lines()))
     LastRetraining(plan.gate, outcome.model.model_version if outcome.model else None, str(outcome.status),
-                   outcome.refusal.fingerprint if outcome.refusal else None).save(last_path)
+                   outcome.refusal.fingerprint if outcome.refusal else None).save(last_path, log)
     return outcome
 
 
@@ -241,13 +276,6 @@ def build_deployments(config: Config, config_path: Path) -> list[RunnerDeploymen
     ]
 
 
-def require_prefect_server() -> None:
-    """Deployments and automations live in a Prefect server: a temporary local API would vanish with this process."""
-    if not os.environ.get("PREFECT_API_URL"):
-        raise ConfigError("no Prefect server: start the local one with `driftloop stack up` (or `driftloop stack up "
-                          "--only prefect`), or set orchestration.api_url (or PREFECT_API_URL) to a remote server")
-
-
 def ensure_process_pool(name: str) -> None:
     """Create the process work pool `name` when Prefect has none of that name (an existing pool is left as is)."""
     from prefect.client.orchestration import get_client
@@ -281,18 +309,3 @@ def deploy(config: Config, config_path: Path, serve_them: bool = True) -> None:
         return
     sys.stderr.write(f"serving {names} from this process, reporting to {where}; Ctrl-C stops\n")
     serve(*deployments, print_starting_message=False)
-
-
-def retraining_starter(config: Config, config_path: Path) -> Callable[[dict[str, str]], str]:
-    """A function that starts `retrain-on-drift` for an alert's labels and returns the flow run's name."""
-    from prefect.deployments import run_deployment
-
-    require_prefect_server()
-
-    def start(labels: dict[str, str]) -> str:
-        reason = f"alert {labels.get('alertname', '?')} for model {labels.get('model', config.model.name)}"
-        run = run_deployment(f"{RETRAIN_FLOW}/{RETRAIN_ON_DRIFT}", timeout=0, tags=["alertmanager"],
-                             parameters={"config_path": str(config_path), "reason": reason})
-        return run.name
-
-    return start
