@@ -83,7 +83,8 @@ def null_mostly(config: Config, facts: Profile, column: str) -> float:
     """GX's `mostly` for a column's not-null expectation: validation.max_null_fraction beyond the reference's own
     share of nulls (a column the reference leaves blank a quarter of the time may be blank as often later)."""
     allowed = facts.null_shares.get(column, 0.0) + config.validation.max_null_fraction
-    return max(0.0, 1.0 - allowed)
+    # Four decimals, rounded down (the looser side): 0.9489, not 0.9489589893200016, in a suite a person reads.
+    return max(0.0, math.floor((1.0 - allowed) * 10_000) / 10_000)
 
 
 def widened(low: float, high: float, margin: float) -> tuple[float | None, float | None]:
