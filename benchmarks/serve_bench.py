@@ -4,7 +4,10 @@ Set-up, in a fresh temporary state dir: `driftloop train` on 4,000 January 2013 
 small, fast training settings) registers MLflow version 1 as `champion`. Both servers then serve that version
 on 127.0.0.1 and stay up for the whole run:
 
-- driftloop: `python -m driftloop.cli serve` (POST /predict, every row written to the prediction log);
+- driftloop: `python -m driftloop.cli serve` (POST /predict, every row written to the prediction log), measured on
+  three paths of the same server and model: its own /predict (`driftloop`), the Open Inference Protocol's
+  /v2/models/<name>/infer with one JSON tensor per column (`driftloop-oip`) and MLflow's /invocations with
+  `dataframe_records` (`driftloop-invocations`);
 - MLflow: `python -m mlflow models serve -m models:/<name>@champion --env-manager local` (POST /invocations,
   `dataframe_records`), MLflow's defaults otherwise (one uvicorn worker, request timeout 60 s).
 
@@ -18,8 +21,9 @@ ceiling against a trivial endpoint (and httpx's, for comparison) is measured and
 then `--seconds` measured; runs alternate between the servers (A, B, A, B per cell) so that the machine's
 drifting speed affects both alike; figures are medians over the rounds. Any non-200 answer is an error.
 
-    .venv/bin/python benchmarks/serve_bench.py               # ~7 min on 2 cores
-    .venv/bin/python benchmarks/serve_bench.py --quick       # 1.5-2 min: a smoke run
+    .venv/bin/python benchmarks/serve_bench.py               # ~14 min on 2 cores
+    .venv/bin/python benchmarks/serve_bench.py --quick       # 3 min: a smoke run
+    .venv/bin/python benchmarks/serve_bench.py --concurrency 8   # only the 8-in-flight cells
     .venv/bin/python benchmarks/serve_bench.py --seconds 5   # shorter runs
 """
 
@@ -52,7 +56,8 @@ TRAIN_ROWS = 4000
 BODIES = 64  # distinct pre-serialised bodies per row size, cycled through
 TOLERANCE = 1e-5
 GOAL_THROUGHPUT, GOAL_P99 = 2.0, 0.5  # driftloop / mlflow: at least 2x the req/s, at most half the p99
-SERVERS = ("driftloop", "mlflow")
+SERVERS = ("driftloop", "driftloop-oip", "driftloop-invocations", "mlflow")
+OURS = SERVERS[:3]  # the paths of driftloop's one server, each compared with MLflow's
 VERSIONS = ("torch", "mlflow", "uvicorn", "fastapi", "starlette", "httpx", "uvloop", "httptools", "pandas", "numpy")
 TRIVIAL_RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
 
@@ -64,7 +69,7 @@ class Target:
     name: str
     port: int
     path: str
-    rows_key: str  # the JSON key the rows go under: driftloop "rows", MLflow "dataframe_records"
+    wrap: str  # how rows become a body: "rows" (/predict), "records" (MLflow's dataframe_records), "oip" (tensors)
     process: subprocess.Popen | None = None
 
 
@@ -206,22 +211,41 @@ def start_servers(config: Path, folder: Path, model_name: str, tracking_uri: str
     env = child_env()
     # torch reads OMP_NUM_THREADS at start; None keeps MLflow's default (one thread per core per call).
     threads = {name: str(mlflow_threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} if mlflow_threads else {}
-    ports = {name: free_port() for name in SERVERS}
+    ports = {name: free_port() for name in ("driftloop", "mlflow")}
     ours = start([sys.executable, "-m", "driftloop.cli", "serve", "--config", str(config), "--port",
                   str(ports["driftloop"])], folder / "driftloop.log", folder, env)
     theirs = start([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{model_name}@champion",
                     "--env-manager", "local", "--host", "127.0.0.1", "--port", str(ports["mlflow"])],
                    folder / "mlflow.log", folder, {**env, **threads, "MLFLOW_TRACKING_URI": tracking_uri})
     targets = {"driftloop": Target("driftloop", ports["driftloop"], "/predict", "rows", ours),
+               "driftloop-oip": Target("driftloop-oip", ports["driftloop"], f"/v2/models/{model_name}/infer", "oip",
+                                       ours),
+               "driftloop-invocations": Target("driftloop-invocations", ports["driftloop"], "/invocations", "records",
+                                               ours),
                "mlflow": Target("mlflow", ports["mlflow"], "/invocations", "dataframe_records", theirs)}
     wait_ready(f"http://127.0.0.1:{ports['driftloop']}/healthz", ours, folder / "driftloop.log")
     wait_ready(f"http://127.0.0.1:{ports['mlflow']}/ping", theirs, folder / "mlflow.log")
     return targets
 
 
-def bodies(rows: list[dict], size: int, key: str) -> list[bytes]:
+def body(rows: list[dict], wrap: str) -> dict:
+    """One request body holding `rows` in a server's format."""
+    if wrap == "oip":  # one tensor per column, as an OIP client builds them from GET /v2/models/<name>
+        return {"inputs": [{"name": c, "datatype": "FP64" if isinstance(rows[0][c], float) else "BYTES",
+                            "shape": [len(rows)], "data": [row[c] for row in rows]} for c in rows[0]]}
+    return {"rows" if wrap == "rows" else "dataframe_records": rows}
+
+
+def bodies(rows: list[dict], size: int, wrap: str) -> list[bytes]:
     """BODIES request bodies of `size` consecutive held-back rows each, the same rows for every server."""
-    return [json.dumps({key: rows[i * size:(i + 1) * size]}).encode() for i in range(BODIES)]
+    return [json.dumps(body(rows[i * size:(i + 1) * size], wrap)).encode() for i in range(BODIES)]
+
+
+def answered_predictions(answer: dict) -> list[float]:
+    """The predictions of an answer: {"predictions": [...]}, or the OIP `prediction` output tensor."""
+    if "outputs" in answer:
+        return next(o["data"] for o in answer["outputs"] if o["name"] == "prediction")
+    return answer["predictions"]
 
 
 def check_same_predictions(targets: dict[str, Target], rows: list[dict]) -> float:
@@ -233,16 +257,19 @@ def check_same_predictions(targets: dict[str, Target], rows: list[dict]) -> floa
     for target in targets.values():
         url = f"http://127.0.0.1:{target.port}{target.path}"
         scored: list[float] = []
-        for body in bodies(rows, 64, target.rows_key)[:4] + bodies(rows, 1, target.rows_key)[:16]:
-            answer = httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=60)
+        for payload in bodies(rows, 64, target.wrap)[:4] + bodies(rows, 1, target.wrap)[:16]:
+            answer = httpx.post(url, content=payload, headers={"content-type": "application/json"}, timeout=60)
             if answer.status_code != 200:
                 raise SystemExit(f"{target.name}: HTTP {answer.status_code} on the check rows: {answer.text[:2000]}")
-            scored += [float(value) for value in answer.json()["predictions"]]
+            scored += [float(value) for value in answered_predictions(answer.json())]
         answers[target.name] = scored
-    ours, theirs = np.asarray(answers["driftloop"]), np.asarray(answers["mlflow"])
-    if ours.shape != theirs.shape:
-        raise SystemExit(f"different numbers of predictions: driftloop {ours.shape}, mlflow {theirs.shape}")
-    worst = float(np.max(np.abs(ours - theirs)))
+    theirs = np.asarray(answers["mlflow"])
+    worst = 0.0
+    for name in OURS:
+        ours = np.asarray(answers[name])
+        if ours.shape != theirs.shape:
+            raise SystemExit(f"different numbers of predictions: {name} {ours.shape}, mlflow {theirs.shape}")
+        worst = max(worst, float(np.max(np.abs(ours - theirs))))
     if not worst <= TOLERANCE:
         raise SystemExit(f"the servers disagree by up to {worst:.3g} (> {TOLERANCE:g}) on the same rows: "
                          "the comparison would be meaningless")
@@ -493,7 +520,7 @@ def client_ceiling(rows: list[dict], folder: Path, warmup_s: float, seconds: flo
                     log = (folder / "trivial.log").read_text()
                     raise SystemExit(f"the trivial server did not start:\n{log}") from None
                 time.sleep(0.1)
-        payloads = bodies(rows, 64, "rows")
+        payloads = bodies(rows, 64, "rows")  # the client's ceiling: /predict's body
         runs = []
         for client in ("raw-asyncio", "httpx"):
             for concurrency in CONCURRENCY:
@@ -531,12 +558,20 @@ def median_cells(runs: list[Run]) -> list[dict]:
 
 
 def ratios(cells: list[dict]) -> list[dict]:
-    """driftloop / mlflow per row size and concurrency, and whether the goal is met there."""
+    """Each driftloop path / mlflow per row size and concurrency, and whether the goal is met there."""
     by = {(c["server"], c["rows"], c["concurrency"]): c for c in cells}
+    out = []
+    for server in OURS:
+        out += _ratios(by, server)
+    return out
+
+
+def _ratios(by: dict, server: str) -> list[dict]:
+    """One driftloop path / mlflow per row size and concurrency."""
     out = []
     for rows in ROW_SIZES:
         for concurrency in CONCURRENCY:
-            ours, theirs = by.get(("driftloop", rows, concurrency)), by.get(("mlflow", rows, concurrency))
+            ours, theirs = by.get((server, rows, concurrency)), by.get(("mlflow", rows, concurrency))
             if not ours or not theirs:
                 continue
             throughput = ours["req_s"] / theirs["req_s"]
@@ -544,7 +579,8 @@ def ratios(cells: list[dict]) -> list[dict]:
             valid = ours["errors"] == 0 and theirs["errors"] == 0
             cpu = (ours["cpu_ms_per_request"] / theirs["cpu_ms_per_request"]
                    if ours["cpu_ms_per_request"] and theirs["cpu_ms_per_request"] else None)
-            out.append({"rows": rows, "concurrency": concurrency, "throughput_ratio": throughput, "p99_ratio": p99,
+            out.append({"server": server, "rows": rows, "concurrency": concurrency, "throughput_ratio": throughput,
+                        "p99_ratio": p99,
                         "cpu_per_request_ratio": cpu,
                         "valid": valid, "goal_met": valid and throughput >= GOAL_THROUGHPUT and p99 <= GOAL_P99})
     return out
@@ -597,12 +633,13 @@ def print_tables(results: dict) -> None:
                       _fmt(c["p50_ms"], 2), _fmt(c["p99_ms"], 2), str(c["errors"]), _fmt(c["cpu_ms_per_request"], 2))
     console.print(table)
     goal = Table(title=f"driftloop / mlflow (goal: throughput ≥ {GOAL_THROUGHPUT:g}×, p99 ≤ {GOAL_P99:g}×)")
-    for column in ("rows/request", "concurrency", "throughput ratio", "p99 ratio", "goal met", "CPU/request ratio"):
-        goal.add_column(column, justify="right")
+    for column in ("path", "rows/request", "concurrency", "throughput ratio", "p99 ratio", "goal met",
+                   "CPU/request ratio"):
+        goal.add_column(column, justify="left" if column == "path" else "right")
     for r in results["ratios"]:
         verdict = "invalid (errors)" if not r["valid"] else ("yes" if r["goal_met"] else "no")
-        goal.add_row(str(r["rows"]), str(r["concurrency"]), f"{r['throughput_ratio']:.2f}", f"{r['p99_ratio']:.2f}",
-                     verdict, _fmt(r["cpu_per_request_ratio"], 2))
+        goal.add_row(r["server"], str(r["rows"]), str(r["concurrency"]), f"{r['throughput_ratio']:.2f}",
+                     f"{r['p99_ratio']:.2f}", verdict, _fmt(r["cpu_per_request_ratio"], 2))
     console.print(goal)
     ceiling = Table(title="Client ceiling: trivial endpoint (another process), 64-row bodies")
     for column in ("client", "concurrency", "req/s", "p50 ms", "p99 ms", "errors"):
@@ -617,13 +654,15 @@ def print_tables(results: dict) -> None:
 def markdown(results: dict) -> str:
     """The two main tables as markdown, for benchmarks/README.md."""
     by = {(c["server"], c["rows"], c["concurrency"]): c for c in results["medians"]}
-    lines = ["| rows/request | concurrency | driftloop req/s | mlflow req/s | driftloop p50 / p99 ms | "
-             "mlflow p50 / p99 ms | throughput ratio | p99 ratio | errors | goal met | CPU/request ratio |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+    lines = ["| driftloop path | rows/request | concurrency | driftloop req/s | mlflow req/s | "
+             "driftloop p50 / p99 ms | mlflow p50 / p99 ms | throughput ratio | p99 ratio | errors | goal met | "
+             "CPU/request ratio |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in results["ratios"]:
-        ours, theirs = by[("driftloop", r["rows"], r["concurrency"])], by[("mlflow", r["rows"], r["concurrency"])]
+        ours, theirs = by[(r["server"], r["rows"], r["concurrency"])], by[("mlflow", r["rows"], r["concurrency"])]
         verdict = "invalid" if not r["valid"] else ("**yes**" if r["goal_met"] else "no")
-        lines.append(f"| {r['rows']} | {r['concurrency']} | {ours['req_s']:,.0f} | {theirs['req_s']:,.0f} | "
+        lines.append(f"| {r['server']} | {r['rows']} | {r['concurrency']} | {ours['req_s']:,.0f} | "
+                     f"{theirs['req_s']:,.0f} | "
                      f"{ours['p50_ms']:.2f} / {ours['p99_ms']:.2f} | {theirs['p50_ms']:.2f} / {theirs['p99_ms']:.2f} | "
                      f"{r['throughput_ratio']:.2f} | {r['p99_ratio']:.2f} | {ours['errors'] + theirs['errors']} | "
                      f"{verdict} | {_fmt(r['cpu_per_request_ratio'], 2)} |")
@@ -659,18 +698,19 @@ def logged_rows(state: Path) -> int | None:
 
 
 def alternate_runs(targets: dict[str, Target], rows: list[dict], args: argparse.Namespace) -> list[Run]:
-    """Every cell, both servers in turn per round (A, B, A, B): both see the same drift of the machine's speed."""
-    payloads = {(name, size): bodies(rows, size, target.rows_key)
+    """Every cell, every server path in turn per round (A, B, C, D, A, ...): all see the same drift of the machine's
+    speed."""
+    payloads = {(name, size): bodies(rows, size, target.wrap)
                 for name, target in targets.items() for size in ROW_SIZES}
     runs: list[Run] = []
     for size in ROW_SIZES:
-        for concurrency in CONCURRENCY:
+        for concurrency in args.concurrency:
             for round_ in range(args.rounds):
                 for name in SERVERS:
                     run = timed_run(targets[name], payloads[(name, size)], size, concurrency, round_,
                                     args.warmup, args.seconds)
                     runs.append(run)
-                    print(f"  {name:9} rows {size:2} concurrency {concurrency:2} round {round_}: "
+                    print(f"  {name:21} rows {size:2} concurrency {concurrency:2} round {round_}: "
                           f"{run.req_s:8,.1f} req/s p50 {run.p50_ms:7.2f} ms p99 {run.p99_ms:7.2f} ms "
                           f"errors {run.errors}", file=sys.stderr)
     return runs
@@ -679,9 +719,10 @@ def alternate_runs(targets: dict[str, Target], rows: list[dict], args: argparse.
 def settings(args: argparse.Namespace, numerical: list[str], categorical: list[str]) -> dict:
     """What was run, and how each server was started."""
     return {"seconds": args.seconds, "warmup_s": args.warmup, "rounds": args.rounds, "quick": args.quick,
-            "row_sizes": list(ROW_SIZES), "concurrency": list(CONCURRENCY), "train_rows": TRAIN_ROWS,
+            "row_sizes": list(ROW_SIZES), "concurrency": list(args.concurrency), "train_rows": TRAIN_ROWS,
             "distinct_bodies": BODIES, "tolerance": TOLERANCE, "numerical": numerical, "categorical": categorical,
-            "mlflow_threads": args.mlflow_threads, "order": "per cell: driftloop, mlflow, driftloop, mlflow, ...",
+            "mlflow_threads": args.mlflow_threads,
+            "order": "per cell: driftloop, driftloop-oip, driftloop-invocations, mlflow, then again",
             "client": "raw asyncio HTTP/1.1 keep-alive on uvloop, closed loop, one connection per in-flight "
                       "request, one process for all runs (the servers are separate processes)",
             "servers": {
@@ -702,6 +743,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="1 s runs, one round: a smoke run")
     parser.add_argument("--mlflow-threads", type=int, help="torch threads in MLflow's server (default: MLflow's "
                         "own, one per core); 1 matches driftloop's setting: a fairness check")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY),
+                        help=f"requests in flight to measure (default {' '.join(map(str, CONCURRENCY))})")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "serve.json")
     parser.add_argument("--trivial-server", type=int, help=argparse.SUPPRESS)  # internal: the ceiling's endpoint
     args = parser.parse_args()
@@ -738,7 +781,7 @@ def main() -> None:
             runs = alternate_runs(targets, rows, args)
             time.sleep(1.0)  # a group commit may still hold the last rows of the last driftloop run
             logged_after = logged_rows(Path(loaded.state_dir))
-    answered = sum(r.answered_rows for r in runs if r.server == "driftloop")
+    answered = sum(r.answered_rows for r in runs if r.server in OURS)
     log_check = {"before_runs": logged_before, "after_runs": logged_after, "answered_rows_during_runs": answered,
                  "complete": None if logged_before is None or logged_after is None
                  else logged_after - logged_before == answered}

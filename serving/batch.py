@@ -328,17 +328,16 @@ def predict_file(config: Config, data: Path, out: Path, *, version: str | None =
 
     `progress(total)` gives the callback each chunk reports to (total: rows for Parquet, bytes for CSV).
     """
-    started = time.perf_counter()
     check_output(out)
     check_input(data)  # the file's faults before the registry is asked for a model
     model = load_scoring_model(config, version, alias)
-    return score_file(config, model, data, out, log=log, progress=progress, started=started)
+    return score_file(config, model, data, out, log=log, progress=progress)
 
 
 def score_file(config: Config, model: LoadedModel, data: Path, out: Path, *, log: bool = False,
-               progress: Callable[[int], Progress] | None = None, started: float | None = None) -> BatchResult:
-    """Score `data` into `out` with `model`: the chunked loop of predict_file."""
-    started = time.perf_counter() if started is None else started
+               progress: Callable[[int], Progress] | None = None) -> BatchResult:
+    """Score `data` into `out` with `model`: the chunked loop of predict_file (its `seconds`: this loop's)."""
+    started = time.perf_counter()
     kind, out_kind = check_input(data), check_output(out)
     columns = input_columns(data, kind)
     missing = [c for c in config.data.features if c not in columns]
