@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -174,6 +175,8 @@ class LogBase:
 
     # Shown in messages: the file's path or the database URL without its password.
     location: str
+    # Pause between the chunks of a label import, so that a writer waiting for the lock gets it (see SqliteLog).
+    import_pause_s: float = 0.0
 
     def __init__(self, pii: Sequence[str] | PiiPolicy = ()) -> None:
         # Column names alone: dropped; `driftloop.pii.pii_policy(config)`: dropped or hashed as data.pii_policy says.
@@ -368,6 +371,8 @@ class LogBase:
             raise AlreadyLabelled(conflicting)
         written = 0
         for start in range(0, len(pairs), chunk_rows):
+            if start:
+                time.sleep(self.import_pause_s)
             chunk = pairs[start:start + chunk_rows]
             with self._lock, self._transaction():
                 current = self._current_values([i for i, _ in chunk])
