@@ -28,15 +28,18 @@ setup: $(LINKED)
 
 # Prometheus and Alertmanager (Debian packages) for `driftloop stack up`, the alert-rule and integration tests.
 # Chromium and its driver: the browser tests open every page of the stack (tests/test_closed_loop.py).
+# PostgreSQL's server (initdb, postgres under /usr/lib/postgresql/<major>/bin): `stack.database: postgres` and the
+# prediction log's PostgreSQL tests.
 system-deps:
 	@{ command -v promtool && command -v prometheus && command -v prometheus-alertmanager \
-	   && command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
+	   && command -v chromium && command -v chromedriver \
+	   && { command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; }; } >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-alertmanager \
-	      chromium chromium-driver; \
+	      chromium chromium-driver postgresql; \
 	  else \
-	    echo "Prometheus, Alertmanager or Chromium is missing: run 'sudo make system-deps' (Debian packages" \
-	      "prometheus, prometheus-alertmanager, chromium, chromium-driver)"; \
+	    echo "Prometheus, Alertmanager, Chromium or PostgreSQL is missing: run 'sudo make system-deps' (Debian" \
+	      "packages prometheus, prometheus-alertmanager, chromium, chromium-driver, postgresql)"; \
 	    exit 1; \
 	  fi; }
 
