@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -15,6 +16,14 @@ from pathlib import Path
 _CHILDREN: dict[int, subprocess.Popen] = {}
 
 
+def _identity(user: str | None) -> dict:
+    """Popen's arguments that run a child as `user` with that user's own group and no other (root's groups would
+    decide its access to root's folders); nothing for None."""
+    if user is None:
+        return {}
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
+
+
 def spawn(command: list[str], env: dict[str, str], log: Path, user: str | None = None) -> int:
     """Start `command` in its own session (it outlives this process and owns its process group), as `user` when
     given (only root may switch); output to `log`."""
@@ -23,8 +32,8 @@ def spawn(command: list[str], env: dict[str, str], log: Path, user: str | None =
         out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
         out.flush()
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                 start_new_session=True, close_fds=True, user=user,
-                                 cwd="/" if user else None)  # the user may not enter our working directory
+                                 start_new_session=True, close_fds=True, cwd="/" if user else None,
+                                 **_identity(user))  # the user may not enter our working directory
     _CHILDREN[child.pid] = child
     return child.pid
 

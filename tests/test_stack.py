@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,7 +22,15 @@ from driftloop.config import Config
 from driftloop.env import stack_prefect_url
 from driftloop.errors import ConfigError
 from driftloop.stack import supervisor
-from driftloop.stack.parts import PART_NAMES, build_parts, prefect_record_path, record_path, select_parts, stack_dir
+from driftloop.stack.parts import (
+    PART_NAMES,
+    build_parts,
+    prefect_record_path,
+    record_path,
+    select_parts,
+    stack_dir,
+    write_part_files,
+)
 from driftloop.stack.process import pid_alive, port_free, spawn, stop_group
 from driftloop.stack.supervisor import stack_down, stack_status, stack_up
 from tests.helpers import make_config
@@ -47,6 +58,18 @@ def stack_config(tmp_path: Path, **stack: object) -> tuple[Config, Path]:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     return config, path
+
+
+@pytest.fixture
+def postgres_root() -> Iterator[Path]:
+    """A folder for a stack with PostgreSQL, outside pytest's temporary root: PostgreSQL runs as another user and
+    must pass through the folder's parents, and every pytest session that starts (other test runs on the machine
+    too) makes /tmp/pytest-of-<user> private again."""
+    folder = Path(tempfile.mkdtemp(prefix="driftloop-stack-test-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def status_json(config: Config, capsys: pytest.CaptureFixture[str]) -> dict:
@@ -90,6 +113,46 @@ def test_parts_in_order_on_the_configured_host_and_ports(tmp_path: Path) -> None
     for name in ("prometheus", "alertmanager", "receiver", "server", "deployments"):
         assert parts[name].env["PREFECT_API_URL"] == "http://127.0.0.2:14200/api"
     assert all("127.0.0.2" in parts[name].url for name in PART_NAMES)
+
+
+def test_scaled_out_parts_replicas_postgres_and_worker(tmp_path: Path) -> None:
+    config = make_config(tmp_path / "state", serving={"port": 18080},
+                         stack={"database": "postgres", "postgres_port": 15433, "server_replicas": 3, "worker": True,
+                                "prefect_port": 14200})
+    parts = {part.name: part for part in build_parts(config, tmp_path / "c.yaml")}
+    assert list(parts) == ["postgres", "prefect", "mlflow", "evidently", "prometheus", "alertmanager", "receiver",
+                           "server", "server-2", "server-3", "deployments", "worker"]
+    assert [parts[name].port for name in ("server", "server-2", "server-3")] == [18080, 18081, 18082]
+    assert parts["server-3"].command[-2:] == ["--port", "18082"] and "serving.port + 2" in parts["server-3"].port_key
+    # what waits for what: the databases' users for PostgreSQL, the servers for the registry, the worker for its pool
+    assert "postgres" in parts["prefect"].after and "postgres" in parts["mlflow"].after
+    assert set(parts["server-2"].after) == {"mlflow", "postgres"}
+    assert parts["deployments"].after == ("prefect",) and parts["worker"].after == ("deployments",)
+    assert parts["evidently"].after == () and parts["prometheus"].after == ()
+    # the deployments are registered for the worker's pool (one shot); the worker serves that pool
+    assert parts["deployments"].oneshot and parts["deployments"].command[3:5] == ["deploy", "--no-serve"]
+    assert parts["worker"].command[1:] == ["-m", "prefect", "worker", "start", "--pool", "driftloop", "--type",
+                                           "process"]
+    assert parts["worker"].ui_url == "http://127.0.0.1:14200/work-pools/work-pool/driftloop"
+    # PostgreSQL in the foreground on its port, loopback only; MLflow's store (with the password) not on its
+    # command line
+    assert parts["postgres"].command[0].endswith("/postgres")
+    assert parts["postgres"].command[parts["postgres"].command.index("-p") + 1] == "15433"
+    assert "listen_addresses=127.0.0.1" in parts["postgres"].command
+    assert parts["postgres"].url.startswith("postgresql://") and parts["postgres"].port_key == "stack.postgres_port"
+    assert "--backend-store-uri" not in parts["mlflow"].command
+    assert select_parts(config, ["server"]) == ["server", "server-2", "server-3"]
+    assert select_parts(config, ["server-2", "postgres"]) == ["postgres", "server-2"]
+
+
+def test_prometheus_scrapes_every_replica(tmp_path: Path) -> None:
+    config = make_config(tmp_path / "state", serving={"port": 18080},
+                         stack={"server_replicas": 2, "receiver_port": 19108})
+    write_part_files(config, "prometheus")
+    document = yaml.safe_load((stack_dir(config) / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in document["scrape_configs"]}
+    assert jobs == {"driftloop-server": ["127.0.0.1:18080", "127.0.0.1:18081"],
+                    "driftloop-monitor": ["127.0.0.1:19108"]}
 
 
 def test_unknown_part_names_the_valid_ones(tmp_path: Path) -> None:
@@ -264,3 +327,34 @@ def test_real_stack_prefect_prometheus_alertmanager(tmp_path: Path, capsys: pyte
     assert stack_prefect_url(config.state_dir) is None
     for port in (config.stack.prefect_port, config.stack.prometheus_port, config.stack.alertmanager_port):
         assert port_free("127.0.0.1", port)
+
+
+@pytest.mark.slow
+@pytest.mark.stack
+def test_postgres_part_private_cluster_with_a_generated_password(postgres_root: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    psycopg = pytest.importorskip("psycopg")
+    config, path = stack_config(postgres_root, database="postgres", postgres_port=free_ports(1)[0])
+    try:
+        assert stack_up(config, path, ["postgres"]) is True
+        assert "***@127.0.0.1" in capsys.readouterr().err  # the console never shows the password
+        status = status_json(config, capsys)
+        part = status["parts"]["postgres"]
+        assert part["state"] == "up" and status["healthy"] is True
+        password = (stack_dir(config) / "postgres" / "password")
+        assert password.stat().st_mode & 0o777 == 0o600
+        assert part["url"] == (f"postgresql://driftloop:{password.read_text()}@127.0.0.1:"
+                               f"{config.stack.postgres_port}/driftloop")
+        assert record_path(config, "postgres").stat().st_mode & 0o777 == 0o600
+        with psycopg.connect(part["url"]) as db:
+            names = {row[0] for row in db.execute("SELECT datname FROM pg_database")}
+            assert {"driftloop", "prefect", "mlflow"} <= names
+            assert db.execute("SHOW listen_addresses").fetchone() == ("127.0.0.1",)
+        with pytest.raises(psycopg.OperationalError):  # a password is required, also on loopback
+            psycopg.connect(part["url"].replace(password.read_text(), "wrong"), connect_timeout=5)
+        pid = part["pid"]
+    finally:
+        stack_down(config)
+    assert not pid_alive(pid)
+    assert "database system is shut down" in (stack_dir(config) / "logs" / "postgres.log").read_text()
+    assert port_free("127.0.0.1", config.stack.postgres_port)
