@@ -21,6 +21,7 @@ from driftloop.data_checks.quarantine import quarantine
 from driftloop.data_checks.validate import ValidationReport, check_usable, validate_frame
 from driftloop.datasets import load_flights
 from driftloop.flows.governance import governance_gate
+from driftloop.flows.links import link_version
 from driftloop.flows.outcomes import Refusal, TrainedModel, TrainingOutcome
 from driftloop.registry.lineage import build_lineage
 from driftloop.registry.provenance import report_links
@@ -140,6 +141,8 @@ def validation_artifact_key(config: Config) -> str:
 def publish_validation(config: Config, record: dict, registered: Registered | None) -> None:
     """The Prefect artifact: verdict, figures, links to the Data Docs pages and, once trained, the MLflow run."""
     links = report_links(config, registered.version, registered.run_id) if registered is not None else []
+    if registered is not None:  # and the other way: the version's MLflow page links its pages (flows/links.py)
+        link_version(config, registered.version, registered.run_id, record, str(flow_run.id))
     create_markdown_artifact(validation_markdown(record, config.model.name, links), key=validation_artifact_key(config),
                              description=f"validation of batch {record['name']} ({record['fingerprint']})")
 

@@ -408,6 +408,30 @@ def test_mlflow_ui_shows_the_registered_model_and_its_champion(loop: Loop, brows
     look(loop, browser, "mlflow-model")
 
 
+def test_a_model_version_links_its_validation_evidently_and_prefect_pages(loop: Loop, browser: object) -> None:
+    from driftloop.flows.links import EVIDENTLY_TAG, PREFECT_TAG, VALIDATION_TAG
+    from driftloop.registry.store import alias_version, mlflow_client
+
+    name, mlflow = loop.config.model.name, loop.url(loop.config.stack.mlflow_port)
+    champion = alias_version(loop.config, "champion")
+    tags = mlflow_client(loop.config).get_model_version(name, champion).tags
+    assert tags[VALIDATION_TAG].startswith(f"{mlflow}/#/experiments/")  # retrained with the stack's MLflow up
+    page_text(browser, f"{mlflow}/#/models/{name}/versions/{champion}",
+              ["Validation report", "Evidently snapshots", "Prefect flow run"])
+    look(loop, browser, "mlflow-version-links")
+    browser.get(tags[VALIDATION_TAG])
+    page_text(browser, tags[VALIDATION_TAG], ["validation"])
+    look(loop, browser, "mlflow-validation-artifact")
+    _, project = model_project(loop)
+    assert tags[EVIDENTLY_TAG] == f"{loop.url(loop.config.stack.evidently_port)}/projects/{project.id}/reports"
+    page_text(browser, tags[EVIDENTLY_TAG], [name])
+    look(loop, browser, "evidently-from-mlflow")
+    run_id = tags[PREFECT_TAG].rsplit("/", 1)[1]
+    run = api(loop, "GET", f"/flow_runs/{run_id}")
+    page_text(browser, tags[PREFECT_TAG], [run["name"]])
+    look(loop, browser, "prefect-from-mlflow")
+
+
 def test_evidently_ui_shows_one_snapshot_per_checked_window_and_the_panels(loop: Loop, browser: object) -> None:
     evidently = loop.url(loop.config.stack.evidently_port)
     workspace, project = model_project(loop)
