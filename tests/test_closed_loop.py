@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -135,11 +137,13 @@ def send_traffic(loop: Loop, frame: pd.DataFrame) -> None:
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
-def loop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, flights_jan: pd.DataFrame,
+def loop(request: pytest.FixtureRequest, flights_jan: pd.DataFrame,
          flights_jul: pd.DataFrame) -> Iterator[Loop]:
     """Prefect server (and its database) → a champion trained through it → the rest of the stack → labelled
     traffic."""
-    root = tmp_path_factory.mktemp(f"loop-{request.param}")
+    # Outside pytest's tmp root: PostgreSQL runs as its own user and must pass through the folder's parents, and
+    # every pytest session that starts on the machine makes /tmp/pytest-of-<user> private again.
+    root = Path(tempfile.mkdtemp(prefix=f"driftloop-loop-{request.param}-"))
     config = loop_config(root / "state", **VARIANTS[request.param])
     config_path = root / "config.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
@@ -156,6 +160,7 @@ def loop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         yield loop
     finally:
         driftloop("stack", "down", config_path=config_path)
+        shutil.rmtree(root / "state" / "stack" / "postgres", ignore_errors=True)  # the screenshots stay
 
 
 def api(loop: Loop, method: str, path: str, body: dict | None = None) -> object:
