@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -355,6 +356,68 @@ def test_deep_json_is_refused_never_500(live: Live, path: str, status: int, dept
                           headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
     assert response.status_code == status, response.text
     live.predict_ok()
+
+
+# ---------------------------------------------------------------- normal traffic during every attack
+
+
+def attack_each(url: str, port: int, rows: list[dict]) -> dict[str, int]:
+    """Every HTTP attack of the table once, in turn; the status each got."""
+    stamp = "time_hour"
+    ids = httpx.post(f"{url}/predict", json={"rows": rows[:2]}, timeout=30).json()["prediction_ids"]
+    auth = {"Authorization": f"Bearer {LABELS_TOKEN}"}
+    future = [dict(rows[0], **{stamp: "2262-01-01T00:00:00Z"})]
+    big = b'{"rows": [' + b",".join([b"{}"] * (MAX_BODY // 2)) + b"]}"
+    deep = b'{"rows": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"
+    json_type = {"Content-Type": "application/json"}
+    got = {
+        "labels without a token": httpx.post(f"{url}/labels", json=labels_body(ids, 1)).status_code,
+        "first label": httpx.post(f"{url}/labels", json=labels_body(ids, 1), headers=auth).status_code,
+        "relabel": httpx.post(f"{url}/labels", json=labels_body(ids, 0), headers=auth).status_code,
+        "future event time": httpx.post(f"{url}/predict", json={"rows": future}).status_code,
+        "oversized body": httpx.post(f"{url}/predict", content=big, headers=json_type).status_code,
+        "form post": httpx.post(f"{url}/predict", content=b'{"rows": []}',
+                                headers={"Content-Type": "text/plain"}).status_code,
+        "deep JSON": httpx.post(f"{url}/predict", content=deep, headers=json_type).status_code,
+    }
+    rebound = raw_request(port, "GET /healthz HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+    got["foreign Host"] = int(rebound.split(b" ", 2)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as stalled:
+        stalled.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 100\r\n\r\n")
+        got["stalled body"] = int(stalled.recv(65536).split(b" ", 2)[1])
+    return got
+
+
+@pytest.mark.slow
+def test_normal_requests_are_answered_during_and_after_every_attack(config: Config, model_folders,
+                                                                    flights_jan) -> None:
+    """A client sends normal /predict requests without pause while every attack of the table runs once: each of its
+    requests is answered 200 by the champion, during and after."""
+    config = trust_config(config.state_dir, body_timeout_s=1.0, max_concurrent_requests=16)
+    shelf = Shelf(model_folders, "1")
+    rows = rows_json(flights_jan.head(20))
+    server = ThreadedServer(create_app(config, shelf.load, shelf.version))
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def normal_client(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while not stop.is_set():
+                statuses.append(client.post("/predict", json={"rows": rows[:3]}).status_code)
+
+    with server as url:
+        client = threading.Thread(target=normal_client, args=(url,), daemon=True)
+        client.start()
+        got = attack_each(url, server.port, rows)
+        during = len(statuses)
+        wait_for(lambda: len(statuses) >= during + 5)  # and after
+        stop.set()
+        client.join(timeout=30)
+    assert got == {"labels without a token": 401, "first label": 200, "relabel": 409, "future event time": 422,
+                   "oversized body": 413, "form post": 415, "deep JSON": 422, "foreign Host": 400,
+                   "stalled body": 408}
+    assert during >= 5 and set(statuses) == {200}, sorted(set(statuses))
 
 
 # ---------------------------------------------------------------- the real `driftloop serve`
