@@ -5,7 +5,8 @@ The served model is the champion under the config's model name; its version is t
 
 - one tensor per feature column, named as the column, shape [N] (or [N, 1]): numerical columns FP64 (FP32 and the
   integer types are accepted), categorical columns BYTES (numbers accepted), and the config's timestamp column as
-  an optional BYTES tensor of ISO 8601 times. A float tensor cannot carry null: NaN is taken as a missing value;
+  an optional BYTES tensor of ISO 8601 times. A missing value is null in JSON data; binary float data cannot
+  carry null, so there NaN is a missing value;
 - or one BYTES tensor named `rows` whose elements are JSON objects, one row each, as /predict takes them.
 
 Outputs: `prediction` (FP64: P(positive class) for classification, the value for regression) and `prediction_id`
@@ -107,10 +108,11 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
 
 
 def flatten(data: Any) -> list[Any]:
-    """A tensor's JSON data in row-major order (the protocol allows nested arrays or a flat one)."""
+    """A tensor's JSON data in row-major order (the protocol allows nested arrays or a flat one). Nesting is told
+    by the first element (a ragged mix fails the shape's element count or validation)."""
     if not isinstance(data, list):
         return [data]
-    if not any(isinstance(item, list) for item in data):
+    if not data or not isinstance(data[0], list):
         return data
     flat: list[Any] = []
     for item in data:
@@ -138,7 +140,7 @@ def deserialize_bytes(raw: memoryview, name: str) -> list[str]:
 
 
 def tensor_values(tensor: dict[str, Any], binary: memoryview, offset: int) -> tuple[str, list[Any], int]:
-    """(name, flat values, new offset into the binary data) of one input tensor; NaN floats become None."""
+    """(name, flat values, new offset into the binary data) of one input tensor; binary NaN floats become None."""
     name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
     if not isinstance(name, str) or not name:
         raise ProtocolError("every input needs a string 'name'")
@@ -161,19 +163,24 @@ def tensor_values(tensor: dict[str, Any], binary: memoryview, offset: int) -> tu
             if size % dtype.itemsize:
                 raise ProtocolError(f"input {name}: {size} bytes is not a whole number of {datatype} elements")
             array = np.frombuffer(raw, dtype=dtype)
-            values = array.astype("float64").tolist() if datatype in FLOATS else array.tolist()
+            values = _floats(array) if datatype in FLOATS else array.tolist()
     elif "data" in tensor:
         values = flatten(tensor["data"])
     else:
         raise ProtocolError(f"input {name}: neither 'data' nor parameters.binary_data_size")
-    if datatype in FLOATS:
-        values = [None if isinstance(v, float) and math.isnan(v) else v for v in values]
     expected = math.prod(shape)
     if len(values) != expected:
         raise ProtocolError(f"input {name}: shape {shape} holds {expected} elements, the data {len(values)}")
     if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
         raise ProtocolError(f"input {name}: shape must be [N] or [N, 1] (one value per row), got {shape}")
     return name, values, offset
+
+
+def _floats(array: np.ndarray) -> list[float | None]:
+    """A binary float tensor as Python floats, NaN as None (a missing value: a tensor cannot carry null)."""
+    values = array.astype("float64").astype(object)
+    values[np.isnan(array)] = None
+    return values.tolist()
 
 
 def json_rows(values: list[Any]) -> list[Any]:
