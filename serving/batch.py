@@ -33,10 +33,9 @@ from driftloop.data import SUPPORTED_SUFFIXES
 from driftloop.errors import DataError
 from driftloop.file_checks import content_problem, encoding_problem, repeated
 from driftloop.pii import pii_policy
-from driftloop.serving.prediction_log import PredictionLog
+from driftloop.serving.prediction_log import LogBase, open_log
 from driftloop.serving.quantization import quantize_if_close
 from driftloop.serving.validation import TimeBounds
-from driftloop.state import prediction_log_path
 from driftloop.training.artifacts import LoadedModel, output
 from driftloop.training.features import category_strings, encode
 
@@ -308,17 +307,18 @@ def load_scoring_model(config: Config, version: str | None, alias: str | None) -
 
     model = load_version(config, version) if version else load_alias(config, alias or CHAMPION)
     if config.serving.quantize:
-        with PredictionLog(prediction_log_path(config), pii=pii_policy(config)) as log:
+        with open_log(config, pii=pii_policy(config)) as log:
             model = quantize_if_close(model, config, log).model
     return model
 
 
 @contextmanager
-def _open_log(config: Config, enabled: bool) -> Iterator[PredictionLog | None]:
+def _open_log(config: Config, enabled: bool) -> Iterator[LogBase | None]:
+    """The config's prediction log (serving.log_uri: the SQLite file or PostgreSQL) when logging, else None."""
     if not enabled:
         yield None
         return
-    with PredictionLog(prediction_log_path(config), pii=pii_policy(config)) as log:
+    with open_log(config, pii=pii_policy(config)) as log:
         yield log
 
 
@@ -404,7 +404,7 @@ def predict_slices(model: LoadedModel, features: pd.DataFrame) -> np.ndarray:
     return np.concatenate(parts).astype("float64") if parts else np.zeros(0)
 
 
-def _log_chunk(log: PredictionLog, features: pd.DataFrame, predictions: np.ndarray, version: str,
+def _log_chunk(log: LogBase, features: pd.DataFrame, predictions: np.ndarray, version: str,
                times: list[str | None] | None) -> list[int]:
     """Write a chunk's rows to the prediction log through the server's insert path; their ids."""
     rows = features.astype(object).where(features.notna(), None).to_dict("records")
