@@ -153,9 +153,15 @@ def cmd_tune_pipeline(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_monitor(args: argparse.Namespace, config: Config) -> int:
     """Drift check of one window: 0 done (drift or not), 2 bad input."""
-    from driftloop.flows.monitoring import monitor_file
+    current = Path(args.current)
+    if args.reference:  # no registry, Prefect or torch on this path: a cached check takes about a second
+        from driftloop.monitoring.cli_monitor import monitor_files
 
-    result = monitor_file(config, Path(args.current), Path(args.reference) if args.reference else None)
+        result = monitor_files(current, Path(args.reference), config, args.evidently_report)
+    else:
+        from driftloop.flows.monitoring import monitor_file
+
+        result = monitor_file(config, current, None, args.evidently_report)
     if args.json:
         _print_json(result.to_json())
     else:
@@ -172,7 +178,7 @@ def cmd_backtest(args: argparse.Namespace, config: Config) -> int:
     from driftloop.flows.backtest import run_backtest
     from driftloop.flows.summary import backtest_table, write_backtest_page
 
-    result = run_backtest(config, Path(args.data), args.train_until, args.policies, progress=not args.json)
+    result = run_backtest(config, Path(args.data), args.train_until, args.policies)  # progress: stderr
     if args.out:
         page = write_backtest_page(result, Path(args.out) / "backtest.html", config.model.name)
         _err(f"page: {page}")
@@ -458,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("monitor", cmd_monitor, "drift check of one window against the reference")
     p.add_argument("--current", required=True, help="CSV or Parquet window to check")
     p.add_argument("--reference", help="reference data (default: the champion's training data)")
+    p.add_argument("--evidently-report", action="store_true",
+                   help="write Evidently's full report (every column's distribution; about 8 s more) instead of the "
+                        "page of the verdict and figures")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     p = command("backtest", cmd_backtest, "replay a labelled, time-stamped file window by window: the first model "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, log_loss, mean_absolute_error, roc_auc_score
 
 # Metrics where a larger value is better; the others are errors.
 HIGHER_IS_BETTER = {"auc": True, "accuracy": True, "log_loss": False, "rmse": False, "mae": False}
@@ -11,6 +10,9 @@ HIGHER_IS_BETTER = {"auc": True, "accuracy": True, "log_loss": False, "rmse": Fa
 
 def score(y_true: np.ndarray, y_pred: np.ndarray, task: str) -> dict[str, float]:
     """AUC, accuracy and log loss for classification (y_pred: P(positive)); RMSE and MAE for regression."""
+    # Imported here: scikit-learn's import costs a second, and `driftloop monitor` scores only labelled windows.
+    from sklearn.metrics import accuracy_score, log_loss, mean_absolute_error, roc_auc_score
+
     y_true = np.asarray(y_true, dtype=float)
     y_pred = np.asarray(y_pred, dtype=float)
     if len(y_true) == 0:

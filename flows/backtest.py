@@ -355,8 +355,11 @@ def run_backtest(config: Config, data: Path, train_until: str, policies: str | N
         task = bar.add_task(f"first model on {len(history):,} rows", total=len(windows))
 
         def on_window(window: Window, runs: dict[str, PolicyRun]) -> None:
-            figures = "  ".join(f"{name} {_fmt(run.per_window[-1])}" for name, run in runs.items())
-            bar.update(task, advance=1, description=f"{window.start:%Y-%m-%d}  {figures}")
+            figures = "  ".join(f"{name} {_fmt(run.per_window[-1])}"
+                                + ("↻" if window.index in run.retrains else "") for name, run in runs.items())
+            bar.console.print(f"w{window.index:02d} {window.start:%Y-%m-%d} {len(window.frame):>6,} rows  {figures}",
+                              soft_wrap=True)
+            bar.update(task, advance=1, description=f"replayed to {window.end:%Y-%m-%d}")
 
         return replay(config, history, windows, names, on_window)
 

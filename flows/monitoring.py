@@ -13,6 +13,7 @@ from prefect.events import emit_event
 from driftloop.config import Config
 from driftloop.errors import RegistryError
 from driftloop.flows.outcomes import MonitoringOutcome
+from driftloop.flows.starter import DRIFT_EVENT, drift_resource
 from driftloop.metrics import MonitorMetrics, monitor_metrics
 from driftloop.monitoring.cli_monitor import monitor_files
 from driftloop.monitoring.drift import DriftResult, check_drift
@@ -24,18 +25,12 @@ from driftloop.registry.store import CHAMPION, alias_version, load_reference
 from driftloop.serving.prediction_log import read_window
 from driftloop.state import reports_dir, state_path
 
-DRIFT_EVENT = "driftloop.drift.detected"
 _METRICS: dict[str, MonitorMetrics] = {}
 
 
 def metrics_for(config: Config) -> MonitorMetrics:
     """One set of monitor gauges per process (Prometheus forbids registering a name twice)."""
     return _METRICS.setdefault(str(config.state_dir), monitor_metrics())
-
-
-def drift_resource(config: Config) -> dict[str, str]:
-    """The Prefect event resource of this model."""
-    return {"prefect.resource.id": f"driftloop.model.{config.model.name}"}
 
 
 def champion_reference(config: Config) -> tuple[str, pd.DataFrame]:
@@ -46,14 +41,15 @@ def champion_reference(config: Config) -> tuple[str, pd.DataFrame]:
     return version, load_reference(config, version)
 
 
-def monitor_file(config: Config, current: Path, reference: Path | None) -> DriftResult:
+def monitor_file(config: Config, current: Path, reference: Path | None, evidently_report: bool = False
+                 ) -> DriftResult:
     """`driftloop monitor`: one file against a reference file or the champion's training data."""
     if reference is not None:
-        return monitor_files(current, reference, config)
+        return monitor_files(current, reference, config, evidently_report)
     _, frame = champion_reference(config)
     reference_path = state_path(config, "cache", "champion-reference.parquet")
     frame.to_parquet(reference_path, index=False)
-    return monitor_files(current, reference_path, config)
+    return monitor_files(current, reference_path, config, evidently_report)
 
 
 def log_to_contract(config: Config, logged: pd.DataFrame) -> pd.DataFrame:

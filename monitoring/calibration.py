@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import beta
 
 from driftloop.config import Config
 from driftloop.data import fingerprint
@@ -171,6 +170,8 @@ def _alarm_rank(scores: np.ndarray, rate: float) -> tuple[int, int]:
 
 def _rate_bound(alarms: int, draws: int) -> float:
     """Clopper-Pearson upper bound on an alarm probability seen `alarms` times in `draws`."""
+    from scipy.stats import beta  # only when calibrating: scipy.stats costs a cached check most of a second
+
     return float(beta.ppf(RATE_CONFIDENCE, alarms + 1, draws - alarms))
 
 

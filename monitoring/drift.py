@@ -19,20 +19,20 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from evidently import DataDefinition, Dataset, Report  # noqa: E402
-from evidently.core.report import Snapshot  # noqa: E402
-from evidently.metrics import ValueDrift  # noqa: E402
-from evidently.presets import DataDriftPreset  # noqa: E402
+import numpy as np
+import pandas as pd
 
-from driftloop.config import Config  # noqa: E402
-from driftloop.data import missing_columns  # noqa: E402
-from driftloop.errors import ConfigError, DataError  # noqa: E402
-from driftloop.monitoring.calibration import Calibration, cached_calibration, calibration_rows  # noqa: E402
-from driftloop.monitoring.performance import Performance, measure_performance  # noqa: E402
-from driftloop.monitoring.statistics import DISPLAY_NAMES  # noqa: E402
+from driftloop.config import Config
+from driftloop.data import missing_columns
+from driftloop.errors import ConfigError, DataError
+from driftloop.monitoring.calibration import Calibration, cached_calibration, calibration_rows, column_references
+from driftloop.monitoring.performance import Performance, measure_performance
+from driftloop.monitoring.statistics import DISPLAY_NAMES, score_columns
+
+if TYPE_CHECKING:  # Evidently is imported only to write a report (its import alone takes seconds)
+    from evidently.core.report import Snapshot
 
 # The reference is sampled with a fixed seed: the same reference always gives the same rows, so
 # every window of a run is compared against the same sample (and its calibration is reused).
@@ -142,12 +142,12 @@ def check_drift(reference: pd.DataFrame, current: pd.DataFrame, config: Config,
     window = _sample_window(current, window_rows)
     reference_columns = typed_columns(sample, config, kinds)
     calibration = cached_calibration(reference_columns, kinds, window_rows, config)
-    snapshot = _run_report(reference_columns, typed_columns(window, config, kinds), config, report_path is not None,
-                           calibration)
-    tested = _column_drifts(snapshot, list(kinds))
+    window_columns = typed_columns(window, config, kinds)
+    tested = calibrated_drifts(reference_columns, window_columns, kinds, calibration)
     columns = {name: tested[name] for name in config.data.features}
     prediction = tested.get(config.monitoring.prediction_column)
     if report_path is not None:
+        snapshot = _run_report(reference_columns, window_columns, config, True, calibration)
         report_path = _save_report(snapshot, Path(report_path))
     return DriftResult(
         drift_detected=any(column.drifted for column in tested.values()),
@@ -161,6 +161,17 @@ def check_drift(reference: pd.DataFrame, current: pd.DataFrame, config: Config,
         performance=performance,
         calibration=calibration,
     )
+
+
+def calibrated_drifts(reference: pd.DataFrame, window: pd.DataFrame, kinds: dict[str, str],
+                      calibration: Calibration) -> dict[str, ColumnDrift]:
+    """Each monitored column's score against its calibrated threshold, with Evidently's statistics as
+    monitoring.statistics computes them (equal to Evidently's to 1e-9; tests/test_monitoring.py) and Evidently's
+    rule for distances (drift at or above the threshold), without importing Evidently."""
+    scores = score_columns(column_references(reference, kinds), window)
+    return {name: ColumnDrift(score=scores[name], threshold=calibration.thresholds[name],
+                              method=DISPLAY_NAMES.get(calibration.methods[name], calibration.methods[name]),
+                              drifted=scores[name] >= calibration.thresholds[name]) for name in kinds}
 
 
 def feature_kinds(config: Config) -> dict[str, str]:
@@ -253,6 +264,10 @@ def _run_report(reference: pd.DataFrame, current: pd.DataFrame, config: Config, 
                 calibration: Calibration | None) -> Snapshot:
     """Run Evidently's drift metrics, the column types declared, not inferred; with the calibrated methods and
     thresholds when given, else Evidently's defaults."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import ValueDrift
+    from evidently.presets import DataDriftPreset
+
     columns = list(reference.columns)
     categorical = [name for name in columns if name in config.data.categorical]
     definition = DataDefinition(numerical_columns=[name for name in columns if name not in categorical],

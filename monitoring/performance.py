@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from sklearn.isotonic import IsotonicRegression
 
 from driftloop.config import Config
 from driftloop.scoring import HIGHER_IS_BETTER, score
@@ -163,6 +162,8 @@ def expected_auc(outputs: np.ndarray, calibrated: np.ndarray) -> float:
 
 def fit_probability_calibration(outputs: pd.Series, labels: pd.Series) -> Callable[[np.ndarray], np.ndarray]:
     """Isotonic map from the model's output to the observed frequency of label 1 on the reference."""
+    from sklearn.isotonic import IsotonicRegression  # only with labelled outputs: scikit-learn's import is slow
+
     isotonic = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
     isotonic.fit(np.asarray(outputs, dtype="float64"), np.asarray(labels, dtype="float64"))
     return lambda values: isotonic.predict(np.asarray(values, dtype="float64"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from html import escape
 
 from driftloop.monitoring.drift import ColumnDrift, DriftResult
 from driftloop.monitoring.performance import Figures
@@ -72,3 +73,35 @@ def _values(figures: Figures) -> str:
         spread = f" ± {error:.4f}" if error is not None and math.isfinite(error) else ""
         parts.append(f"{metric} {value:.4f}{spread}")
     return ", ".join(parts)
+
+
+def html_summary(result: DriftResult, model: str, label: str) -> str:
+    """The window's check as a small HTML page (what `driftloop monitor` writes unless asked for Evidently's
+    report): the verdict and the rule, each column's score against its threshold, the performance figures."""
+    verdict = "DRIFT" if result.drift_detected else "no drift"
+    rows = dict(result.columns)
+    if result.prediction is not None:
+        rows["model output"] = result.prediction
+    columns = "".join(
+        f"<tr><td>{escape(name)}</td><td>{escape(column.method)}</td><td>{column.score:.4g}</td>"
+        f"<td>{column.threshold:.4g}</td><td>{'<b>yes</b>' if column.drifted else 'no'}</td></tr>"
+        for name, column in rows.items())
+    performance = ""
+    if result.performance is not None:
+        figures = [(name, found) for name, found in (
+            ("reference", result.performance.reference), ("actual (labelled rows)", result.performance.actual),
+            ("estimated (CBPE)", result.performance.estimated),
+            ("reference, estimated", result.performance.reference_estimated)) if found is not None]
+        performance = (f"<h2>Performance ({escape(result.performance.metric)} judged)</h2><table><tr><th>figures"
+                       "</th><th>rows</th><th>values</th></tr>"
+                       + "".join(f"<tr><td>{escape(name)}</td><td>{found.rows:,}</td><td>{escape(_values(found))}"
+                                 "</td></tr>" for name, found in figures) + "</table>")
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>drift check {escape(label)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head><body>
+<h1>Drift check {escape(label)} — {escape(model)}</h1>
+<p><b>{verdict}</b>: {sum(c.drifted for c in result.columns.values())} of {len(result.columns)} feature columns
+drifted (share {result.drift_share:.2f}); {result.rows:,} rows{escape(_checked(result))}.</p>
+<p>{escape(_rule(result))}</p>
+<table><tr><th>column</th><th>method</th><th>score</th><th>threshold</th><th>drifted</th></tr>{columns}</table>
+{performance}</body></html>"""

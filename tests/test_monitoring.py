@@ -8,9 +8,11 @@ import math
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import evidently as _evidently  # noqa: F401 - imported at collection: tests of its report time the run, not the import
 import numpy as np
 import pandas as pd
 import pytest
@@ -299,12 +301,37 @@ def test_monitor_files_writes_report_and_gauges(config, flights_jan, flights_jul
     assert result.columns["temp"].drifted and result.rows == len(flights_jul)
     assert_consistent(result, config)
     assert result.report is not None and result.report.parent == reports_dir(config, "drift")
-    assert result.report.stat().st_size > 100_000
+    page = result.report.read_text()  # the verdict's own page: no Evidently import on this path
+    assert "DRIFT" in page and f"<td>temp</td><td>{result.columns['temp'].method}</td>" in page
+    evidently = monitor_files(current_path, reference_path, config, evidently_report=True)
+    assert evidently.report != result.report and evidently.report.stat().st_size > 100_000
+    assert evidently.columns == result.columns
     textfile = Path(config.state_dir) / "metrics" / "monitor.prom"
     samples = {(s.name, s.labels.get("column")): s.value
                for family in text_string_to_metric_families(textfile.read_text()) for s in family.samples}
     assert samples[(DRIFT_SHARE, None)] == pytest.approx(result.drift_share)
     assert samples[(COLUMN_DRIFT_SCORE, "temp")] == pytest.approx(result.columns["temp"].score)
+
+
+@pytest.mark.slow
+def test_the_monitor_command_imports_neither_evidently_nor_the_heavy_stack(config, flights_jan, flights_jul, tmp_path):
+    """`driftloop monitor --reference` decides and writes its page without Evidently, Prefect, MLflow or torch
+    (their imports were most of its 15 s); --evidently-report imports Evidently for its report alone."""
+    current_path, reference_path = write_windows(tmp_path, flights_jan, flights_jul)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(json.dumps(config.model_dump(mode="json")))
+    heavy = ["evidently", "prefect", "mlflow", "torch", "great_expectations"]
+    script = ("import sys; from driftloop.cli import main; code = main(sys.argv[1:]); "
+              f"print([m for m in {heavy!r} if m in sys.modules]); sys.exit(code)")
+    command = [sys.executable, "-c", script, "monitor", "--config", str(config_path), "--current", str(current_path),
+               "--reference", str(reference_path), "--json"]
+    fast = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert fast.returncode == 0, fast.stderr
+    assert fast.stdout.splitlines()[-1] == "[]"
+    assert json.loads(fast.stdout.splitlines()[0])["drift_detected"]
+    full = subprocess.run([*command, "--evidently-report"], capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr
+    assert full.stdout.splitlines()[-1] == "['evidently']"
 
 
 @pytest.mark.parametrize("breakage, expected", [
