@@ -17,8 +17,8 @@ import os
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from prefect import flow, get_run_logger, serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
@@ -26,18 +26,19 @@ from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron
 
 from driftloop.config import Config, load_config
-from driftloop.data import Window
-from driftloop.data_checks.approvals import find_approval
-from driftloop.flows.monitoring import DRIFT_EVENT, drift_resource, log_to_contract, monitoring_flow
-from driftloop.flows.outcomes import MonitoringOutcome, MonitorRun, RetrainingOutcome, Status
-from driftloop.flows.retraining import retraining_flow
-from driftloop.flows.starter import RETRAIN_FLOW, RETRAIN_ON_DRIFT, require_prefect_server
-from driftloop.monitoring.policy import PolicyState, new_champion
-from driftloop.monitoring.windows import cut_windows
-from driftloop.registry.store import CHAMPION, alias_version, holdout_figures
-from driftloop.serving.prediction_log import LogBase, open_log
+from driftloop.flows.starter import DRIFT_EVENT, RETRAIN_FLOW, RETRAIN_ON_DRIFT, drift_resource, require_prefect_server
 from driftloop.stack.parts import work_pool
 from driftloop.state import read_json_state, state_path, write_atomic
+
+# The stages (torch, MLflow, Great Expectations, Evidently: about 12 s of CPU to import) are imported where a flow
+# runs them, not here: registering and serving the deployments (a part of `driftloop stack up`) needs none of them,
+# and each flow run is a fresh process (Prefect spawns it) that imports what it uses.
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from driftloop.data import Window
+    from driftloop.flows.outcomes import MonitoringOutcome, MonitorRun, RetrainingOutcome
+    from driftloop.serving.prediction_log import LogBase
 
 MONITOR = "monitor"
 SCHEDULED_RETRAINING = "scheduled-retraining"
@@ -88,6 +89,9 @@ def complete_windows(config: Config, logged: pd.DataFrame) -> list[Window]:
 
     A time window is full once traffic later than its end has arrived; a row window at its row count.
     """
+    from driftloop.flows.monitoring import log_to_contract
+    from driftloop.monitoring.windows import cut_windows
+
     if logged.empty:
         return []
     windows = list(cut_windows(log_to_contract(config, logged), config))
@@ -105,6 +109,9 @@ def id_range(window: Window) -> tuple[int, int]:
 
 def policy_for(config: Config, cursor: MonitorCursor, champion: str) -> dict:
     """The policy state, with the champion's holdout figures as the baseline when the champion changed."""
+    from driftloop.monitoring.policy import PolicyState, new_champion
+    from driftloop.registry.store import holdout_figures
+
     state = PolicyState.from_json(cursor.policy) if cursor.policy else PolicyState()
     if cursor.champion != champion:
         state = new_champion(state, holdout_figures(config, champion))
@@ -114,6 +121,8 @@ def policy_for(config: Config, cursor: MonitorCursor, champion: str) -> dict:
 @flow(name=MONITOR_FLOW, validate_parameters=False)
 def monitor_traffic(config_path: str) -> MonitorRun:
     """Check each complete window of traffic logged since the last run; the policy may ask for a retrain."""
+    from driftloop.serving.prediction_log import open_log
+
     config = load_config(config_path)
     cursor_path = state_path(config, "monitor", "cursor.json")
     with open_log(config, config.data.pii) as log:
@@ -128,6 +137,10 @@ def _check_windows(config: Config, log: LogBase, cursor: MonitorCursor, cursor_p
                    logged: pd.DataFrame) -> MonitorRun:
     """monitor_traffic's loop over the complete windows of `logged` (ids and event times), the cursor saved after
     each."""
+    from driftloop.flows.monitoring import monitoring_flow
+    from driftloop.flows.outcomes import MonitorRun
+    from driftloop.registry.store import CHAMPION, alias_version
+
     logger = get_run_logger()
     windows = complete_windows(config, logged)
     if not windows:
@@ -162,6 +175,9 @@ def plan_retraining(config: Config, labelled: pd.DataFrame) -> RetrainPlan | Non
 
     None when there are fewer than two windows with at least monitoring.min_labelled_rows labels.
     """
+    from driftloop.flows.monitoring import log_to_contract
+    from driftloop.monitoring.windows import cut_windows
+
     windows = [w for w in cut_windows(log_to_contract(config, labelled), config)
                if len(w.frame) >= config.monitoring.min_labelled_rows]
     if len(windows) < 2:
@@ -201,6 +217,9 @@ class LastRetraining:
 def approved_since(config: Config, previous: LastRetraining) -> bool:
     """Whether the last retraining's batch was refused and a person has approved it since (`driftloop approve`):
     then the same windows are offered again, and the approval lets them through."""
+    from driftloop.data_checks.approvals import find_approval
+    from driftloop.flows.outcomes import Status
+
     # Records written before the refused status named governance refusals "quarantined".
     refused = previous.status in {Status.REFUSED, Status.QUARANTINED}
     return refused and previous.fingerprint is not None and find_approval(config, previous.fingerprint) is not None
@@ -214,6 +233,8 @@ def retrain_from_log(config_path: str, reason: str = "scheduled") -> RetrainingO
     the automation and by Alertmanager) retrains once. A batch the governance checks refused is offered again
     once a person approved it.
     """
+    from driftloop.serving.prediction_log import open_log
+
     config = load_config(config_path)
     with open_log(config, config.data.pii) as log:
         # Ids and event times of the labelled rows (chunked): the plan; retraining_flow reads the planned rows.
@@ -223,6 +244,9 @@ def retrain_from_log(config_path: str, reason: str = "scheduled") -> RetrainingO
 
 def _retrain_planned(config: Config, log: LogBase, labelled: pd.DataFrame, reason: str) -> RetrainingOutcome:
     """retrain_from_log once the labelled rows' ids and times are known; the last retraining's record in `log`."""
+    from driftloop.flows.outcomes import RetrainingOutcome
+    from driftloop.flows.retraining import retraining_flow
+
     logger = get_run_logger()
     plan = plan_retraining(config, labelled) if not labelled.empty else None
     if plan is None:

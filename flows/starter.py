@@ -1,4 +1,5 @@
-"""Starting `retrain-on-drift` from outside Prefect (Alertmanager's webhook, through the receiver).
+"""Starting `retrain-on-drift` from outside Prefect (Alertmanager's webhook, through the receiver), and the names
+the deployments, the monitor and the automation share.
 
 Apart from the deployments module on purpose: the receiver imports only this and Prefect's client, not the flows
 (torch, MLflow, Great Expectations, Evidently: about 12 s of CPU), so that it starts in seconds with the stack.
@@ -15,6 +16,14 @@ from driftloop.errors import ConfigError
 
 RETRAIN_FLOW = "retrain-from-log"
 RETRAIN_ON_DRIFT = "retrain-on-drift"
+# The event the monitor emits when the retraining policy says retrain; the automation of retrain-on-drift waits
+# for it (here, with the names, so that registering the deployments imports no stage).
+DRIFT_EVENT = "driftloop.drift.detected"
+
+
+def drift_resource(config: Config) -> dict[str, str]:
+    """The Prefect event resource of this model."""
+    return {"prefect.resource.id": f"driftloop.model.{config.model.name}"}
 
 
 def require_prefect_server() -> None:

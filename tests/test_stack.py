@@ -358,3 +358,15 @@ def test_postgres_part_private_cluster_with_a_generated_password(postgres_root: 
     assert not pid_alive(pid)
     assert "database system is shut down" in (stack_dir(config) / "logs" / "postgres.log").read_text()
     assert port_free("127.0.0.1", config.stack.postgres_port)
+
+
+@pytest.mark.slow
+def test_the_stack_s_light_processes_import_no_stage() -> None:
+    # The deployments part (register and serve) and the receiver start with the stack: importing torch, MLflow,
+    # Great Expectations or Evidently there would add about 12 s of CPU each to `stack up`.
+    probe = ("import sys, driftloop.flows.deployments, driftloop.flows.starter, driftloop.stack.supervisor, "
+             "driftloop.monitoring.receiver; print(sorted(m for m in ('torch', 'mlflow', 'great_expectations', "
+             "'evidently') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
