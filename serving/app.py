@@ -21,7 +21,6 @@ import asyncio
 import gc
 import json
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -48,7 +47,7 @@ from driftloop.serving.admin import admin_token, authorized, labels_token, token
 from driftloop.serving.guard import SCORING_PATHS, RequestGuard
 from driftloop.serving.invocations import invocations_router
 from driftloop.serving.oip import oip_router
-from driftloop.serving.prediction_log import AlreadyLabelled, PredictionLog, UnknownPredictionIds
+from driftloop.serving.prediction_log import AlreadyLabelled, LogBase, LogUnavailable, UnknownPredictionIds, open_log
 from driftloop.serving.protocol import Answer, RowsOf, route
 from driftloop.serving.quantization import frame_rows, quantize_if_close
 from driftloop.serving.validation import (
@@ -59,7 +58,6 @@ from driftloop.serving.validation import (
     parse_labels,
     parse_rows,
 )
-from driftloop.state import prediction_log_path
 from driftloop.training.artifacts import LoadedModel
 
 ModelSource = Callable[[], LoadedModel]
@@ -186,7 +184,7 @@ class AliasSlot:
     slot (shadow mode) empties itself when the alias vanishes or names the champion's version.
     """
 
-    def __init__(self, role: Role, config: Config, source: AliasSource, log: PredictionLog,
+    def __init__(self, role: Role, config: Config, source: AliasSource, log: LogBase,
                  metrics: ServingMetrics) -> None:
         self.role = role
         self.config = config
@@ -401,7 +399,7 @@ def shadow_scores(slot: AliasSlot | None, rows: list[dict[str, Any]],
 
 
 def create_app(config: Config, load_champion: ModelSource, champion_version: VersionProbe,
-               log: PredictionLog | None = None, *, challenger: AliasSource | None = None,
+               log: LogBase | None = None, *, challenger: AliasSource | None = None,
                rollback: Rollback | None = None, host: str | None = None,
                last_known_good: LastKnownGood | None = None) -> FastAPI:
     """The model server app; models are loaded at startup and hot-swapped by a background poller.
@@ -411,8 +409,9 @@ def create_app(config: Config, load_champion: ModelSource, champion_version: Ver
     `last_known_good`: the local copy served (degraded) when the champion cannot be loaded at start.
     """
     owns_log = log is None
-    log = log or PredictionLog(prediction_log_path(config), pii=pii_policy(config))
+    log = log or open_log(config, pii=pii_policy(config))  # serving.log_uri: the SQLite file or PostgreSQL
     metrics = serving_metrics()
+    log.on_checkpoint_error = metrics.log_checkpoint_errors.inc  # the SQLite log's checkpoint thread counts here
     champion = AliasSlot("champion", config, AliasSource(load_champion, champion_version, last_known_good), log,
                          metrics)
     shadow = AliasSlot("challenger", config, challenger, log, metrics) if config.serving.shadow and challenger \
@@ -502,8 +501,9 @@ def create_app(config: Config, load_champion: ModelSource, champion_version: Ver
         values, records = await run_in_threadpool(score, served, rows_of)
         try:
             ids = await asyncio.wrap_future(log.submit_records(records))
-        except sqlite3.Error as error:  # no id, no answer: a prediction that cannot be labelled is not served
-            raise HTTPException(503, f"prediction log unavailable: {error}") from None
+        except LogUnavailable as error:  # no id, no answer: a prediction that cannot be labelled is not served
+            # 507 when the log's disk is full, else 503; nothing of the request was written
+            raise HTTPException(error.status, f"prediction log unavailable: {error}") from None
         metrics.prediction_rows.labels(served.version).inc(len(values))
         return Answer(values, ids, served.version)
 
