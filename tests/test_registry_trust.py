@@ -1,7 +1,8 @@
 """What the model server will load (issue 15): the weights' sha256 recorded at registration and checked on load, only
 a version the gate promoted served, the cache keyed by run id, the decision written before the alias moves, the
 last-known-good copy served when the champion cannot be loaded at start, and the alert when the served version is
-not the alias's. Server tests run a real HTTP server (uvicorn in this process) on a real MLflow store."""
+not the alias's. Server tests run a real HTTP server (uvicorn in this process) on a real MLflow store; the quick
+ones check the digests and the server's fall-back on saved model folders."""
 
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from fastapi.testclient import TestClient
 from mlflow.exceptions import MlflowException
 
 from driftloop.config import Config
 from driftloop.errors import RegistryError
 from driftloop.metrics import CHAMPION_ALIAS_VERSION, MODEL_SWAP_FAILURES, SERVED_VERSION, SERVING_DEGRADED
-from driftloop.registry.digests import PREFIX, DigestMismatch, file_sha256
+from driftloop.registry.digests import MODEL_FILES, PREFIX, DigestMismatch, file_sha256, model_digests, verify
 from driftloop.registry.store import (
     CHAMPION,
     alias_version,
@@ -37,15 +39,14 @@ from driftloop.registry.store import (
     version_tags,
 )
 from driftloop.registry.trust import UntrustedVersion, load_champion, load_last_known_good
-from driftloop.serving.app import create_app
+from driftloop.serving.app import LastKnownGood, create_app
 from driftloop.serving.server import registry_sources
-from driftloop.training.artifacts import WEIGHTS, predict
+from driftloop.training.artifacts import SPEC, WEIGHTS, load_model, predict
 from driftloop.training.trainer import TrainResult
-from tests.helpers import ThreadedServer, lineage_for, make_config, rows_json, scrambled
+from tests.helpers import LOCAL, Shelf, ThreadedServer, lineage_for, make_config, metric, rows_json, scrambled
 
 ADMIN = {"Authorization": "Bearer registry-trust-admin"}
 RULES = Path(__file__).resolve().parents[1] / "monitoring" / "rules"
-pytestmark = pytest.mark.slow  # every test here registers models in a real MLflow store
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ def reload(url: str) -> dict:
 # ---------------------------------------------------------------- the weights' sha256
 
 
+@pytest.mark.slow  # registers models in a real MLflow store
 def test_tampered_weights_are_refused_on_load(at_good: Store, trained: TrainResult, flights_jan) -> None:
     config = at_good.config
     tags = version_tags(config, at_good.good)
@@ -144,6 +146,7 @@ def test_tampered_weights_are_refused_on_load(at_good: Store, trained: TrainResu
     np.testing.assert_allclose(load_version(config, at_good.good).predict(flights_jan.head(20)), expected, rtol=1e-6)
 
 
+@pytest.mark.slow  # registers models in a real MLflow store
 def test_the_server_refuses_a_tampered_champion_and_keeps_serving(at_good: Store,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     config = at_good.config
@@ -162,6 +165,7 @@ def test_the_server_refuses_a_tampered_champion_and_keeps_serving(at_good: Store
 # ---------------------------------------------------------------- only a promoted version
 
 
+@pytest.mark.slow  # registers models in a real MLflow store
 def test_an_alias_moved_outside_the_gate_is_not_served(at_good: Store, monkeypatch: pytest.MonkeyPatch,
                                                        tmp_path: Path) -> None:
     config, ungated = at_good.config, at_good.ungated
@@ -216,6 +220,7 @@ def fires_after_five_minutes(scrape: str, model: str, alias: int, tmp_path: Path
     assert f'{CHAMPION_ALIAS_VERSION}{{model="{model}"}} {float(alias)}' in scrape
 
 
+@pytest.mark.slow  # registers models in a real MLflow store
 def test_promote_writes_the_decision_before_the_alias(at_good: Store) -> None:
     config = at_good.config
     moves = len(champion_history(config))
@@ -232,6 +237,7 @@ def test_promote_writes_the_decision_before_the_alias(at_good: Store) -> None:
 # ---------------------------------------------------------------- last-known-good
 
 
+@pytest.mark.slow  # registers models in a real MLflow store
 def test_last_known_good_is_served_when_the_champion_fails_at_start(at_good: Store, trained: TrainResult,
                                                                     monkeypatch: pytest.MonkeyPatch,
                                                                     tmp_path: Path) -> None:
@@ -269,6 +275,7 @@ def test_last_known_good_is_served_when_the_champion_fails_at_start(at_good: Sto
 # ---------------------------------------------------------------- the cache
 
 
+@pytest.mark.slow  # registers models in a real MLflow store
 def test_the_cache_is_keyed_by_run_id(at_good: Store, trained: TrainResult, flights_jan: pd.DataFrame,
                                       tmp_path: Path) -> None:
     config = at_good.config
@@ -283,3 +290,49 @@ def test_the_cache_is_keyed_by_run_id(at_good: Store, trained: TrainResult, flig
     np.testing.assert_allclose(second, predict(worse.model(), worse.spec, frame), rtol=1e-6)
     assert not np.allclose(first, second)
     assert len(list((config.state_dir / "cache" / "runs").iterdir())) >= 2
+
+
+# ---------------------------------------------------------------- quick: digests and the server's fall-back
+
+
+def test_digests_name_the_changed_file(model_folders: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(model_folders["1"], folder)
+    recorded = model_digests(folder)
+    assert sorted(recorded) == [PREFIX + name for name in sorted(MODEL_FILES)]
+    verify(folder, recorded, "model m version 1")
+    spec = folder / SPEC
+    spec.write_text(spec.read_text() + " ")  # one byte more: the JSON still parses
+    with pytest.raises(DigestMismatch, match=f"model m version 1: {SPEC} has sha256"):
+        verify(folder, recorded, "model m version 1")
+    (folder / WEIGHTS).unlink()
+    with pytest.raises(DigestMismatch, match=f"{WEIGHTS} is missing"):
+        verify(folder, {PREFIX + WEIGHTS: recorded[PREFIX + WEIGHTS]}, "model m version 1")
+
+
+def test_the_server_falls_back_only_while_nothing_is_served(config: Config, model_folders: dict[str, Path],
+                                                            flights_jan: pd.DataFrame) -> None:
+    """App logic on saved folders: an unloadable champion at start serves the copy, degraded; once a champion is
+    served, a later failure never swaps the copy in; the copy is kept after each registry swap."""
+    kept: list[str] = []
+    copy = LastKnownGood(lambda: load_model(model_folders["1"], version="1"), kept.append)
+    shelf = Shelf(model_folders, "3")  # version 3 cannot be loaded
+    rows = rows_json(flights_jan.head(3))
+    with TestClient(create_app(config, shelf.load, shelf.version, last_known_good=copy), base_url=LOCAL) as client:
+        health = client.get("/healthz").json()
+        assert health["status"] == "degraded" and "version 3 cannot be loaded" in health["detail"]
+        assert client.post("/predict", json={"rows": rows}).json()["model_version"] == "1"
+        assert metric(client, SERVING_DEGRADED, model=config.model.name) == 1
+        assert metric(client, CHAMPION_ALIAS_VERSION, model=config.model.name) == 3
+        assert kept == []  # the copy is not kept again from itself
+        shelf.champion = "2"
+        client.app.state.models.refresh()
+        assert client.get("/healthz").json()["status"] == "ok" and kept == ["2"]
+        assert metric(client, SERVING_DEGRADED, model=config.model.name) == 0
+        shelf.champion = "3"
+        client.app.state.models.refresh()  # fails: version 2 keeps serving, the copy is not used
+        assert client.post("/predict", json={"rows": rows}).json()["model_version"] == "2"
+        assert metric(client, SERVED_VERSION, model=config.model.name) == 2
+    without = Shelf(model_folders, "3")
+    with TestClient(create_app(config, without.load, without.version), base_url=LOCAL) as client:
+        assert client.get("/healthz").status_code == 503  # no copy: nothing to serve
