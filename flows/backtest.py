@@ -35,21 +35,16 @@ from driftloop.errors import DataError
 from driftloop.monitoring.drift import check_drift
 from driftloop.monitoring.policy import PolicyState, decide, new_champion
 from driftloop.monitoring.windows import cut_windows
-from driftloop.registry.gate import evaluate
+from driftloop.registry.gate import BaselineCheck, evaluate
 from driftloop.scoring import score
 from driftloop.training.artifacts import predict
+from driftloop.training.baseline import baseline_matrix, baseline_model
 from driftloop.training.data_policy import select_training_rows
-from driftloop.training.features import category_strings
+from driftloop.training.features import fit_spec, numeric_column
 from driftloop.training.trainer import TrainResult, train
 from driftloop.training.warm_start import WarmStart
 
 POLICIES = ("never", "every", "policy", "gbdt_every")
-# HistGB takes at most 255 bins per native category (one kept for missing): a larger column enters as its code.
-MAX_NATIVE_LEVELS = 250
-GBDT_SEED = 0
-# HistGB's OpenMP threads busy-wait: beside torch's threads in this process on a loaded 2-core machine a fit of
-# 6,000 rows took 17 s with 2 threads and 0.6 s with one. One thread: the baseline's cost stays predictable.
-GBDT_THREADS = 1
 
 Scorer = Callable[[pd.DataFrame], np.ndarray]
 
@@ -157,42 +152,41 @@ def fit_network(config: Config, rows: pd.DataFrame, weights: np.ndarray | None =
 
 
 def fit_gbdt(config: Config, rows: pd.DataFrame) -> tuple[Model, float]:
-    """scikit-learn's HistGradientBoosting with its defaults on `rows`, categories as native categorical features."""
-    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-    from sklearn.preprocessing import OrdinalEncoder
+    """The training baseline (training/baseline.py: HistGradientBoosting with scikit-learn's defaults, categories
+    native) fitted on all of `rows`."""
     from threadpoolctl import threadpool_limits
 
     started = time.perf_counter()
-    data = config.data
-    encoder = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan)
-    if data.categorical:
-        encoder.fit(_categories(rows, data.categorical))
-
-    def matrix(frame: pd.DataFrame) -> np.ndarray:
-        numbers = frame[data.numerical].apply(pd.to_numeric, errors="coerce").to_numpy("float64")
-        if not data.categorical:
-            return numbers
-        return np.hstack([encoder.transform(_categories(frame, data.categorical)), numbers])
-
-    native = [len(levels) <= MAX_NATIVE_LEVELS for levels in encoder.categories_] if data.categorical else []
-    kind = HistGradientBoostingClassifier if data.task == "classification" else HistGradientBoostingRegressor
-    model = kind(categorical_features=(native + [False] * len(data.numerical)) if native else None,
-                 random_state=GBDT_SEED)
-    with threadpool_limits(GBDT_THREADS):
-        model.fit(matrix(rows), rows[data.target].to_numpy())
+    spec = fit_spec(rows, config.data, config.model)
+    model = baseline_model(spec, config.training.seed)
+    target = numeric_column(rows, spec.target)
+    with threadpool_limits(config.training.threads_per_rank):
+        model.fit(baseline_matrix(rows, spec), target.astype(int) if spec.task == "classification" else target)
 
     def scorer(frame: pd.DataFrame) -> np.ndarray:
-        features = matrix(frame)
-        with threadpool_limits(GBDT_THREADS):
-            return model.predict_proba(features)[:, 1] if data.task == "classification" else model.predict(features)
+        with threadpool_limits(config.training.threads_per_rank):
+            x = baseline_matrix(frame, spec)
+            return model.predict_proba(x)[:, 1] if spec.task == "classification" else model.predict(x)
 
     return Model(scorer, latest_time(config, rows), rows), time.perf_counter() - started
 
 
-def _categories(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Categorical columns as driftloop spells them (3 and 3.0 one category), missing as NaN."""
-    return pd.DataFrame({c: category_strings(frame[c]).astype(object).where(frame[c].notna(), np.nan)
-                         for c in columns})
+def baseline_gate(config: Config, challenger: Model) -> BaselineCheck | None:
+    """The gate's baseline check (registry.max_baseline_shortfall) from the challenger's own training figures."""
+    tolerance, metric = config.registry.max_baseline_shortfall, config.gate_metric()
+    result = challenger.result
+    if tolerance is None or result is None or result.baseline is None:
+        return None
+    if metric not in result.baseline.metrics or metric not in result.metrics:
+        return None
+    return BaselineCheck(result.baseline.model, metric, result.metrics[metric], result.baseline.metrics[metric],
+                         tolerance)
+
+
+def backtest_config(config: Config) -> Config:
+    """The config the replay trains with: the training baseline is fitted only when the gate judges it."""
+    needed = config.registry.max_baseline_shortfall is not None
+    return config.model_copy(update={"training": config.training.model_copy(update={"baseline": needed})})
 
 
 def window_score(config: Config, window: Window, predictions: np.ndarray) -> float | None:
@@ -272,7 +266,7 @@ class Deployed(Policy):
         self.run.retrains.append(window.index)
         holdout = challenger.holdout if config.registry.gate_on_holdout else None
         gate = evaluate(config, "challenger", "champion", window.frame, holdout, challenger.predict,
-                        self.model.predict, "exact")
+                        self.model.predict, "exact", baseline=baseline_gate(config, challenger))
         self.decisions[-1] += f"; gate: {gate.reason}"
         if gate.promoted:
             self.model = challenger
@@ -343,6 +337,7 @@ def run_backtest(config: Config, data: Path, train_until: str, policies: str | N
                  progress: bool = True) -> Backtest:
     """`driftloop backtest`: load, check and replay; a rich progress bar on stderr when `progress`."""
     names = parse_policies(policies)
+    config = backtest_config(config)
     history, windows = load_replay(config, data, train_until)
     if not progress:
         return replay(config, history, windows, names)
