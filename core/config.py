@@ -386,6 +386,11 @@ class RegistryConfig(_Strict):
     # Live shadow evidence (serving.shadow): labelled requests the champion answered and the challenger scored; with
     # at least this many, the gate also requires the challenger to win on them (see `driftloop gate`).
     min_shadow_rows: int = Field(500, ge=1)
+    max_baseline_shortfall: float | None = Field(
+        None, ge=0, description="Refuse a challenger that trails its own baseline (the HistGradientBoosting model "
+        "fitted on the same rows, training.baseline) on its holdout by more than this: gate-metric points for AUC "
+        "and accuracy, a ratio for errors (0.02: RMSE or log loss at most 1.02 x the baseline's). None (the "
+        "default): the baseline is reported, never judged.")
     require_digests: bool = Field(
         True, description="Refuse to load a version without the sha256 of its model files recorded at registration "
         "(registry/digests.py); a recorded digest that differs is refused either way. false only for versions "
@@ -473,6 +478,12 @@ class StackConfig(_Strict):
     postgres_port: int = Field(
         5433, ge=1, le=65535, description="The stack's PostgreSQL (loopback only). Not 5432: Debian's postgresql "
         "package starts its own cluster there.")
+    postgres_max_connections: int = Field(
+        200, ge=20, description="PostgreSQL's max_connections: Prefect's pool (up to 15), MLflow's, one per model "
+        "server and per flow run, and the clients of a person; PostgreSQL's default of 100 is near with replicas.")
+    database_timeout_s: float = Field(
+        60.0, gt=0, description="With PostgreSQL, the Prefect server's statement and connection timeouts (its "
+        "defaults, 10 s and 5 s, fail API calls with 500 on two busy cores).")
     server_replicas: int = Field(
         1, ge=1, le=64, description="Model servers the stack starts: parts server, server-2, ... on serving.port, "
         "serving.port + 1, ...; all write the one prediction log and Prometheus scrapes each.")
@@ -508,6 +519,11 @@ class DemoConfig(_Strict):
     max_windows: int | None = Field(None, ge=1)
     sample_fraction: float = Field(1.0, gt=0, le=1)
     request_rows: int = Field(500, ge=1)
+    compare: list[Literal["never", "every", "gbdt_every"]] = Field(
+        default_factory=lambda: ["never", "every"], description="Policies replayed in-process on the same weeks "
+        "beside the loop, for the summary (flows/backtest.py): never (the first model for ever), every (the network "
+        "retrained every week with the retraining data policy: one training a week, most of the comparison's cost), "
+        "gbdt_every (HistGradientBoosting refitted every week on all history). [] skips the comparison.")
 
 
 class Config(_Strict):

@@ -165,7 +165,9 @@ def prefect_environment(config: Config) -> dict[str, str]:
     if config.stack.database == "postgres":
         url = postgres.database_url(config, postgres.PREFECT_DATABASE, driver="asyncpg")
         if url:  # made by `up` before any part starts
-            env["PREFECT_API_DATABASE_CONNECTION_URL"] = url
+            timeout = str(config.stack.database_timeout_s)
+            env.update({"PREFECT_API_DATABASE_CONNECTION_URL": url, "PREFECT_SERVER_DATABASE_TIMEOUT": timeout,
+                        "PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT": timeout})
     return env
 
 

@@ -52,6 +52,7 @@ def server_command(config: Config) -> list[str]:
     folder = cluster_dir(config)
     return [postgres_cluster.pg_binary("postgres"), "-D", str(folder / postgres_cluster.DATA_DIR),
             "-p", str(config.stack.postgres_port), "-c", "listen_addresses=127.0.0.1",
+            "-c", f"max_connections={config.stack.postgres_max_connections}",
             "-c", f"unix_socket_directories={folder}"]
 
 
