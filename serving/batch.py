@@ -16,6 +16,8 @@ Not done in batch: shadow scoring (the challenger is for live traffic) and the s
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -46,6 +48,8 @@ PREDICTION, PREDICTION_ID = "prediction", "prediction_id"
 FORWARD_ROWS = 2048
 # One torch thread, as the server uses: two threads on two busy cores were 30x slower at 2,048 rows (spin-waits).
 TORCH_THREADS = 1
+# Chunks read, checked and encoded ahead of the one being scored, in a second thread (the second core).
+PREFETCH = 2
 OUTPUT_SUFFIXES = (".csv", ".parquet", ".pq")
 # Called after each chunk with (rows done so far, progress done so far in the reader's unit).
 Progress = Callable[[int, int], None]
@@ -63,13 +67,14 @@ class BatchResult:
     first_prediction_id: int | None
     last_prediction_id: int | None
     seconds: float
+    cpu_seconds: float  # this process's CPU time over the same span: a steadier figure on a shared machine
 
     def to_json(self) -> dict[str, Any]:
         """The --json output."""
         return {"rows": self.rows, "out": str(self.out), "model_version": self.model_version,
                 "key_columns": self.key_columns, "logged": self.logged,
                 "first_prediction_id": self.first_prediction_id, "last_prediction_id": self.last_prediction_id,
-                "seconds": round(self.seconds, 3),
+                "seconds": round(self.seconds, 3), "cpu_seconds": round(self.cpu_seconds, 3),
                 "rows_per_s": round(self.rows / self.seconds) if self.seconds else None}
 
 
@@ -337,7 +342,7 @@ def predict_file(config: Config, data: Path, out: Path, *, version: str | None =
 def score_file(config: Config, model: LoadedModel, data: Path, out: Path, *, log: bool = False,
                progress: Callable[[int], Progress] | None = None) -> BatchResult:
     """Score `data` into `out` with `model`: the chunked loop of predict_file (its `seconds`: this loop's)."""
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     kind, out_kind = check_input(data), check_output(out)
     columns = input_columns(data, kind)
     missing = [c for c in config.data.features if c not in columns]
@@ -357,32 +362,35 @@ def score_file(config: Config, model: LoadedModel, data: Path, out: Path, *, log
     report = progress(total_units(data, kind)) if progress else None
     writer = ChunkWriter(out, out_kind)
     rows, first_id, last_id = 0, None, None
+    chunks = (prepare(chunk, first, done, data, config, model, bounds)
+              for chunk, first, done in numbered(read_chunks(data, kind, wanted, text, chunk_rows)))
     try:
-        with _open_log(config, log) as prediction_log:
-            for chunk, done in read_chunks(data, kind, wanted, text, chunk_rows):
-                features, times = check_chunk(chunk, rows, data, config, model, bounds)
-                predictions = predict_slices(model, features)
+        with _open_log(config, log) as prediction_log, prefetched(chunks, PREFETCH) as ready:
+            for item in ready:
+                chunk = item.chunk
+                predictions = forward_slices(model, item.x)
                 if not np.isfinite(predictions).all():
                     raise DataError(f"model version {model.version} returned non-finite predictions for rows "
                                     f"{rows + 1}-{rows + len(chunk)} of {data}")
                 result = chunk[keys].reset_index(drop=True)
                 result[PREDICTION] = predictions
                 if prediction_log is not None:
-                    ids = _log_chunk(prediction_log, features, predictions, str(model.version), times)
+                    ids = _log_chunk(prediction_log, item.features, predictions, str(model.version), item.times)
                     result[PREDICTION_ID] = ids
                     first_id = ids[0] if first_id is None and ids else first_id
                     last_id = ids[-1] if ids else last_id
                 writer.write(result)
                 rows += len(chunk)
                 if report:
-                    report(rows, done)
+                    report(rows, item.done)
         if rows == 0:
             raise DataError(f"{data}: file has no rows")
         writer.commit()
     except BaseException:
         writer.discard()
         raise
-    return BatchResult(rows, out, str(model.version), keys, log, first_id, last_id, time.perf_counter() - started)
+    return BatchResult(rows, out, str(model.version), keys, log, first_id, last_id, time.perf_counter() - started,
+                       time.process_time() - cpu_started)
 
 
 @contextmanager
@@ -396,9 +404,82 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def predict_slices(model: LoadedModel, features: pd.DataFrame) -> np.ndarray:
-    """The model's predictions for a chunk: encoded at once, scored FORWARD_ROWS rows at a time."""
-    x = encode(features, model.spec)
+@dataclass(frozen=True)
+class Prepared:
+    """A chunk read, checked and encoded: what the scoring loop needs of it."""
+
+    chunk: pd.DataFrame
+    features: pd.DataFrame
+    times: list[str | None] | None
+    x: torch.Tensor
+    done: int
+
+
+def numbered(chunks: Iterator[tuple[pd.DataFrame, int]]) -> Iterator[tuple[pd.DataFrame, int, int]]:
+    """(chunk, index of its first row in the file, progress units done)."""
+    first = 0
+    for chunk, done in chunks:
+        yield chunk, first, done
+        first += len(chunk)
+
+
+def prepare(chunk: pd.DataFrame, first: int, done: int, path: Path, config: Config, model: LoadedModel,
+            bounds: TimeBounds | None) -> Prepared:
+    """Check a chunk against the contract and encode its features for the network."""
+    features, times = check_chunk(chunk, first, path, config, model, bounds)
+    return Prepared(chunk, features, times, encode(features, model.spec), done)
+
+
+@contextmanager
+def prefetched(items: Iterator[Prepared], depth: int) -> Iterator[Iterator[Prepared]]:
+    """`items` produced by a background thread at most `depth` ahead, so that reading, checking and encoding the
+    next chunks overlap the network's work on this one (two cores); the producer's errors are raised here, and
+    leaving the block early stops it."""
+    ahead: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(kind: str, value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put((kind, value), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put("item", item):
+                    return
+            put("end", None)
+        except BaseException as error:  # handed to the consumer, which raises it
+            put("error", error)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # a generator stopped early closes the file it reads
+
+    def consume() -> Iterator[Prepared]:
+        while True:
+            kind, value = ahead.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+
+    worker = threading.Thread(target=produce, name="batch-reader", daemon=True)
+    worker.start()
+    try:
+        yield consume()
+    finally:
+        stop.set()
+        worker.join()
+
+
+def forward_slices(model: LoadedModel, x: torch.Tensor) -> np.ndarray:
+    """The model's predictions for an encoded chunk, FORWARD_ROWS rows at a time."""
     with torch_threads(TORCH_THREADS):
         parts = [output(model.net, model.spec, x[i:i + FORWARD_ROWS]) for i in range(0, len(x), FORWARD_ROWS)]
     return np.concatenate(parts).astype("float64") if parts else np.zeros(0)
