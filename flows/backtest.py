@@ -280,12 +280,13 @@ def champion_reference(config: Config, model: Model) -> pd.DataFrame:
     return reference_frame(model.rows, config, model.predict(model.rows))
 
 
-def build_policies(config: Config, names: Iterable[str], history: pd.DataFrame) -> dict[str, Policy]:
-    """The named policies, each with its first model (the network's trained once and shared)."""
+def build_policies(config: Config, names: Iterable[str], history: pd.DataFrame,
+                   first: Model | None = None) -> dict[str, Policy]:
+    """The named policies, each with its first model: the network's trained once and shared, or `first`."""
     names = list(names)
     policies: dict[str, Policy] = {}
-    network: tuple[Model, float] | None = None
-    if any(name != "gbdt_every" for name in names):
+    network: tuple[Model, float] | None = (first, 0.0) if first is not None else None
+    if network is None and any(name != "gbdt_every" for name in names):
         network = fit_network(config, history)
     for name in names:
         if name == "gbdt_every":
@@ -313,9 +314,13 @@ def parse_policies(text: str | None) -> list[str]:
 
 
 def replay(config: Config, history: pd.DataFrame, windows: list[Window], names: Iterable[str],
-           on_window: Callable[[Window, dict[str, PolicyRun]], None] | None = None) -> Backtest:
-    """Score every window with each policy's current model, then let each learn from the window's labels."""
-    policies = build_policies(config, names, history)
+           on_window: Callable[[Window, dict[str, PolicyRun]], None] | None = None,
+           first: Model | None = None) -> Backtest:
+    """Score every window with each policy's current model, then let each learn from the window's labels.
+
+    `first`: the network the policies start from (e.g. the demo's registered first model), instead of training
+    one on `history`."""
+    policies = build_policies(config, names, history, first)
     labelled = Labelled(history)
     for window in windows:
         scored = {}

@@ -26,14 +26,16 @@ from driftloop.config import Config
 from driftloop.data import Window
 from driftloop.datasets import load_flights
 from driftloop.errors import DriftloopError
+from driftloop.flows import backtest
+from driftloop.flows.backtest import Backtest, Model, backtest_config, latest_time
 from driftloop.flows.monitoring import monitoring_flow
 from driftloop.flows.retraining import retraining_flow
-from driftloop.flows.summary import WindowRow, markdown_table, write_summary
+from driftloop.flows.summary import WindowRow, markdown_table, worth_table, write_summary
 from driftloop.flows.training import training_pipeline
 from driftloop.monitoring.policy import Decision, PolicyState, new_champion
 from driftloop.monitoring.windows import cut_windows
 from driftloop.monitoring.workspace import ui_command
-from driftloop.registry.store import holdout_figures
+from driftloop.registry.store import holdout_figures, load_version
 from driftloop.serving.admin import labels_auth
 from driftloop.state import reports_dir, state_path
 
@@ -149,6 +151,14 @@ def champion_policy(config: Config, state: LoopState, version: str) -> None:
     state.policy = new_champion(current, holdout_figures(config, version)).to_json()
 
 
+def baseline_line(baseline: dict | None) -> str:
+    """The baseline's holdout figures in one line ("baseline HistGradientBoostingClassifier ...: auc 0.717, ...")."""
+    if baseline is None:
+        return "baseline: off (training.baseline)"
+    figures = ", ".join(f"{k} {v:.3f}" for k, v in baseline["metrics"].items()) or "no figures"
+    return f"baseline {baseline['model']} on the same rows and holdout: {figures}"
+
+
 def window_event(decision: Decision, drifted: bool) -> str:
     """A short word on what the policy made of a window that did not retrain."""
     if decision.reason.startswith("cooldown"):
@@ -180,7 +190,7 @@ def retrain(client: httpx.Client, config: Config, state: LoopState, index: int) 
 
 
 @flow(name="demo-loop", validate_parameters=False)
-def demo_loop(config: Config) -> list[WindowRow]:
+def demo_loop(config: Config) -> tuple[list[WindowRow], Backtest | None]:
     """Train, serve, replay week by week, monitor, retrain on drift, summarise."""
     logger = get_run_logger()
     train, live = split_flights(config)
@@ -195,6 +205,7 @@ def demo_loop(config: Config) -> list[WindowRow]:
     champion_policy(config, state, first.model.model_version)
     console.print(f"    champion v{first.model.model_version}: holdout "
                   + ", ".join(f"{k} {v:.3f}" for k, v in first.model.metrics.items()), soft_wrap=True)
+    console.print(f"    {baseline_line(first.model.baseline)}", soft_wrap=True)
     server, url = start_server(config)
     console.print(f"[bold]5.[/] model server on {url} (/predict, /healthz, /metrics)")
     windows = list(cut_windows(live, config))[: config.demo.max_windows]
@@ -230,7 +241,22 @@ def demo_loop(config: Config) -> list[WindowRow]:
         server.terminate()
         server.wait(timeout=30)
     create_markdown_artifact(markdown_table(state.rows), key="demo-summary", description="driftloop demo")
-    return state.rows
+    return state.rows, compare_policies(config, train, windows, first.model.model_version)
+
+
+def compare_policies(config: Config, train: pd.DataFrame, windows: list[Window], version: str) -> Backtest | None:
+    """demo.compare's policies replayed in this process on the same weeks, from the registered first model
+    (flows/backtest.py): what the loop is worth beside them. None when demo.compare is empty."""
+    names = config.demo.compare
+    if not names:
+        return None
+    started = time.monotonic()
+    loaded = load_version(config, version)
+    first = Model(loaded.predict, latest_time(config, train), train, holdout_figures(config, version))
+    console.print(f"[bold]8.[/] the same {len(windows)} weeks under {', '.join(names)}, in this process")
+    result = backtest.replay(backtest_config(config), train, windows, names, first=first)
+    console.print(f"    {time.monotonic() - started:.0f} s", soft_wrap=True)
+    return result
 
 
 def run_demo(config: Config) -> Path:
@@ -238,10 +264,11 @@ def run_demo(config: Config) -> Path:
     started = time.monotonic()
     config = demo_config(config)
     console.print(f"[bold]driftloop demo[/] — state in {config.state_dir}")
-    rows = demo_loop(config)
-    html, table = write_summary(rows, reports_dir(config, "summary") / "summary.html", config)
+    rows, comparison = demo_loop(config)
+    html, table = write_summary(rows, reports_dir(config, "summary") / "summary.html", config, comparison)
     console.print(table)
-    console.print(f"[bold]8.[/] summary: {html}   ({time.monotonic() - started:.0f} s)")
+    console.print(worth_table(rows, comparison, config.gate_metric()))
+    console.print(f"[bold]9.[/] summary: {html}   ({time.monotonic() - started:.0f} s)")
     console.print(f"    every window as an Evidently snapshot: {ui_command(config)}  (then open "
                   f"http://127.0.0.1:{config.stack.evidently_port})", soft_wrap=True)
     return html

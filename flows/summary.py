@@ -94,8 +94,10 @@ def share_rule(config: Config) -> float | None:
     return config.monitoring.drift_share if config.monitoring.decision == "evidently" else None
 
 
-def write_summary(rows: list[WindowRow], path: Path, config: Config) -> tuple[Path, Table]:
-    """Write the HTML summary (plot, table, links to each window's drift report); return it and the table."""
+def write_summary(rows: list[WindowRow], path: Path, config: Config,
+                  comparison: Backtest | None = None) -> tuple[Path, Table]:
+    """Write the HTML summary (plot, what the loop is worth beside the `comparison`'s policies, table, links to
+    each window's drift report); return it and the table."""
     image = base64.b64encode(plot_png(rows, share_rule(config))).decode() if rows else ""
     body = []
     for row in rows:
@@ -109,6 +111,8 @@ def write_summary(rows: list[WindowRow], path: Path, config: Config) -> tuple[Pa
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head><body>
 <h1>driftloop — {html.escape(config.model.name)}</h1>
 <img alt="AUC and drift share per window" src="data:image/png;base64,{image}">
+{worth_html(rows, comparison, config.gate_metric()) if rows else ''}
+<h2>Monitored windows</h2>
 <table><tr><th>window</th><th>rows</th><th>drift share</th><th>drift</th><th>AUC (live)</th><th>model</th>
 <th>retrain / promotion</th><th>Evidently</th></tr>
 {''.join(body)}</table></body></html>"""
@@ -184,3 +188,42 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head><b
 
 def _figure(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+@dataclass(frozen=True)
+class Worth:
+    """One line of what the loop is worth: a policy's mean weekly metric and its retrainings."""
+
+    policy: str
+    mean: float | None
+    retrains: int
+
+
+def loop_worth(rows: list[WindowRow], comparison: Backtest | None) -> list[Worth]:
+    """The loop's mean live metric and retrainings, then each compared policy's on the same windows."""
+    known = [row.auc for row in rows if row.auc is not None]
+    lines = [Worth("loop (monitor, policy, gate)", sum(known) / len(known) if known else None,
+                   sum("retrained" in row.event for row in rows))]
+    if comparison is not None:
+        for name, run in comparison.runs.items():
+            figures = run.summary()
+            lines.append(Worth(name, figures["mean"], figures["retrains"]))
+    return lines
+
+
+def worth_table(rows: list[WindowRow], comparison: Backtest | None, metric: str) -> Table:
+    """The terminal's table of loop_worth."""
+    table = Table(title=f"what the loop is worth: mean weekly {metric} over {len(rows)} windows")
+    for column in ("policy", f"mean {metric}", "retrainings"):
+        table.add_column(column)
+    for line in loop_worth(rows, comparison):
+        table.add_row(line.policy, _figure(line.mean), str(line.retrains))
+    return table
+
+
+def worth_html(rows: list[WindowRow], comparison: Backtest | None, metric: str) -> str:
+    """The summary page's table of loop_worth."""
+    body = "".join(f"<tr><td>{html.escape(line.policy)}</td><td>{_figure(line.mean)}</td><td>{line.retrains}</td>"
+                   "</tr>" for line in loop_worth(rows, comparison))
+    return (f'<h2>What the loop is worth</h2><table id="worth"><tr><th>policy</th><th>mean weekly '
+            f"{html.escape(metric)}</th><th>retrainings</th></tr>{body}</table>")

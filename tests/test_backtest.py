@@ -10,7 +10,8 @@ import pytest
 
 from driftloop.config import Config
 from driftloop.data import Window
-from driftloop.flows.backtest import POLICIES, load_replay, replay
+from driftloop.flows.backtest import POLICIES, Backtest, PolicyRun, load_replay, replay
+from driftloop.flows.summary import WindowRow, loop_worth, worth_table, write_summary
 from tests.helpers import assert_one_clean_error, cli_here, make_config
 
 TRAIN_UNTIL = "2013-01-22"
@@ -114,3 +115,27 @@ def test_a_table_without_its_time_column_is_refused(table, tmp_path, capsys, res
     result = cli_here(capsys, "backtest", "--config", str(config), "--data", str(rows), "--train-until", TRAIN_UNTIL)
     assert result.returncode == 2
     assert_one_clean_error(result, "time_hour")
+
+
+def test_the_summary_shows_the_loop_beside_never_and_every(tmp_path):
+    """The demo's summary (terminal table and HTML) puts the loop's mean weekly metric and its retrainings beside
+    the compared policies' on the same windows."""
+    starts = [pd.Timestamp("2013-04-01", tz="UTC") + pd.Timedelta(days=7 * i) for i in range(3)]
+    rows = [WindowRow(f"w{i}", start, 100, 0.1, False, auc, "1", event, "")
+            for i, (start, auc, event) in enumerate(zip(starts, [0.70, None, 0.74],
+                                                        ["", "retrained v2, PROMOTED", "retrained v3, rejected"],
+                                                        strict=True))]
+    comparison = Backtest("auc", starts, {
+        "never": PolicyRun("never", [0.69, 0.68, 0.67]),
+        "every": PolicyRun("every", [0.69, 0.71, 0.72], retrains=[0, 1], promotions=[0, 1])})
+    lines = {line.policy: line for line in loop_worth(rows, comparison)}
+    loop = lines["loop (monitor, policy, gate)"]
+    assert loop.mean == pytest.approx(0.72) and loop.retrains == 2
+    assert lines["never"].mean == pytest.approx(0.68) and lines["never"].retrains == 0
+    assert lines["every"].mean == pytest.approx(0.7067, abs=1e-4) and lines["every"].retrains == 2
+    page, _ = write_summary(rows, tmp_path / "summary.html", make_config(tmp_path / "state"), comparison)
+    text = page.read_text()
+    assert '<table id="worth">' in text
+    assert "<tr><td>loop (monitor, policy, gate)</td><td>0.7200</td><td>2</td></tr>" in text
+    assert "<tr><td>every</td><td>0.7067</td><td>2</td></tr>" in text
+    assert worth_table(rows, comparison, "auc").row_count == 3
