@@ -48,20 +48,23 @@ class TrainedModel:
     resumed_from: int
     metrics: dict[str, float]
     champion: bool  # the first version ever: champion without a gate
+    baseline: dict | None = None  # {"model": ..., "metrics": {...}}: HistGradientBoosting on the same rows and holdout
+    start: str = "scratch"  # where the weights started (warm start, or why not)
 
     @classmethod
     def of(cls, result: TrainResult, registered: Registered) -> TrainedModel:
         """The registered version of a training result."""
         return cls(registered.run_id, registered.version, result.final_loss, result.stages, result.schedule,
                    result.microbatches, result.stages_per_rank, result.ranks, result.resumed_from,
-                   dict(result.metrics), registered.champion)
+                   dict(result.metrics), registered.champion,
+                   result.baseline.to_json() if result.baseline is not None else None, result.start)
 
     def to_json(self) -> dict:
         """The `driftloop train --json` object (DESIGN.md's keys, then ranks and resume); `champion` is not in it."""
         return {"run_id": self.run_id, "model_version": self.model_version, "final_loss": self.final_loss,
                 "stages": self.stages, "schedule": self.schedule, "microbatches": self.microbatches,
                 "stages_per_rank": self.stages_per_rank, "ranks": self.ranks, "resumed_from": self.resumed_from,
-                "metrics": self.metrics}
+                "metrics": self.metrics, "baseline": self.baseline}
 
 
 @dataclass(frozen=True)

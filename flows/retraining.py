@@ -40,13 +40,13 @@ def retraining_time(config: Config, gate: pd.DataFrame) -> pd.Timestamp | None:
     return pd.to_datetime(gate[column], utc=True).min()
 
 
-def with_history(frame: pd.DataFrame, history_path: str | None) -> pd.DataFrame:
+def with_history(config: Config, frame: pd.DataFrame, history_path: str | None) -> pd.DataFrame:
     """`frame` after the labelled rows of `history_path` (earlier data, e.g. the first model's training file), in the
-    columns both have."""
+    columns both have, never the PII columns (the log holds them dropped or hashed, the file as they are)."""
     if not history_path:
         return frame
     history = read_table(history_path)
-    columns = [c for c in frame.columns if c in history.columns]
+    columns = [c for c in frame.columns if c in history.columns and c not in config.data.pii]
     return pd.concat([history[columns], frame[columns]], ignore_index=True)
 
 
@@ -86,7 +86,7 @@ def retraining_flow(config: Config, train_first_id: int, train_last_id: int, gat
     gate = labelled_rows(config, gate_first_id, gate_last_id)
     gate_path = state_path(config, "data", f"gate-{gate_first_id}-{gate_last_id}.parquet")
     gate.to_parquet(gate_path, index=False)
-    candidates = with_history(labelled_rows(config, train_first_id, train_last_id), history_path)
+    candidates = with_history(config, labelled_rows(config, train_first_id, train_last_id), history_path)
     frame, weights = choose_rows(config, candidates, gate)
     path = state_path(config, "data", f"retrain-{train_first_id}-{train_last_id}.parquet")
     frame.to_parquet(path, index=False)

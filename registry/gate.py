@@ -9,7 +9,9 @@ The evidence (registry settings in core/config.py):
   may not be worse than the champion by more than `slice_tolerance`;
 - live shadow traffic, when the challenger was scored in shadow mode (`serving.shadow`) on at least
   `min_shadow_rows` labelled requests the champion answered: the outputs both logged, not a re-scoring, and
-  the same margin. A new version has none; `driftloop gate` judges the standing challenger again once it has.
+  the same margin. A new version has none; `driftloop gate` judges the standing challenger again once it has;
+- with `max_baseline_shortfall` set, the challenger's own baseline (HistGradientBoosting fitted on the same rows,
+  scored on the same holdout at training time, training/baseline.py): the network may not trail it by more.
 
 `judge` holds the rule on fixed figures; `evaluate` turns predictions into figures; `decide` loads the versions;
 `apply_gate` moves the alias and records the decision in MLflow.
@@ -31,6 +33,7 @@ from driftloop.registry.store import (
     CHAMPION,
     TAG_LIMIT,
     alias_version,
+    baseline_figures,
     load_reference,
     load_version,
     mlflow_client,
@@ -38,6 +41,7 @@ from driftloop.registry.store import (
     promote,
     set_alias,
     tag_version,
+    version_tags,
 )
 from driftloop.scoring import HIGHER_IS_BETTER, score
 
@@ -60,6 +64,45 @@ class Evidence:
             return None
         sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
         return sign * (self.challenger - self.champion)
+
+
+@dataclass(frozen=True)
+class BaselineCheck:
+    """The challenger against its own baseline on its holdout (figures recorded at training time)."""
+
+    model: str
+    metric: str
+    network: float
+    baseline: float
+    tolerance: float
+
+    @property
+    def shortfall(self) -> float:
+        """How far the network trails: metric points (AUC, accuracy), or the error ratio minus 1 (RMSE, log loss)."""
+        if HIGHER_IS_BETTER[self.metric]:
+            return self.baseline - self.network
+        return self.network / self.baseline - 1.0 if self.baseline > 0 else 0.0
+
+    def fault(self) -> str | None:
+        """Why the gate refuses the challenger, or None."""
+        if self.shortfall <= self.tolerance:
+            return None
+        unit = "" if HIGHER_IS_BETTER[self.metric] else " (ratio)"
+        return (f"trails its baseline {self.model} on its holdout ({self.metric} {self.network:.4f} vs "
+                f"{self.baseline:.4f}, short by {self.shortfall:.3f}{unit} > registry.max_baseline_shortfall "
+                f"{self.tolerance:g})")
+
+
+def baseline_check(config: Config, tags: dict[str, str]) -> BaselineCheck | None:
+    """The baseline comparison registry.max_baseline_shortfall asks for, from a version's tags; None when the key is
+    null or the version recorded no baseline figures for the gate metric."""
+    tolerance, metric = config.registry.max_baseline_shortfall, config.gate_metric()
+    if tolerance is None:
+        return None
+    model, baseline, network = baseline_figures(tags)
+    if model is None or metric not in baseline or metric not in network:
+        return None
+    return BaselineCheck(model, metric, network[metric], baseline[metric], tolerance)
 
 
 @dataclass(frozen=True)
@@ -92,6 +135,7 @@ class GateDecision:
     slices: tuple[Evidence, ...] = field(default=(), repr=False)  # every judged slice, for the JSON record
     decided_at: str = ""
     live: Evidence | None = None  # live shadow traffic, when there was enough of it
+    baseline: BaselineCheck | None = None  # the challenger against its baseline (registry.max_baseline_shortfall)
 
     def to_json(self) -> dict:
         """Plain dict for logs and --json output."""
@@ -103,10 +147,10 @@ def _fmt(value: float | None) -> str:
 
 
 def judge(metric: str, margin: float, tolerance: float, recent: Evidence, holdout: Evidence | None,
-          slices: list[Evidence], live: Evidence | None = None) -> Verdict:
+          slices: list[Evidence], live: Evidence | None = None, baseline: BaselineCheck | None = None) -> Verdict:
     """The gate rule on fixed figures: better by more than `margin` on recent rows, on the holdout and on live shadow
-    rows (each when given), and not worse by more than `tolerance` on any slice. Slices passed here are already
-    large enough to judge."""
+    rows (each when given), not worse by more than `tolerance` on any slice, and not trailing its `baseline` by more
+    than its tolerance (when given). Slices passed here are already large enough to judge."""
     figures = f"{metric} {_fmt(recent.challenger)} vs champion {_fmt(recent.champion)} on {recent.rows:,} recent rows"
     for extra in (holdout, live):
         if extra is not None:
@@ -126,6 +170,9 @@ def judge(metric: str, margin: float, tolerance: float, recent: Evidence, holdou
         worst = min(failed, key=lambda s: s.gain(metric) or 0.0)
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
         faults.append(f"slice {worst.name} worse by {-(worst.gain(metric) or 0.0):.3f} > {tolerance:g}{more}")
+    shortfall = baseline.fault() if baseline is not None else None
+    if shortfall is not None:
+        faults.append(shortfall)
     if faults:
         return Verdict(False, f"{figures}; {'; '.join(faults)} → kept as challenger", failed)
     return Verdict(True, f"{figures} → promoted", failed)
@@ -169,9 +216,10 @@ def shadow_evidence(config: Config, logged: pd.DataFrame, challenger: str, champ
 
 
 def evaluate(config: Config, challenger: str, champion: str, window: pd.DataFrame, holdout: pd.DataFrame | None,
-             new: Scorer, old: Scorer, holdout_source: str = "exact", live: Evidence | None = None) -> GateDecision:
+             new: Scorer, old: Scorer, holdout_source: str = "exact", live: Evidence | None = None,
+             baseline: BaselineCheck | None = None) -> GateDecision:
     """The decision from two versions' predictions on the recent `window` and, when given, the `holdout`, plus
-    the `live` shadow evidence when there is some."""
+    the `live` shadow evidence when there is some and the challenger's `baseline` check when asked for."""
     metric, registry, target, task = config.gate_metric(), config.registry, config.data.target, config.data.task
     new_recent, old_recent = np.asarray(new(window), dtype=float), np.asarray(old(window), dtype=float)
     recent = compare("recent", window[target].to_numpy(), new_recent, old_recent, metric, task)
@@ -180,10 +228,11 @@ def evaluate(config: Config, challenger: str, champion: str, window: pd.DataFram
         held = compare("holdout", holdout[target].to_numpy(), np.asarray(new(holdout), dtype=float),
                        np.asarray(old(holdout), dtype=float), metric, task)
     slices = slice_evidence(config, window, new_recent, old_recent)
-    verdict = judge(metric, registry.gate_margin, registry.slice_tolerance, recent, held, slices, live)
+    verdict = judge(metric, registry.gate_margin, registry.slice_tolerance, recent, held, slices, live, baseline)
     return GateDecision(challenger, champion, metric, recent.challenger, recent.champion, registry.gate_margin,
                         recent.rows, verdict.promoted, verdict.reason, held, holdout_source if held else "off",
-                        registry.slice_tolerance, len(slices), verdict.failed_slices, tuple(slices), now_iso(), live)
+                        registry.slice_tolerance, len(slices), verdict.failed_slices, tuple(slices), now_iso(), live,
+                        baseline)
 
 
 def challenger_holdout(config: Config, version: str) -> tuple[pd.DataFrame, str]:
@@ -220,8 +269,9 @@ def decide(config: Config, challenger: str, champion: str | None, window: pd.Dat
         holdout, source = challenger_holdout(config, challenger)
     new, old = load_version(config, challenger), load_version(config, champion)
     live = shadow_evidence(config, logged, challenger, champion) if logged is not None else None
+    baseline = baseline_check(config, version_tags(config, challenger))
     return evaluate(config, challenger, champion, window, holdout if config.registry.gate_on_holdout else None,
-                    new.predict, old.predict, source, live)
+                    new.predict, old.predict, source, live, baseline)
 
 
 def _details(decision: GateDecision) -> str:
@@ -264,6 +314,8 @@ def decision_tags(decision: GateDecision) -> dict[str, str]:
             value = getattr(decision.live, role)
             if value is not None:
                 tags[f"gate.live_{role}_score"] = f"{value:.6f}"
+    if decision.baseline is not None:
+        tags["gate.baseline_shortfall"] = f"{decision.baseline.shortfall:.6f}"
     if decision.failed_slices:
         tags["gate.failed_slices"] = ",".join(s.name for s in decision.failed_slices)[:TAG_LIMIT]
     return tags

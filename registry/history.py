@@ -18,6 +18,7 @@ from driftloop.registry.store import (
     CHALLENGER,
     CHAMPION,
     alias_version,
+    baseline_figures,
     champion_history,
     list_versions,
     model_aliases,
@@ -125,12 +126,15 @@ def model_overview(config: Config) -> dict:
         gate = {k[len("gate."):]: _figure(k[len("gate."):], v) for k, v in sorted(tags.items())
                 if k.startswith("gate.") and k != "gate.details"}
         version = str(mv.version)
+        baseline, figures, network = baseline_figures(tags)
         versions.append({"version": version, "aliases": sorted(a for a, v in aliases.items() if v == version),
                          "created": _created(mv.creation_timestamp), "gate": gate or None,
                          "lineage": {k: tags[k] for k in LINEAGE_KEYS if k in tags},
                          "champion": {k: tags[f"champion.{k}"] for k in ("since", "until") if f"champion.{k}" in tags},
-                         "rollback": {k: tags[f"rollback.{k}"] for k in ("from", "to", "at") if f"rollback.{k}" in tags}
-                         })
+                         "rollback": {k: tags[f"rollback.{k}"] for k in ("from", "to", "at")
+                                      if f"rollback.{k}" in tags},
+                         "holdout": network or None,
+                         "baseline": {"model": baseline, "metrics": figures} if baseline else None})
     return {"model": config.model.name, "champion": aliases.get(CHAMPION), "challenger": aliases.get(CHALLENGER),
             "versions": versions, "history": champion_history(config) if versions else []}
 
@@ -152,18 +156,35 @@ def _gate_cell(gate: dict | None) -> str:
     return "; ".join(words)
 
 
+def _baseline_cell(version: dict, metric: str | None) -> str:
+    """The network's holdout figure beside its baseline's ("auc 0.702 vs HistGB 0.717"); "-" without a baseline."""
+    baseline, network = version.get("baseline"), version.get("holdout") or {}
+    if not baseline:
+        return "-"
+    figures = baseline["metrics"]
+    metric = metric if metric in figures else next(iter(sorted(figures)), None)
+    if metric is None:
+        return baseline["model"]
+    own = f"{network[metric]:.4f}" if metric in network else "?"
+    short = baseline["model"].replace("HistGradientBoosting", "HistGB")
+    return f"{metric} {own} vs {short} {figures[metric]:.4f}"
+
+
 def overview_table(overview: dict) -> Table:
     """The overview as a rich table, newest version first."""
     from rich.table import Table
 
     table = Table(title=f"model {overview['model']}")
-    for column in ("version", "aliases", "created", "gate", "data", "fingerprint", "config", "parent"):
+    for column in ("version", "aliases", "created", "gate", "holdout vs baseline", "data", "fingerprint", "config",
+                   "parent"):
         table.add_column(column, overflow="fold")
     for v in reversed(overview["versions"]):
+        metric = (v.get("gate") or {}).get("metric")
         lineage = v["lineage"]
         span = f"{lineage.get('data.start', '')[:10]}..{lineage.get('data.end', '')[:10]}".strip(".")
         data = f"{lineage.get('data.rows', '?')} rows" + (f" {span}" if span else "")
-        table.add_row(v["version"], ", ".join(v["aliases"]) or "-", v["created"] or "-", _gate_cell(v["gate"]), data,
+        table.add_row(v["version"], ", ".join(v["aliases"]) or "-", v["created"] or "-", _gate_cell(v["gate"]),
+                      _baseline_cell(v, metric if isinstance(metric, str) else None), data,
                       lineage.get("data.fingerprint", "-"), lineage.get("config.hash", "-"),
                       lineage.get("parent.champion") or "-")
     return table

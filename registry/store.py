@@ -43,6 +43,10 @@ WHEEL_ARTIFACT = "driftloop_wheel"
 HISTORY_TAG = "champion.history"
 # MLflow stores of older servers cap a tag value at 5000 characters: the oldest moves are dropped beyond it.
 TAG_LIMIT = 5000
+# The baseline model's figures (training/baseline.py): run metrics and version tags baseline.<metric>, the run param
+# and version tag baseline.model; the network's holdout figures as version tags holdout.<metric> beside them.
+BASELINE_PREFIX = "baseline."
+HOLDOUT_PREFIX = "holdout."
 # The gate's decision on a version ("promoted" or "rejected"); the server serves only a promoted one (trust.py).
 DECISION_TAG = "gate.decision"
 PROMOTED = "promoted"
@@ -217,6 +221,10 @@ def _log_training(config: Config, result: TrainResult) -> None:
 
     params = {f"training.{k}": v for k, v in config.training.model_dump().items()}
     params.update({f"model.{k}": v for k, v in config.model.model_dump().items()})
+    params.update({f"retraining.{k}": v for k, v in config.retraining.model_dump().items()})
+    params.update({"training.sample_weights": result.weighted, "training.start": result.start[:500]})
+    if result.baseline is not None:
+        params["baseline.model"] = result.baseline.model
     params.update({"training.stages": result.stages, "training.schedule": result.schedule,
                    "training.microbatches": result.microbatches, "training.stages_per_rank": result.stages_per_rank,
                    "training.ranks": result.ranks, "training.launcher": result.launcher,
@@ -235,7 +243,35 @@ def _log_training(config: Config, result: TrainResult) -> None:
     client = mlflow_client(config)
     for start in range(0, len(series), 1000):  # MLflow takes at most 1000 metrics per batch
         client.log_batch(run_id, metrics=series[start:start + 1000])
-    mlflow.log_metrics(_training_figures(result))
+    baseline = result.baseline.metrics if result.baseline is not None else {}
+    mlflow.log_metrics({**_training_figures(result),
+                        **{f"{BASELINE_PREFIX}{k}": float(v) for k, v in baseline.items() if math.isfinite(v)}})
+
+
+def baseline_tags(result: TrainResult) -> dict[str, str]:
+    """Version tags: the baseline's name and holdout figures, and the network's own on the same holdout (what
+    `driftloop models` shows and registry.max_baseline_shortfall judges)."""
+    if result.baseline is None:
+        return {}
+    tags = {f"{BASELINE_PREFIX}model": result.baseline.model}
+    tags.update({f"{BASELINE_PREFIX}{k}": f"{v:.6f}" for k, v in result.baseline.metrics.items() if math.isfinite(v)})
+    tags.update({f"{HOLDOUT_PREFIX}{k}": f"{v:.6f}" for k, v in result.metrics.items() if math.isfinite(v)})
+    return tags
+
+
+def baseline_figures(tags: dict[str, str]) -> tuple[str | None, dict[str, float], dict[str, float]]:
+    """From a version's tags: (the baseline's name, its holdout figures, the network's holdout figures)."""
+    def figures(prefix: str) -> dict[str, float]:
+        found = {}
+        for key, value in tags.items():
+            if key.startswith(prefix) and key != f"{BASELINE_PREFIX}model":
+                try:
+                    found[key[len(prefix):]] = float(value)
+                except ValueError:
+                    continue
+        return found
+
+    return tags.get(f"{BASELINE_PREFIX}model"), figures(BASELINE_PREFIX), figures(HOLDOUT_PREFIX)
 
 
 def _new_version(client: MlflowClient, name: str, info: ModelInfo, run_id: str, tags: dict[str, str]) -> str:
@@ -292,7 +328,8 @@ def register(config: Config, result: TrainResult, lineage: dict[str, str], refer
                                        artifacts={"model": str(folder), WHEEL_ARTIFACT: str(wheel)},
                                        signature=signature, input_example=example,
                                        pip_requirements=model_requirements(wheel))
-        version = _new_version(client, config.model.name, info, run.info.run_id, {**lineage, **digests})
+        version = _new_version(client, config.model.name, info, run.info.run_id,
+                               {**lineage, **digests, **baseline_tags(result)})
     first = alias_version(config, CHAMPION) is None
     if first:
         promote(config, version, "first model", event="first",

@@ -120,9 +120,10 @@ def trained(flights_jan: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory)
 
 # `make test-quick` runs every test not marked slow: such a test starts no process and uses a few CPU seconds at most.
 QUICK_TEST_LIMIT_S = 5.0
-# What the standard library's `platform` module runs when a library asks at import (MLflow, Prefect's croniter): not
-# processes of the test's own.
-PLATFORM_PROBES = {"uname", "file"}
+# What the standard library's `platform` module runs when a library asks at import (MLflow, Prefect's croniter), and
+# joblib's count of physical cores (lscpu, once per process: scikit-learn's HistGradientBoosting, the baseline of every
+# training): not processes of the test's own.
+PLATFORM_PROBES = {"uname", "file", "lscpu"}
 code_version()  # cached per process: the git look-up every registration records, done once here
 
 

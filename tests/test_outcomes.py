@@ -64,7 +64,7 @@ def test_a_finding_no_approval_overrides_gets_no_hint() -> None:
 
 def test_the_train_json_object_keeps_its_keys() -> None:
     assert list(MODEL.to_json()) == ["run_id", "model_version", "final_loss", "stages", "schedule", "microbatches",
-                                     "stages_per_rank", "ranks", "resumed_from", "metrics"]
+                                     "stages_per_rank", "ranks", "resumed_from", "metrics", "baseline"]
     assert MODEL.to_json()["metrics"] == {"auc": 0.71} and MODEL.to_json()["model_version"] == "3"
 
 

@@ -725,5 +725,5 @@ def train(frame: pd.DataFrame, config: Config, holdout: pd.DataFrame | None = No
     baseline = None
     if t.baseline:
         weights_all = baseline_rows[WEIGHT_COLUMN].to_numpy() if WEIGHT_COLUMN in baseline_rows else None
-        baseline = fit_baseline(baseline_rows, holdout, spec, seed, weights_all)
+        baseline = fit_baseline(baseline_rows, holdout, spec, seed, weights_all, t.threads_per_rank)
     return replace(result, metrics=metrics, baseline=baseline, seconds=time.perf_counter() - started)
