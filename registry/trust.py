@@ -92,8 +92,8 @@ def keep_last_known_good(config: Config, version: str) -> Path:
     mv = model_version(config, version)
     record = _current(config)
     root = _root(config)
-    if record and record.get("run_id") == mv.run_id and (root / record.get("folder", "")).is_dir():
-        return root / record["folder"]
+    if record and record.get("run_id") == mv.run_id and record.get("folder") and (root / record["folder"]).is_dir():
+        return root / record["folder"]  # kept already
     source = verified_folder(config, version)
     folder = Path(tempfile.mkdtemp(dir=root, prefix=f"v{version}-"))
     for name in MODEL_FILES:
