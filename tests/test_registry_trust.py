@@ -336,3 +336,11 @@ def test_the_server_falls_back_only_while_nothing_is_served(config: Config, mode
     without = Shelf(model_folders, "3")
     with TestClient(create_app(config, without.load, without.version), base_url=LOCAL) as client:
         assert client.get("/healthz").status_code == 503  # no copy: nothing to serve
+
+    def unreachable() -> str | None:
+        raise ConnectionError("tracking server down")
+
+    with TestClient(create_app(config, shelf.load, unreachable, last_known_good=copy), base_url=LOCAL) as client:
+        health = client.get("/healthz").json()  # the registry cannot even be asked at start
+        assert health["status"] == "degraded" and "the registry cannot be read" in health["detail"]
+        assert client.post("/predict", json={"rows": rows}).json()["model_version"] == "1"
