@@ -401,7 +401,13 @@ def _weights_folder(config: Config, mv: ModelVersion) -> Path:
 def recorded(config: Config, mv: ModelVersion) -> list[dict[str, str]]:
     """The digests recorded for a version: its run's parameters (immutable in MLflow) and its tags; RegistryError
     when neither has any and registry.require_digests is on."""
-    params = mlflow_client(config).get_run(mv.run_id).data.params if mv.run_id else {}
+    from mlflow.exceptions import MlflowException
+
+    try:
+        params = mlflow_client(config).get_run(mv.run_id).data.params if mv.run_id else {}
+    except MlflowException as error:
+        raise RegistryError(f"model {config.model.name} version {mv.version}: its run {mv.run_id} cannot be read "
+                            f"({error.message})") from None
     found = [d for d in (recorded_digests(params), recorded_digests(mv.tags or {})) if d]
     if not found and config.registry.require_digests:
         raise RegistryError(f"model {config.model.name} version {mv.version}: no sha256 of its files was recorded "
