@@ -29,12 +29,17 @@ def regate(config: Config, version: str | None = None) -> GateDecision:
         raise RegistryError(f"version {version} is the champion already")
     if not log_exists(config):
         raise DataError(f"no prediction log at {log_name(config)}: the gate judges on labelled logged traffic")
-    with open_log(config) as log:
-        labelled = log.read(labelled_only=True)
-    minimum = config.monitoring.min_labelled_rows
-    windows = [] if labelled.empty else [
-        w for w in cut_windows(log_to_contract(config, labelled), config) if len(w.frame) >= minimum]
-    if not windows:
-        raise DataError(f"no window of logged traffic has {minimum} labels (monitoring.min_labelled_rows): "
-                        "attach labels first (driftloop label)")
-    return apply_gate(config, version, windows[-1].frame, logged=labelled)
+    chunk = config.serving.log_read_chunk_rows
+    with open_log(config) as log:  # ids and times to cut windows, base columns for shadow evidence: no features
+        labelled = log.read_index(labelled_only=True, chunk_rows=chunk)
+        minimum = config.monitoring.min_labelled_rows
+        windows = [] if labelled.empty else [
+            w for w in cut_windows(log_to_contract(config, labelled), config) if len(w.frame) >= minimum]
+        if not windows:
+            raise DataError(f"no window of logged traffic has {minimum} labels (monitoring.min_labelled_rows): "
+                            "attach labels first (driftloop label)")
+        ids = windows[-1].frame["prediction_id"]
+        window = log.read(int(ids.min()), int(ids.max()), labelled_only=True)
+        logged = log.read_base(labelled_only=True, chunk_rows=chunk)
+    window = window[window["prediction_id"].isin(ids)].reset_index(drop=True)
+    return apply_gate(config, version, log_to_contract(config, window), logged=logged)

@@ -505,6 +505,16 @@ class LogBase:
         return pd.DataFrame({"prediction_id": np.concatenate(ids),
                              "event_time": pd.to_datetime(np.concatenate(times)).tz_localize("UTC")})
 
+    def read_base(self, first_id: int | None = None, last_id: int | None = None, labelled_only: bool = False,
+                  chunk_rows: int = READ_CHUNK_ROWS) -> pd.DataFrame:
+        """`read` without the feature columns (READ_COLUMNS only), in chunks: what the gate's shadow evidence needs,
+        at about 100 bytes a row instead of every feature."""
+        frames = [_base_frame(pd.DataFrame(rows, columns=READ_COLUMNS))
+                  for rows in self._raw_chunks(READ_COLUMNS, first_id, last_id, labelled_only, chunk_rows)]
+        if not frames:
+            return _base_frame(pd.DataFrame([], columns=READ_COLUMNS))
+        return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
     def _raw_chunks(self, columns: list[str], first_id: int | None, last_id: int | None, labelled_only: bool,
                     chunk_rows: int) -> Iterator[list[tuple]]:
         """Stored rows of the range, `chunk_rows` at a time (the first column must be prediction_id)."""
@@ -622,7 +632,15 @@ def _to_frame(fetched: list[tuple]) -> pd.DataFrame:
     base = pd.DataFrame([r[:-1] for r in fetched], columns=READ_COLUMNS)
     # One parse of the chunk's objects as a JSON array: a third faster than a json.loads call per row.
     features = pd.DataFrame.from_records(json.loads("[" + ",".join(r[-1] for r in fetched) + "]"), index=base.index)
-    frame = pd.DataFrame({
+    frame = _base_frame(base)
+    # A feature named like a base column would shadow it; the base column wins.
+    features = features.drop(columns=[c for c in features.columns if c in READ_COLUMNS])
+    return pd.concat([frame, features], axis=1)
+
+
+def _base_frame(base: pd.DataFrame) -> pd.DataFrame:
+    """The READ_COLUMNS of stored rows with their documented types."""
+    return pd.DataFrame({
         "prediction_id": base["prediction_id"].astype("int64"),
         "logged_at": pd.to_datetime(base["logged_at"], utc=True, format="ISO8601"),
         "model_version": base["model_version"].astype("object"),
@@ -632,6 +650,3 @@ def _to_frame(fetched: list[tuple]) -> pd.DataFrame:
         "shadow_version": base["shadow_version"].astype("object").where(base["shadow_version"].notna(), None),
         "shadow_prediction": pd.to_numeric(base["shadow_prediction"]).astype("float64"),
     })
-    # A feature named like a base column would shadow it; the base column wins.
-    features = features.drop(columns=[c for c in features.columns if c in READ_COLUMNS])
-    return pd.concat([frame, features], axis=1)
