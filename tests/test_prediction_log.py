@@ -154,6 +154,9 @@ def test_chunked_reads_equal_the_whole_read(log: LogBase, flights_jan: pd.DataFr
     assert index["prediction_id"].tolist() == whole["prediction_id"].tolist()
     assert index["event_time"].tolist() == whole["event_time"].tolist()
     assert log.read_index(labelled_only=True)["prediction_id"].tolist() == ids[::3]
+    base = log.read_base(10, 200, chunk_rows=40)  # the gate's shadow evidence: every column but the features
+    pd.testing.assert_frame_equal(base, whole[base.columns.tolist()])
+    assert "distance" not in base.columns and log.read_base(first_id=10_000).empty
     assert log.read_index(first_id=10_000).empty and log.read(first_id=10_000).empty
 
 
