@@ -520,10 +520,11 @@ class DemoConfig(_Strict):
     sample_fraction: float = Field(1.0, gt=0, le=1)
     request_rows: int = Field(500, ge=1)
     compare: list[Literal["never", "every", "gbdt_every"]] = Field(
-        default_factory=lambda: ["never", "every"], description="Policies replayed in-process on the same weeks "
-        "beside the loop, for the summary (flows/backtest.py): never (the first model for ever), every (the network "
-        "retrained every week with the retraining data policy: one training a week, most of the comparison's cost), "
-        "gbdt_every (HistGradientBoosting refitted every week on all history). [] skips the comparison.")
+        default_factory=lambda: ["never"], description="Policies replayed in-process on the same weeks beside the "
+        "loop, for the summary (flows/backtest.py): never (the first model for ever: scoring only, about a second), "
+        "every (the network retrained every week with the retraining data policy: 39 trainings of 6 to 19 s of CPU "
+        "each on the demo's weeks, about 8 minutes, which would take `make demo` past its 600 s; its figures are in "
+        "benchmarks/README.md), gbdt_every (HistGradientBoosting refitted every week on all history). [] skips it.")
 
 
 class Config(_Strict):
