@@ -220,7 +220,9 @@ def _event_times(values: pd.Series, first_row: int, path: Path, column: str, bou
     if bounds.not_before is not None:
         _refuse_first(stamps < bounds.not_before, values, column, first_row, path,
                       "is older than serving.max_event_age allows")
-    return [None if pd.isna(s) else s.isoformat() for s in stamps]
+    codes, uniques = pd.factorize(stamps)  # traffic repeats its times (hourly buckets): format each once
+    iso = np.array([stamp.isoformat() for stamp in uniques] + [None], dtype=object)
+    return iso[codes].tolist()  # code -1 (missing) picks the trailing None
 
 
 def key_columns(config: Config, columns: list[str], path: Path) -> list[str]:
@@ -485,10 +487,25 @@ def forward_slices(model: LoadedModel, x: torch.Tensor) -> np.ndarray:
     return np.concatenate(parts).astype("float64") if parts else np.zeros(0)
 
 
+def json_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """A frame's rows as the plain dicts a request's JSON gives (Python numbers and strings, None for missing),
+    built column by column: pandas' to_dict("records") boxes every value on its own, 5x slower."""
+    columns = []
+    for column in frame.columns:
+        values = frame[column]
+        missing = values.isna().to_numpy()
+        plain = values.to_numpy(dtype=object) if values.dtype != "float64" else values.to_numpy().astype(object)
+        if missing.any():
+            plain[missing] = None
+        columns.append(plain.tolist())
+    names = list(frame.columns)
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+
+
 def _log_chunk(log: LogBase, features: pd.DataFrame, predictions: np.ndarray, version: str,
                times: list[str | None] | None) -> list[int]:
     """Write a chunk's rows to the prediction log through the server's insert path; their ids."""
-    rows = features.astype(object).where(features.notna(), None).to_dict("records")
+    rows = json_rows(features)
     values = predictions.tolist()
     records = log.records(rows, values, version, times or [None] * len(rows), None, None)
     return list(log.submit_records(records).result())
