@@ -415,13 +415,13 @@ def test_mlflow_ui_shows_the_registered_model_and_its_champion(loop: Loop, brows
 
 def test_a_model_version_links_its_validation_evidently_and_prefect_pages(loop: Loop, browser: object) -> None:
     from driftloop.flows.links import EVIDENTLY_TAG, PREFECT_TAG, VALIDATION_TAG
-    from driftloop.registry.store import alias_version, mlflow_client
+    from driftloop.registry.store import mlflow_client
 
     name, mlflow = loop.config.model.name, loop.url(loop.config.stack.mlflow_port)
-    champion = alias_version(loop.config, "champion")
-    tags = mlflow_client(loop.config).get_model_version(name, champion).tags
-    assert tags[VALIDATION_TAG].startswith(f"{mlflow}/#/experiments/")  # retrained with the stack's MLflow up
-    page_text(browser, f"{mlflow}/#/models/{name}/versions/{champion}",
+    latest = max(model_versions(loop.config), key=int)  # retrained by a deployment, with the stack's MLflow up
+    tags = mlflow_client(loop.config).get_model_version(name, latest).tags
+    assert tags[VALIDATION_TAG].startswith(f"{mlflow}/#/experiments/")
+    page_text(browser, f"{mlflow}/#/models/{name}/versions/{latest}",
               ["Validation report", "Evidently snapshots", "Prefect flow run"])
     look(loop, browser, "mlflow-version-links")
     browser.get(tags[VALIDATION_TAG])
