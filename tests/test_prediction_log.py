@@ -4,6 +4,7 @@ session's private PostgreSQL cluster: those runs are slow). Real rows of the dem
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -233,3 +234,33 @@ def test_predict_and_labels_over_http_on_either_backend(
         unknown = client.post("/labels", json={"labels": [{"prediction_id": 10_000, "label": 0}]}, headers=auth)
         assert unknown.status_code == 422
     assert log.read()["label"].tolist()[:3] == [1.0, 1.0, 1.0] and log.read()["label"].iloc[3:].isna().all()
+
+
+def test_log_prune_command_archives_by_the_configured_age(
+        tmp_path: Path, flights_jan: pd.DataFrame, capsys: pytest.CaptureFixture[str], restored_environ: None) -> None:
+    import json
+
+    import yaml
+
+    from tests.helpers import cli_here
+
+    config = make_config(tmp_path / "state")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    refused = cli_here(capsys, "log-prune", "--config", str(path))
+    assert refused.returncode == 2 and "serving.log_retention_days" in refused.stderr
+    with open_log(config) as log:
+        append_flights(log, flights_jan.head(20))
+    month = make_config(tmp_path / "state", serving={"log_retention_days": 30})
+    path.write_text(yaml.safe_dump(month.model_dump(mode="json")))
+    done = cli_here(capsys, "log-prune", "--config", str(path), "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["rows"] == 0  # nothing is 30 days old
+    second = make_config(tmp_path / "state", serving={"log_retention_days": 1 / 86400})  # one second
+    path.write_text(yaml.safe_dump(second.model_dump(mode="json")))
+    time.sleep(1.1)
+    pruned = cli_here(capsys, "log-prune", "--config", str(path))
+    assert pruned.returncode == 0 and pruned.stdout.strip() == "archived and deleted 20 rows (ids 1-20)"
+    archive = config.state_dir.resolve() / "archive" / "predictions"
+    assert len(pd.read_parquet(archive / "predictions-1-20.parquet")) == 20
+    with open_log(config) as log:
+        assert log.last_id() == 0 and log.read().empty
