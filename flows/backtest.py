@@ -133,6 +133,12 @@ def latest_time(config: Config, rows: pd.DataFrame) -> pd.Timestamp:
     return event_times(rows, config.data).max()
 
 
+def after(config: Config, window: Window) -> pd.Timestamp:
+    """The moment the window's labels are all known: its end, or just after its last row (row-count windows end
+    at their last row's time)."""
+    return max(window.end, latest_time(config, window.frame) + pd.Timedelta(1, "us"))
+
+
 def fit_network(config: Config, rows: pd.DataFrame, weights: np.ndarray | None = None,
                 start: Model | None = None) -> tuple[Model, float]:
     """Train the configured network in this process on `rows` (time-ordered); the model and the seconds it took.
@@ -225,7 +231,8 @@ class Every(Policy):
     """The network retrained after every window on the retraining data policy's rows."""
 
     def learn(self, config: Config, window: Window, predictions: np.ndarray, labelled: Labelled) -> None:
-        rows, weights = select_training_rows(labelled.rows(), config.retraining, window.end, config.data.timestamp)
+        rows, weights = select_training_rows(labelled.rows(), config.retraining, after(config, window),
+                                             config.data.timestamp)
         self.model, seconds = fit_network(config, rows, weights, self.model)
         self.run.train_seconds += seconds
         self.run.retrains.append(window.index)
