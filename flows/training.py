@@ -106,6 +106,8 @@ def train_model(config: Config, frame: pd.DataFrame, progress: bool, sample_weig
     logger = get_run_logger()
     logger.info("trained %d stages (%s) from %s: final loss %.4f, holdout %s", result.stages, result.schedule,
                 result.start, result.final_loss, {k: round(v, 4) for k, v in result.metrics.items()})
+    if warm_start is not None and not result.start.startswith("warm start"):
+        logger.warning("retraining.warm_start: %s", result.start)  # why it trained from scratch after all
     if result.baseline is not None:
         logger.info("baseline %s on the same holdout: %s", result.baseline.model,
                     {k: round(v, 4) for k, v in result.baseline.metrics.items()})
