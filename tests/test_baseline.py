@@ -90,3 +90,32 @@ def test_the_baseline_appears_in_train_json_mlflow_and_models(flights_jan: pd.Da
     assert version["holdout"]["auc"] == pytest.approx(payload["metrics"]["auc"], abs=1e-6)
     table = run_cli("models", "--config", "config.yaml", cwd=tmp_path)
     assert "holdout vs baseline" in table.stdout and "vs HistGBClassifier" in table.stdout, table.stdout
+
+
+@pytest.mark.slow
+def test_the_gate_judges_a_registered_challenger_against_its_baseline_only_when_asked(
+        flights_jan: pd.DataFrame, flights_jul: pd.DataFrame, tmp_path: Path) -> None:
+    """A network that barely trained (one step at a tiny learning rate) trails the HistGB fitted on its own rows:
+    with registry.max_baseline_shortfall the gate refuses it naming the key; with the key null it says nothing of
+    it."""
+    from driftloop.registry.gate import decide
+    from driftloop.registry.store import register, version_tags
+    from driftloop.training.trainer import train
+    from tests.helpers import lineage_for
+
+    config = make_config(tmp_path / "state", training={"stages": 1, "epochs": 2})
+    champion = register(config, train(flights_jan, config, progress=False), lineage_for(config, flights_jan),
+                        flights_jan)
+    weak_config = make_config(tmp_path / "state", training={"stages": 1, "max_steps": 1, "learning_rate": 1e-7})
+    weak = train(flights_jan, weak_config, progress=False)
+    challenger = register(config, weak, lineage_for(config, flights_jan), flights_jan)
+    check = baseline_check(make_config(tmp_path / "state", registry={"max_baseline_shortfall": 0.0}),
+                           version_tags(config, challenger.version))
+    assert check is not None and check.shortfall > 0.02, check  # the premise: it trails its baseline
+
+    strict = make_config(tmp_path / "state", registry={"max_baseline_shortfall": 0.01})
+    refused = decide(strict, challenger.version, champion.version, flights_jul)
+    assert not refused.promoted and "registry.max_baseline_shortfall 0.01" in refused.reason, refused.reason
+    assert refused.baseline is not None and refused.baseline.model == "HistGradientBoostingClassifier"
+    silent = decide(config, challenger.version, champion.version, flights_jul)
+    assert silent.baseline is None and "baseline" not in silent.reason, silent.reason
