@@ -128,7 +128,9 @@ def _state_bytes(result: TrainResult, config: Config) -> int:
 
 def _measure(frame: pd.DataFrame, holdout: pd.DataFrame, config: Config, stages: int, schedule: str,
              microbatches: int) -> tuple[TrainResult, float]:
-    """Train one configuration for the sweep's steps; (the result, its median steady step time)."""
+    """Train one configuration for the sweep's steps; (the result, its median steady step time). No baseline: the
+    sweep compares pipeline set-ups, not models."""
+    config = config.model_copy(update={"training": config.training.model_copy(update={"baseline": False})})
     result = train(frame, config, holdout, stages=stages, schedule=schedule, microbatches=microbatches,
                    progress=False)
     telemetry = result.telemetry
