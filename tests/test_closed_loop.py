@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -36,7 +37,7 @@ from driftloop.metrics import RETRAIN_RECOMMENDED, WINDOW_PERFORMANCE
 from driftloop.serving.admin import labels_auth
 from driftloop.stack.process import port_free
 from driftloop.state import evidently_workspace
-from tests.helpers import chromium, console_errors, free_port, make_config, page_text
+from tests.helpers import chromium, console_errors, make_config, page_text
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 
@@ -94,12 +95,26 @@ def must(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return result
 
 
+# Listening ports below the kernel's ephemeral range (32768-60999 here): a free ephemeral port chosen now may be
+# any process's outgoing connection by the time the stack starts, minutes of training later.
+QUIET_PORTS = range(20000, 32000)
+
+
+def quiet_port(taken: set[int]) -> int:
+    """A port below the ephemeral range that is free now (and its successor, for a second replica)."""
+    while True:
+        port = random.choice(QUIET_PORTS)
+        if port not in taken and port + 1 not in taken and port_free("127.0.0.1", port) \
+                and port_free("127.0.0.1", port + 1):
+            taken.update({port, port + 1})
+            return port
+
+
 def loop_config(state_dir: Path, **scale: object) -> Config:
     """Small model, short windows, fast scrapes and alert routing, free ports, schedules that never fire in a test;
     `scale`: the stack's database, replicas and worker."""
-    server = free_port()
-    while not port_free("127.0.0.1", server + 1):  # a second replica listens on the next port
-        server = free_port()
+    taken: set[int] = set()
+    server = quiet_port(taken)  # a second replica listens on the next port
     return make_config(
         state_dir,
         model={"hidden": 16, "blocks": 2},
@@ -108,9 +123,10 @@ def loop_config(state_dir: Path, **scale: object) -> Config:
         orchestration={"monitor_cron": "0 0 1 1 *", "retrain_cron": "0 0 1 1 *"},
         retraining={"data": "recent", "max_rows": 1000},  # the two latest windows of 500 before the gate
         serving={"port": server, "reload_interval_s": 1},
-        stack={"prefect_port": free_port(), "prometheus_port": free_port(), "alertmanager_port": free_port(),
-               "receiver_port": free_port(), "mlflow_port": free_port(), "evidently_port": free_port(),
-               "postgres_port": free_port(), "scrape_interval_s": 1, "evaluation_interval_s": 1, **scale},
+        stack={**{key: quiet_port(taken) for key in ("prefect_port", "prometheus_port", "alertmanager_port",
+                                                     "receiver_port", "mlflow_port", "evidently_port",
+                                                     "postgres_port")},
+               "scrape_interval_s": 1, "evaluation_interval_s": 1, **scale},
         alerts={"retrain_alerts": ["DriftloopDriftDetected", "DriftloopRetrainRecommended"], "group_wait_s": 1,
                 "group_interval_s": 1},
     )
