@@ -325,6 +325,10 @@ class ServingConfig(_Strict):
     log_read_chunk_rows: int = Field(
         50_000, ge=100, description="Rows per query when the monitor, retraining and retention read the log in "
         "chunks: bounds their memory (a chunk of the demo's rows is about 40 MB as a DataFrame).")
+    log_index_rows: int = Field(
+        1_000_000, ge=1000, description="Rows whose ids and event times the deployed monitor holds at once to cut "
+        "windows (about 100 bytes a row while cutting): a backlog of millions of rows is checked a million at a "
+        "time, each pass starting where the last checked window ended.")
     label_import_chunk_rows: int = Field(
         2_000, ge=1, description="Labels per write transaction of `driftloop label`: each chunk holds the log's "
         "write lock for a few milliseconds, so /predict keeps answering during a large import.")

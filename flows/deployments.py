@@ -127,38 +127,51 @@ def monitor_traffic(config_path: str) -> MonitorRun:
     cursor_path = state_path(config, "monitor", "cursor.json")
     with open_log(config, config.data.pii) as log:
         cursor = MonitorCursor.load(cursor_path, log)
-        # Ids and event times only, read in chunks: enough to cut the windows; each window's rows are read by
-        # monitoring_flow, so memory is bounded by a window, not by the traffic since the last run.
-        logged = log.read_index(first_id=cursor.last_id + 1, chunk_rows=config.serving.log_read_chunk_rows)
-        return _check_windows(config, log, cursor, cursor_path, logged)
+        return _check_windows(config, log, cursor, cursor_path)
 
 
-def _check_windows(config: Config, log: LogBase, cursor: MonitorCursor, cursor_path: Path,
-                   logged: pd.DataFrame) -> MonitorRun:
-    """monitor_traffic's loop over the complete windows of `logged` (ids and event times), the cursor saved after
-    each."""
+def window_ranges(config: Config, log: LogBase, after_id: int, span: int) -> tuple[list[tuple[int, int]], int]:
+    """The id ranges of the complete windows among the `span` ids after `after_id`, cut from their ids and event
+    times alone (read in chunks), and how many rows those ids hold."""
+    chunk = config.serving.log_read_chunk_rows
+    index = log.read_index(first_id=after_id + 1, last_id=after_id + span, chunk_rows=chunk)
+    return [id_range(window) for window in complete_windows(config, index)], len(index)
+
+
+def _check_windows(config: Config, log: LogBase, cursor: MonitorCursor, cursor_path: Path) -> MonitorRun:
+    """monitor_traffic's loop: the complete windows since the cursor, checked in order, the cursor saved after each.
+
+    Memory is bounded: the windows are cut from the ids and event times of at most serving.log_index_rows rows at
+    a time (more only when one window is larger), and each window's rows are read by monitoring_flow. A pass over
+    the next rows starts where the last checked window ended, as the next scheduled run would.
+    """
     from driftloop.flows.monitoring import monitoring_flow
     from driftloop.flows.outcomes import MonitorRun
     from driftloop.registry.store import CHAMPION, alias_version
 
     logger = get_run_logger()
-    windows = complete_windows(config, logged)
-    if not windows:
-        logger.info("no complete window since prediction id %d (%d new rows)", cursor.last_id, len(logged))
-        return MonitorRun(pending_rows=len(logged))
+    newest, span = log.last_id(), config.serving.log_index_rows
     checked: list[MonitoringOutcome] = []
-    for window in windows:
-        champion = alias_version(config, CHAMPION)
-        if champion is None:
-            logger.warning("no champion model: nothing to monitor")
-            break
-        first, last = id_range(window)
-        label = f"ids-{first}-{last}"
-        outcome = monitoring_flow(config, first, last, label, policy=policy_for(config, cursor, champion))
-        cursor = MonitorCursor(last_id=last, champion=champion, policy=outcome.policy)
-        cursor.save(cursor_path, log)
-        checked.append(outcome)
-    return MonitorRun(tuple(checked))
+    while True:
+        ranges, rows = window_ranges(config, log, cursor.last_id, span)
+        if not ranges and cursor.last_id + span < newest:
+            span *= 2  # one window holds more rows than the span: read more at once
+            continue
+        if not ranges:
+            if not checked:
+                logger.info("no complete window since prediction id %d (%d new rows)", cursor.last_id, rows)
+                return MonitorRun(pending_rows=rows)
+            return MonitorRun(tuple(checked))
+        for first, last in ranges:
+            champion = alias_version(config, CHAMPION)
+            if champion is None:
+                logger.warning("no champion model: nothing to monitor")
+                return MonitorRun(tuple(checked))
+            outcome = monitoring_flow(config, first, last, f"ids-{first}-{last}",
+                                      policy=policy_for(config, cursor, champion))
+            cursor = MonitorCursor(last_id=last, champion=champion, policy=outcome.policy)
+            cursor.save(cursor_path, log)
+            checked.append(outcome)
 
 
 @dataclass(frozen=True)
