@@ -101,6 +101,8 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
             _err(line)
         return EXIT_BAD_INPUT
     model = outcome.model
+    for warning in outcome.governance.warnings() if outcome.governance is not None else []:
+        _err(warning)
     if args.json:
         _print_json(model.to_json())
     else:

