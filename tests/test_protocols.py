@@ -103,13 +103,16 @@ def test_oip_health_and_metadata(server, app_config: Config) -> None:
     assert wrong.status_code == 404 and "served version is 1" in wrong.json()["error"]
 
 
-def test_oip_without_a_model_is_not_ready(app_config: Config, model_folders) -> None:
+def test_protocols_without_a_model_are_not_ready(app_config: Config, model_folders) -> None:
     with TestClient(create_app(app_config, Shelf(model_folders, None).load, lambda: None), base_url=LOCAL) as client:
         assert client.get("/v2/health/live").status_code == 200
         assert client.get("/v2/health/ready").status_code == 503
         assert client.get(f"/v2/models/{NAME}/ready").status_code == 503
         answer = client.post(f"/v2/models/{NAME}/infer", json={"inputs": []})
         assert answer.status_code == 503 and "champion" in answer.json()["error"]
+        mlflow = client.post("/invocations", json={"dataframe_records": [{}]})
+        assert mlflow.status_code == 503 and mlflow.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+        assert client.get("/ping").status_code == 503
 
 
 def test_oip_json_tensors_score_as_predict_does(server, flights_jan, app_config: Config) -> None:
