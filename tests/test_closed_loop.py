@@ -530,8 +530,10 @@ def test_killing_one_replica_under_load_loses_no_acknowledged_row(loop: Loop) ->
     assert len(acknowledged[first]) > before, "the surviving replica stopped answering"
     assert acknowledged[second] and failed[second] > 0  # it answered, then was killed
     sent = acknowledged[first] + acknowledged[second]
-    url = json.loads(must(driftloop("stack", "status", "--json", config_path=loop.config_path)).stdout)["parts"][
-        "postgres"]["url"]
+    status = json.loads(driftloop("stack", "status", "--json", config_path=loop.config_path).stdout)
+    assert status["parts"]["server-2"]["state"] == "down" and status["parts"]["server"]["state"] == "up"
+    assert status["healthy"] is False  # exit 1: a part is down
+    url = status["parts"]["postgres"]["url"]
     with psycopg.connect(url) as log:
         logged = {row[0] for row in log.execute("SELECT prediction_id FROM predictions WHERE prediction_id = ANY(%s)",
                                                 (sent,))}
