@@ -31,13 +31,15 @@ def labelled_rows(config: Config, first_id: int, last_id: int):  # noqa: ANN201 
     return log_to_contract(config, logged)
 
 
-def retraining_time(config: Config, gate: pd.DataFrame) -> pd.Timestamp | None:
-    """When the retraining happens, as the data policy sees it: the gate window's first event (nothing from then on
-    trains); None without data.timestamp."""
+def retraining_time(config: Config, candidates: pd.DataFrame, gate: pd.DataFrame) -> pd.Timestamp | None:
+    """When the retraining happens, as the data policy sees it (ages, max_age): the gate window's first event, or
+    just after the last candidate row when that is later (windows cut by row count may share a timestamp across
+    the cut: every candidate the caller chose stays a candidate); None without data.timestamp."""
     column = config.data.timestamp
     if not column or column not in gate.columns or gate.empty:
         return None
-    return pd.to_datetime(gate[column], utc=True).min()
+    last = pd.to_datetime(candidates[column], utc=True).max() + pd.Timedelta(1, "ns")
+    return max(pd.to_datetime(gate[column], utc=True).min(), last)
 
 
 def with_history(config: Config, frame: pd.DataFrame, history_path: str | None) -> pd.DataFrame:
@@ -54,7 +56,7 @@ def with_history(config: Config, frame: pd.DataFrame, history_path: str | None) 
 def choose_rows(config: Config, candidates: pd.DataFrame, gate: pd.DataFrame) -> tuple[pd.DataFrame,
                                                                                      np.ndarray | None]:
     """The retraining data policy (config `retraining`) applied to every candidate row."""
-    rows, weights = select_training_rows(candidates, config.retraining, retraining_time(config, gate),
+    rows, weights = select_training_rows(candidates, config.retraining, retraining_time(config, candidates, gate),
                                          config.data.timestamp)
     get_run_logger().info("retraining data (%s): %d of %d labelled rows%s", describe_policy(config.retraining),
                           len(rows), len(candidates), ", recency-weighted" if weights is not None else "")
