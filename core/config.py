@@ -315,9 +315,10 @@ class ServingConfig(_Strict):
         30.0, gt=0, description="Longest wait for the next part of a request body; then 408. Without it a client "
         "that sends the headers and never the body would hold one of max_concurrent_requests for ever.")
     log_uri: str | None = Field(
-        None, description="Where the prediction log lives: None (the default) is the SQLite file "
-        "state_dir/predictions.db, for one machine; 'postgresql://user:password@host:port/db' a PostgreSQL database "
-        "that several model servers, the monitor and retraining on other machines share (driftloop.serving.log).")
+        None, description="Where the prediction log lives: 'postgresql://user:password@host:port/db' is a "
+        "PostgreSQL database that several model servers, the monitor and retraining on other machines share "
+        "(driftloop.serving.log). None (the default): the stack's PostgreSQL while it runs (stack.database: "
+        "postgres), else the SQLite file state_dir/predictions.db, for one machine.")
     log_retention_days: float | None = Field(
         None, gt=0, description="Rows logged longer ago than this are archived to Parquet under state_dir/archive "
         "and then deleted from the log by `driftloop log-prune` (run it from cron, or let the deployed monitor run "
