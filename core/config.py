@@ -18,6 +18,20 @@ ScheduleName = Literal["GPipe", "1F1B", "Interleaved1F1B", "LoopedBFS", "Interle
 SCHEDULES: tuple[str, ...] = get_args(ScheduleName)
 
 
+def check_durations(section: BaseModel, name: str, keys: tuple[str, ...], example: str) -> None:
+    """Raise naming `name.key` unless each of `keys` is None or a positive pandas duration (e.g. `example`)."""
+    import pandas as pd  # only here: the config module is imported by light entry points too
+
+    for key in keys:
+        value = getattr(section, key)
+        try:
+            valid = value is None or pd.Timedelta(value) > pd.Timedelta(0)
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ValueError(f"{name}.{key}: {value!r} is not a positive duration such as {example}")
+
+
 class _Strict(BaseModel):
     """Base for config sections: unknown keys are an error that names the key."""
 
@@ -348,24 +362,8 @@ class ServingConfig(_Strict):
     @model_validator(mode="after")
     def _durations(self) -> ServingConfig:
         """Positive pandas durations ('5min', '30D'), so a typo fails at load, not at the first request."""
-        import pandas as pd  # only here: the config module is imported by light entry points too
-
-        for key in ("max_clock_skew", "max_event_age"):
-            value = getattr(self, key)
-            try:
-                valid = value is None or pd.Timedelta(value) > pd.Timedelta(0)
-            except ValueError:
-                valid = False
-            if not valid:
-                raise ValueError(f"serving.{key}: {value!r} is not a positive duration such as '5min' or '30D'")
+        check_durations(self, "serving", ("max_clock_skew", "max_event_age"), "'5min' or '30D'")
         return self
-        try:
-            valid = pd.Timedelta(value) > pd.Timedelta(0)
-        except ValueError:
-            valid = False
-        if not valid:
-            raise ValueError(f"{value!r} is not a positive duration such as '5min' or '30D'")
-        return value
 
 
 class RegistryConfig(_Strict):
@@ -442,16 +440,7 @@ class RetrainingConfig(_Strict):
     @model_validator(mode="after")
     def _durations(self) -> RetrainingConfig:
         """Positive pandas durations, so a typo fails at load, not at the first retraining."""
-        import pandas as pd  # only here: the config module is imported by light entry points too
-
-        for key in ("max_age", "recency_half_life"):
-            value = getattr(self, key)
-            try:
-                valid = value is None or pd.Timedelta(value) > pd.Timedelta(0)
-            except ValueError:
-                valid = False
-            if not valid:
-                raise ValueError(f"retraining.{key}: {value!r} is not a positive duration such as '28D' or '12h'")
+        check_durations(self, "retraining", ("max_age", "recency_half_life"), "'28D' or '12h'")
         if self.data == "recent" and self.max_age is None and self.max_rows is None:
             raise ValueError("retraining.data recent needs retraining.max_age or retraining.max_rows")
         return self
