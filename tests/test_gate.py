@@ -244,6 +244,7 @@ def three_champions(config: Config, result: TrainResult, frame: pd.DataFrame) ->
     return versions
 
 
+@pytest.mark.slow  # three MLflow registrations: 6-8 s of CPU, over the quick limit
 def test_rollback_goes_back_one_champion_at_a_time(config: Config, trained: TrainResult,  # noqa: F811
                                                    flights_jan: pd.DataFrame) -> None:
     v1, v2, v3 = three_champions(config, trained, flights_jan)
