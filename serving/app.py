@@ -540,6 +540,8 @@ def create_app(config: Config, load_champion: ModelSource, champion_version: Ver
             raise HTTPException(409, _rows_naming(ids, labelled.ids, "prediction id {} is labelled already; the "
                                                   "first label stands (corrections: driftloop label --correct)")
                                 ) from None
+        except LogUnavailable as error:  # nothing was written: the sender may retry
+            raise HTTPException(error.status, str(error)) from None
         return {"updated": written}
 
     @app.post("/admin/reload")

@@ -18,7 +18,13 @@ from driftloop.errors import DataError
 from driftloop.serving.app import create_app
 from driftloop.serving.labels import attach_label_file
 from driftloop.serving.log import is_postgres, log_name, open_log, open_log_at, prune_log, read_window
-from driftloop.serving.prediction_log import AlreadyLabelled, LogBase, NotLabelled, UnknownPredictionIds
+from driftloop.serving.prediction_log import (
+    AlreadyLabelled,
+    LogBase,
+    LogUnavailable,
+    NotLabelled,
+    UnknownPredictionIds,
+)
 from tests.helpers import LOCAL, Shelf, make_config, rows_json
 
 LABELS_TOKEN = "log-suite-labels-token"
@@ -123,6 +129,21 @@ def test_first_label_wins_and_corrections_keep_the_history(log: LogBase, flights
     assert int(history["supersedes"].iloc[2]) == int(history["label_id"].iloc[0])
     with pytest.raises(Exception, match="append-only"), log._lock:
         log._execute("UPDATE labels SET label = 1")
+
+
+def test_labels_on_a_lost_connection_reconnect_or_are_log_unavailable(log_uri: str, log: LogBase,
+                                                                      flights_jan: pd.DataFrame) -> None:
+    """A connection gone away: PostgreSQL's backend connects again and the labels land; SQLite's cannot, and that
+    is LogUnavailable (503 over HTTP, the sender retries), never an unhandled error."""
+    ids = append_flights(log, flights_jan.head(2))
+    with log._lock:
+        log._close_connection()
+    if is_postgres(log_uri):
+        assert log.attach_labels(ids, [1, 0]) == 2
+        return
+    with pytest.raises(LogUnavailable) as lost:
+        log.attach_labels(ids, [1, 0])
+    assert lost.value.status == 503
 
 
 def test_chunked_label_import_is_resumable_and_refuses_a_different_label(

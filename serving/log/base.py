@@ -348,12 +348,18 @@ class LogBase:
         pairs = self._label_pairs(ids, labels)
         received = datetime.now(UTC).isoformat()
         who = principal or os_principal()
-        with self._lock, self._transaction():
-            self._check_known([i for i, _ in pairs])
-            labelled = sorted(self._current_labels([i for i, _ in pairs]))
-            if labelled:
-                raise AlreadyLabelled(labelled)
-            self._write_labels([(i, v, source, who, received, None, None) for i, v in pairs])
+        try:
+            with self._lock, self._transaction():
+                self._check_known([i for i, _ in pairs])
+                labelled = sorted(self._current_labels([i for i, _ in pairs]))
+                if labelled:
+                    raise AlreadyLabelled(labelled)
+                self._write_labels([(i, v, source, who, received, None, None) for i, v in pairs])
+        except Exception as error:  # a lost connection or a full disk: LogUnavailable (503/507), not a crash
+            unavailable = self._unavailable(error)
+            if unavailable is None:
+                raise
+            raise unavailable from None
         return len(pairs)
 
     def attach_labels_in_chunks(self, ids: Sequence[int], labels: Sequence[float], *, chunk_rows: int,
