@@ -28,6 +28,19 @@ def read_table(path: str | Path) -> pd.DataFrame:
     column name), the result is a frame or a DataError: never another exception. See `driftloop.file_checks`.
     """
     path = Path(path)
+    kind = check_data_file(path)
+    frame = _read_csv(path) if kind == ".csv" else _read_parquet(path)
+    twice = repeated(list(frame.columns))
+    if twice:
+        raise DataError(f"{path}: column {twice[0]} appears more than once; rename or drop the copies")
+    if frame.empty:
+        raise DataError(f"{path}: file has no rows")
+    return frame
+
+
+def check_data_file(path: Path) -> str:
+    """The file's kind (".csv" or ".parquet") once it is a readable, non-empty data file of that kind; DataError
+    with one line naming the fault otherwise (a folder, missing, another suffix, empty, another format inside)."""
     if path.is_dir():
         raise DataError(f"{path}: is a directory, not a data file")
     if not path.is_file():
@@ -37,16 +50,11 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{path}: unsupported file type {suffix or '(none)'}; use .csv or .parquet")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
-    problem = content_problem(path, ".csv" if suffix == ".csv" else ".parquet")
+    kind = ".csv" if suffix == ".csv" else ".parquet"
+    problem = content_problem(path, kind)
     if problem:
         raise DataError(f"{path}: {problem}")
-    frame = _read_csv(path) if suffix == ".csv" else _read_parquet(path)
-    twice = repeated(list(frame.columns))
-    if twice:
-        raise DataError(f"{path}: column {twice[0]} appears more than once; rename or drop the copies")
-    if frame.empty:
-        raise DataError(f"{path}: file has no rows")
-    return frame
+    return kind
 
 
 def _read_csv(path: Path) -> pd.DataFrame:

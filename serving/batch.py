@@ -31,9 +31,9 @@ import pandas as pd
 import torch
 
 from driftloop.config import Config
-from driftloop.data import SUPPORTED_SUFFIXES
+from driftloop.data import check_data_file
 from driftloop.errors import DataError
-from driftloop.file_checks import content_problem, encoding_problem, repeated
+from driftloop.file_checks import encoding_problem, repeated
 from driftloop.pii import pii_policy
 from driftloop.serving.prediction_log import LogBase, open_log
 from driftloop.serving.quantization import quantize_if_close
@@ -79,24 +79,6 @@ class BatchResult:
 
 
 # ---------------------------------------------------------------- reading in chunks
-
-
-def check_input(path: Path) -> str:
-    """The input's suffix (.csv or .parquet) after the checks read_table makes; DataError naming the fault."""
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, not a data file")
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise DataError(f"{path}: unsupported file type {suffix or '(none)'}; use .csv or .parquet")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: file is empty")
-    kind = ".csv" if suffix == ".csv" else ".parquet"
-    problem = content_problem(path, kind)
-    if problem:
-        raise DataError(f"{path}: {problem}")
-    return kind
 
 
 def input_columns(path: Path, kind: str) -> list[str]:
@@ -336,7 +318,7 @@ def predict_file(config: Config, data: Path, out: Path, *, version: str | None =
     `progress(total)` gives the callback each chunk reports to (total: rows for Parquet, bytes for CSV).
     """
     check_output(out)
-    check_input(data)  # the file's faults before the registry is asked for a model
+    check_data_file(data)  # the file's faults before the registry is asked for a model
     model = load_scoring_model(config, version, alias)
     return score_file(config, model, data, out, log=log, progress=progress)
 
@@ -345,7 +327,7 @@ def score_file(config: Config, model: LoadedModel, data: Path, out: Path, *, log
                progress: Callable[[int], Progress] | None = None) -> BatchResult:
     """Score `data` into `out` with `model`: the chunked loop of predict_file (its `seconds`: this loop's)."""
     started, cpu_started = time.perf_counter(), time.process_time()
-    kind, out_kind = check_input(data), check_output(out)
+    kind, out_kind = check_data_file(data), check_output(out)
     columns = input_columns(data, kind)
     missing = [c for c in config.data.features if c not in columns]
     if missing:
