@@ -23,7 +23,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
-from driftloop.serving.protocol import INVOCATIONS, ScoreRows, error_body
+from driftloop.serving.protocol import INVOCATIONS, ScoreRows, error_body, rows_of_columns
 from driftloop.serving.validation import json_type
 
 DF_SPLIT, DF_RECORDS, INSTANCES, INPUTS = "dataframe_split", "dataframe_records", "instances", "inputs"
@@ -56,11 +56,10 @@ def columns_rows(columns: dict[str, Any], key: str) -> list[Any]:
     """`inputs` / `instances` as an object of columns {name: [values]}: row objects."""
     if not all(isinstance(v, list) for v in columns.values()):
         raise bad_request(f"{key} as an object must map each column to a list of values")
-    lengths = {name: len(values) for name, values in columns.items()}
-    if len(set(lengths.values())) > 1:
-        raise bad_request(f"{key}: the columns have different lengths: {lengths}")
-    names = list(columns)
-    return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+    rows = rows_of_columns(columns)
+    if rows is None:
+        raise bad_request(f"{key}: the columns have different lengths: { {k: len(v) for k, v in columns.items()} }")
+    return rows
 
 
 def invocation_rows(body: bytes) -> list[Any]:

@@ -34,7 +34,7 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from driftloop.config import Config, DataConfig
-from driftloop.serving.protocol import ScoreRows, error_body
+from driftloop.serving.protocol import ScoreRows, error_body, rows_of_columns
 from driftloop.serving.validation import json_type
 
 # The binary tensor data extension's header: the length of the JSON part of a request or response body.
@@ -209,11 +209,10 @@ def column_rows(columns: dict[str, list[Any]], types: dict[str, str], data: Data
             raise ProtocolError(f"input {name} is a numerical column: send it as FP64 (or FP32, INT64), not BYTES")
         if datatype != "BYTES" and name == data.timestamp:
             raise ProtocolError(f"input {name} is the timestamp: send it as BYTES (ISO 8601 text), not {datatype}")
-    lengths = {name: len(values) for name, values in columns.items()}
-    if len(set(lengths.values())) > 1:
-        raise ProtocolError(f"inputs disagree on the number of rows: {lengths}")
-    names = list(columns)
-    return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+    rows = rows_of_columns(columns)
+    if rows is None:
+        raise ProtocolError(f"inputs disagree on the number of rows: { {k: len(v) for k, v in columns.items()} }")
+    return rows
 
 
 def requested_outputs(header: dict[str, Any]) -> tuple[list[str], dict[str, bool]]:

@@ -74,3 +74,12 @@ def error_body(path: str, status: int, detail: Any) -> dict[str, Any]:
             body["details"] = detail  # the fields at fault, as /predict names them
         return body
     return {"detail": detail}
+
+
+def rows_of_columns(columns: dict[str, list[Any]]) -> list[dict[str, Any]] | None:
+    """One row object per position of equal-length columns; None when their lengths differ (each protocol names
+    that in its own error)."""
+    if len({len(values) for values in columns.values()}) > 1:
+        return None
+    names = list(columns)
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]

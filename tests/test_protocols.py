@@ -183,6 +183,8 @@ def test_oip_refusals_use_the_protocol_error_body(server, flights_jan, app_confi
          "unknown input(s) ['colour']"),
         ({"inputs": tensors[1:]}, 400, f"missing input(s) for feature column(s) ['{tensors[0]['name']}']"),
         ({"inputs": [dict(tensors[0], shape=[4])] + tensors[1:]}, 400, "shape [4] holds 4 elements, the data 3"),
+        ({"inputs": [dict(tensors[0], shape=[2], data=tensors[0]["data"][:2])] + tensors[1:]}, 400,
+         "inputs disagree on the number of rows"),
         ({"inputs": tensors, "outputs": [{"name": "score"}]}, 400, "unknown output(s) ['score']"),
         ({"inputs": [dict(t, data=["x"] * 3, datatype="BYTES") if t["name"] == "distance" else t for t in tensors]},
          400, "input distance is a numerical column"),
@@ -253,6 +255,8 @@ def test_invocations_errors_as_mlflow_answers(server, flights_jan, app_config: C
     two = client.post("/invocations", json={"dataframe_records": records, "inputs": records})
     assert two.status_code == 400 and two.json()["error_code"] == "BAD_REQUEST"
     assert "exactly one of the input fields" in two.json()["message"]
+    uneven = client.post("/invocations", json={"inputs": {"distance": [1.0, 2.0], "dep_hour": [5]}})
+    assert uneven.status_code == 400 and "inputs: the columns have different lengths" in uneven.json()["message"]
     split = client.post("/invocations", json={"dataframe_split": {"columns": ["a", "b"], "data": [[1]]}})
     assert split.status_code == 400 and "dataframe_split.data[0]" in split.json()["message"]
     records[1]["distance"] = "far"
