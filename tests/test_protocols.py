@@ -312,15 +312,22 @@ def served(trained, flights_jan: pd.DataFrame, tmp_path_factory: pytest.TempPath
         child.wait(timeout=30)
 
 
+def predicted_by_the_server(served: tuple[str, Path], flights_jan: pd.DataFrame,
+                             n: int) -> tuple[str, Config, pd.DataFrame, list[float]]:
+    """The real server's URL and config, `n` sample rows and what its /predict answers for them: what every protocol
+    must equal."""
+    base, config_file = served
+    config = make_config(Path(yaml.safe_load(config_file.read_text())["state_dir"]))
+    frame = sample_rows(flights_jan, config, n)
+    return base, config, frame, httpx.post(f"{base}/predict", json={"rows": rows_json(frame)}).json()["predictions"]
+
+
 @pytest.mark.slow
 def test_tritonclient_against_the_real_server(served, flights_jan) -> None:
     import tritonclient.http as triton
     from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-    base, config_file = served
-    config = make_config(Path(yaml.safe_load(config_file.read_text())["state_dir"]))
-    frame = sample_rows(flights_jan, config, 32)
-    expected = httpx.post(f"{base}/predict", json={"rows": rows_json(frame)}).json()["predictions"]
+    base, config, frame, expected = predicted_by_the_server(served, flights_jan, 32)
     client = triton.InferenceServerClient(url=base.removeprefix("http://"))
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(NAME)
     meta = client.get_model_metadata(NAME)
@@ -355,10 +362,7 @@ def test_tritonclient_against_the_real_server(served, flights_jan) -> None:
 
 @pytest.mark.slow
 def test_mlflow_format_requests_against_the_real_server(served, flights_jan) -> None:
-    base, config_file = served
-    config = make_config(Path(yaml.safe_load(config_file.read_text())["state_dir"]))
-    frame = sample_rows(flights_jan, config, 25)
-    expected = httpx.post(f"{base}/predict", json={"rows": rows_json(frame)}).json()["predictions"]
+    base, _, frame, expected = predicted_by_the_server(served, flights_jan, 25)
     for name, body in invocation_bodies(frame).items():
         answer = httpx.post(f"{base}/invocations", json=body)
         assert answer.status_code == 200, (name, answer.text)
