@@ -41,15 +41,24 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """The data contract: which columns the model reads and what it predicts."""
 
-    target: str
-    task: Literal["classification", "regression"] = "classification"
-    timestamp: str | None = None
-    numerical: list[str] = Field(default_factory=list)
-    categorical: list[str] = Field(default_factory=list)
-    pii: list[str] = Field(default_factory=list)
-    # Where rows leave the raw data (prediction log, registry references): drop the pii columns, or replace each
-    # value by its keyed hash (HMAC-SHA256; key $DRIFTLOOP_PII_KEY or state_dir/secrets/pii.key), still joinable.
-    pii_policy: Literal["drop", "hash"] = "drop"
+    target: str = Field(description="The label column the model predicts (required).")
+    task: Literal["classification", "regression"] = Field(
+        "classification", description="classification: the target is 0/1 and the model answers the probability of "
+        "1; regression: the target is a number.")
+    timestamp: str | None = Field(
+        None, description="The event-time column: orders the rows, takes the time-later holdout and cuts the "
+        "monitor's windows by time. None: rows keep their file order.")
+    numerical: list[str] = Field(default_factory=list, description="Numerical feature columns.")
+    categorical: list[str] = Field(
+        default_factory=list, description="Categorical feature columns (categories may be stored as numbers). At "
+        "least one column is needed in numerical or categorical.")
+    pii: list[str] = Field(
+        default_factory=list, description="Personal columns: never model features, never logged, never in reports "
+        "or references (see pii_policy).")
+    pii_policy: Literal["drop", "hash"] = Field(
+        "drop", description="Where rows leave the raw data (prediction log, registry references): drop the pii "
+        "columns, or replace each value by its keyed hash (HMAC-SHA256, still joinable; key $DRIFTLOOP_PII_KEY or "
+        "state_dir/secrets/pii.key).")
 
     @model_validator(mode="after")
     def _columns_distinct(self) -> DataConfig:
@@ -75,7 +84,8 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     """Shape of the tabular network."""
 
-    name: str = "driftloop-model"
+    name: str = Field("driftloop-model", description="The registered model's name in MLflow; metrics carry it as "
+                      "the label `model`.")
     embedding_dim: int = Field(8, ge=1, description="Width of each category's embedding with embedding_rule "
                                "fixed; the largest width with embedding_rule cardinality.")
     embedding_rule: Literal["fixed", "cardinality"] = Field(
@@ -84,9 +94,10 @@ class ModelConfig(_Strict):
         "dimensions and a column of hundreds of codes the most (fast.ai's rule).")
     embedding_scale: float = Field(1.6, gt=0, description="The factor of embedding_rule cardinality.")
     embedding_power: float = Field(0.56, gt=0, le=1, description="The exponent of embedding_rule cardinality.")
-    hidden: int = Field(64, ge=1)
-    blocks: int = Field(4, ge=1)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    hidden: int = Field(64, ge=1, description="Width of each residual block of the network.")
+    blocks: int = Field(4, ge=1, description="Residual blocks: the units that training.partition cuts into "
+                        "pipeline stages (at least training.stages).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout rate inside each block.")
     scaling: Literal["standard", "robust", "quantile"] = Field(
         "standard", description="How numerical inputs are scaled, fitted on the training rows and stored in the "
         "model's feature spec (serving applies the same): standard (mean, sd), robust (median, IQR), quantile "
@@ -112,33 +123,46 @@ class ModelConfig(_Strict):
 class TrainingConfig(_Strict):
     """Pipeline-parallel training settings."""
 
-    stages: int = Field(2, ge=1)
-    schedule: ScheduleName = "1F1B"
-    # None: what the schedule needs (1 for GPipe and 1F1B, 2 for the others; all stages with single_process).
-    stages_per_rank: int | None = Field(None, ge=1)
-    microbatches: int = Field(4, ge=1)
-    # local: one process per rank on this machine; single_process: every stage in the training process itself
-    # (one GPU, where NCCL refuses two ranks on one device); torchrun: ranks on several machines, started by
-    # torchrun (`driftloop train --launcher torchrun` prints the command for each node).
-    launcher: Literal["local", "single_process", "torchrun"] = "local"
-    # torchrun's rendezvous: where the nodes meet (host:port of node 0), the backend, the job's id, the node count,
-    # the ranks per node (default: all ranks over nnodes) and, for the static backend only, this node's rank.
-    rdzv_endpoint: str = "127.0.0.1:29500"
-    rdzv_backend: Literal["c10d", "static"] = "c10d"
-    rdzv_id: str = "driftloop"
-    nnodes: int = Field(1, ge=1)
-    nproc_per_node: int | None = Field(None, ge=1)
-    node_rank: int | None = Field(None, ge=0)
-    # auto: CUDA when the launcher can give every rank its own GPU, else CPU.
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    # How blocks are cut into stages: evenly, by parameter count, or by forward+backward time measured once.
-    partition: Literal["uniform", "parameters", "time"] = "uniform"
-    batch_size: int = Field(256, ge=1)
+    stages: int = Field(2, ge=1, description="Pipeline stages the model's blocks are cut into; 1 trains in one "
+                        "process. At most model.blocks. (`train --stages`)")
+    schedule: ScheduleName = Field("1F1B", description="The torch.distributed.pipelining schedule. 1F1B needs "
+                                   "microbatches >= ranks; the interleaved and zero-bubble schedules have their own "
+                                   "rules, checked before training starts. (`train --schedule`)")
+    stages_per_rank: int | None = Field(
+        None, ge=1, description="Stages each rank runs; ranks = stages / stages_per_rank. None: what the schedule "
+        "needs (1 for GPipe and 1F1B, 2 for the others; the V schedules need exactly 2; all stages with launcher "
+        "single_process).")
+    microbatches: int = Field(4, ge=1, description="Microbatches each batch is split into for the pipeline. "
+                              "(`train --microbatches`)")
+    launcher: Literal["local", "single_process", "torchrun"] = Field(
+        "local", description="local: one process per rank on this machine (gloo on CPU, NCCL with a GPU each); "
+        "single_process: every stage in the training process itself (one GPU, where NCCL refuses two ranks on one "
+        "device); torchrun: ranks on several machines, started by torchrun (`driftloop train --launcher torchrun` "
+        "prints the command for each node).")
+    rdzv_endpoint: str = Field("127.0.0.1:29500", description="torchrun's rendezvous: where the nodes meet, the "
+                               "host:port of node 0.")
+    rdzv_backend: Literal["c10d", "static"] = Field(
+        "c10d", description="torchrun's rendezvous backend: c10d (nodes find their rank at the endpoint) or static "
+        "(each node is given node_rank).")
+    rdzv_id: str = Field("driftloop", description="torchrun's job id: the nodes of one run share it.")
+    nnodes: int = Field(1, ge=1, description="Machines the torchrun launcher spreads the ranks over.")
+    nproc_per_node: int | None = Field(None, ge=1, description="Ranks per machine with torchrun; None: all ranks "
+                                       "over nnodes.")
+    node_rank: int | None = Field(
+        None, ge=0, description="This machine's rank, for rdzv_backend static only: `train --launcher torchrun` "
+        "then prints that node's command only.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where ranks train; auto: CUDA when the launcher can give every rank its own GPU, else "
+        "CPU. (`train --device`)")
+    partition: Literal["uniform", "parameters", "time"] = Field(
+        "uniform", description="How blocks are cut into stages: evenly, by parameter count, or by forward+backward "
+        "time measured once; the run reports each stage's cost and the imbalance. (`train --partition`)")
+    batch_size: int = Field(256, ge=1, description="Rows per optimizer step (split into microbatches).")
     epochs: int = Field(100, ge=1, description="The most epochs a run trains; early stopping may end it sooner.")
     max_steps: int | None = Field(4000, ge=1, description="The most optimizer steps a run takes (a large table "
                                   "stops here, inside an epoch); None: epochs alone decide.")
     learning_rate: float = Field(2e-3, gt=0, description="The peak learning rate (after warm-up).")
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW's weight decay.")
     lr_schedule: Literal["constant", "cosine"] = Field(
         "cosine", description="constant: learning_rate throughout; cosine: linear warm-up over warmup_fraction "
         "of the run's steps, then a cosine decay to min_lr_fraction x learning_rate at the last step.")
@@ -153,15 +177,20 @@ class TrainingConfig(_Strict):
     patience: int = Field(10, ge=1, description="Epochs without a validation improvement before the run stops.")
     min_delta: float = Field(1e-4, ge=0, description="The least decrease of the validation loss that counts as "
                              "an improvement.")
-    seed: int = 0
-    holdout_fraction: float = Field(0.2, gt=0, lt=1)
-    threads_per_rank: int = Field(1, ge=1)
-    timeout_s: float = Field(300.0, gt=0)
-    # Save a checkpoint (torch.distributed.checkpoint) every this many optimizer steps under
-    # state_dir/checkpoints/<run key>/; 0 = never.
-    checkpoint_every: int = Field(0, ge=0)
-    # auto: resume from the run's last complete checkpoint when there is one; never: start afresh (and drop them).
-    resume: Literal["auto", "never"] = "auto"
+    seed: int = Field(0, description="Random seed of the weights, the shuffling and the validation draw. "
+                      "(`train --seed`)")
+    holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Time-later share of the rows held out for the "
+                                    "model's metrics and the gate.")
+    threads_per_rank: int = Field(1, ge=1, description="CPU threads each training process (and the baseline) "
+                                  "uses.")
+    timeout_s: float = Field(300.0, gt=0, description="A rank that waits this long on another fails the run "
+                             "(a stuck rank).")
+    checkpoint_every: int = Field(
+        0, ge=0, description="Save a checkpoint (torch.distributed.checkpoint) every this many optimizer steps under "
+        "state_dir/checkpoints/<run key>/; 0: never. (`train --checkpoint-every`)")
+    resume: Literal["auto", "never"] = Field(
+        "auto", description="auto: a run started again on the same data and settings resumes from its last "
+        "complete checkpoint, with any stage count; never: start afresh (and drop them). (`train --resume`)")
     baseline: bool = Field(
         True, description="Fit scikit-learn's HistGradientBoosting on the same training rows and score it on the "
         "same holdout in every training (MLflow baseline.*, train --json, driftloop models; a few seconds).")
@@ -170,106 +199,130 @@ class TrainingConfig(_Strict):
 class ValidationConfig(_Strict):
     """Great Expectations gate settings."""
 
-    min_rows: int = Field(100, ge=1)
-    # A batch may hold at most this many times the reference's (profiled file's) rows; None: no upper bound.
-    max_rows_factor: float | None = Field(None, gt=0)
-    max_null_fraction: float = Field(0.05, ge=0, le=1)
-    range_margin: float = Field(0.5, ge=0)
-    mostly: float = Field(0.99, gt=0, le=1)
-    # Share of each text column's values (any column but data.pii) that must not look like e-mail addresses or
-    # phone numbers; 1.0: a single one fails the batch.
-    pii_scan_mostly: float = Field(1.0, gt=0, le=1)
-    # A suite written by `driftloop checks init` (GX's JSON), used instead of profiling the reference at validation
-    # time; a relative path is resolved against the config file's folder. None: built at validation time.
-    suite: Path | None = None
+    min_rows: int = Field(100, ge=1, description="A batch with fewer rows fails validation.")
+    max_rows_factor: float | None = Field(
+        None, gt=0, description="A batch may hold at most this many times the reference's (profiled file's) rows "
+        "(the demo: 10); None: no upper bound.")
+    max_null_fraction: float = Field(0.05, ge=0, le=1, description="The largest share of missing values a column "
+                                     "may have.")
+    range_margin: float = Field(0.5, ge=0, description="Each numerical column's allowed range is the reference's, "
+                                "widened by this times its span on both sides.")
+    mostly: float = Field(0.99, gt=0, le=1, description="Share of a column's values that must be within its range "
+                          "or category domain.")
+    pii_scan_mostly: float = Field(
+        1.0, gt=0, le=1, description="Share of each text column's values (any column but data.pii) that must not "
+        "look like e-mail addresses or phone numbers; 1.0: a single one fails the batch.")
+    suite: Path | None = Field(
+        None, description="A suite file written by `driftloop checks init` (Great Expectations' JSON), used instead "
+        "of profiling the reference at validation time; a relative path is resolved against the config file's "
+        "folder. None: the suite is built at validation time.")
 
 
 class GovernanceConfig(_Strict):
     """Checks a batch passes after the GX gate and before it becomes training data (flows/governance.py).
 
     Every threshold may be null: that check is off. Defaults are measured on the demo's real data, with margin on
-    both sides (README, "Data governance"). Leakage findings always block; the others block unless a person
+    both sides (benchmarks/README.md, "Governance"). Leakage findings always block; the others block unless a person
     approved the batch (`driftloop approve`); representativity only warns unless representativity_blocks.
     """
 
-    # Leakage: a feature that alone predicts the target this well is a leak. Classification: the feature's own AUC
-    # (numbers by rank, categories by out-of-fold target-rate encoding; either direction). The demo's honest
-    # features: at most 0.75 in any week; dep_delay (known only after departure) 0.90, the target with 1% noise 0.99.
-    max_feature_auc: float | None = Field(0.85, gt=0.5, le=1)
-    # Regression: the same as |correlation| of the feature (or its encoding) with the target, the larger of
-    # Spearman's rho and Pearson's r (ranks alone miss a leak of a target that is mostly zeros).
-    max_feature_correlation: float | None = Field(0.9, gt=0, le=1)
-    # A feature over those limits blocks only when it stands out: its error (1 - score) below this share of the
-    # next-best feature's, or a score of 0.99 and more; otherwise it is a warning. Benchmark (benchmarks/README.md,
-    # "Governance"): honest strong predictors 0.41 (party id in ANES 1996: 0.916 vs 0.797) and 0.8 (breast cancer:
-    # 0.979 vs 0.974); dep_delay in the flights 0.24; the label plus noise about 0. Null: every such feature blocks.
-    feature_leak_ratio: float | None = Field(0.35, gt=0, le=1)
-    # Evaluation rows (the trainer's time-later holdout; in a retraining also the gate window) found among the
-    # training rows, features and target compared (not the timestamp): the excess over what the data's own
-    # repetition makes expected (e, the share of training rows another training row repeats), as a share of the
-    # rows that repetition leaves distinct ((overlap - e) / (1 - e)), and beyond chance. Benchmark: coded tables
-    # repeat naturally (Fair 30% of rows, RAND HIE 55%, flights 0.8%) and pass; 10% of the holdout copied into
-    # training is an excess of about 10% whatever e is.
-    max_overlap_fraction: float | None = Field(0.05, ge=0, le=1)
-    # Share of training rows stamped later than the start of the evaluation period (0: none may be).
-    max_late_fraction: float | None = Field(0.0, ge=0, le=1)
-    # Classification: the rarer class blocks a batch only when it has too few rows to learn it (training part) or to
-    # evaluate the model on it (holdout); below min_class_share it is a warning (fraud, churn: 0.1-2% is normal).
-    # Benchmark (benchmarks/README.md, "Governance"): plm Males (1.7% positives) passes with a warning whole (63 and
-    # 11 such rows) and is blocked on its later half (26 and 7): 7 positives cannot judge a model.
-    min_class_rows: int | None = Field(30, ge=1)
-    min_holdout_class_rows: int | None = Field(10, ge=1)
-    min_class_share: float | None = Field(0.05, ge=0, lt=0.5)
-    # The drift checks below compare a sample of this many rows (fixed seed) by the monitor's calibrated decision:
-    # at this size its thresholds flag only differences large enough to question the data itself (the monitor's
-    # full windows report the subtler ones). Demo, retraining batches against a winter champion: at most 5 of 10
-    # columns drift at 200 rows (and up to 9 of 10 at 5,000, where seasons alone look like an attack).
-    drift_rows: int = Field(200, ge=20)
-    # Representativity: the batch against the last this-many windows (monitoring.window) of logged traffic; 0: off.
-    # Reported as a warning (flow log and result) unless representativity_blocks.
-    representativity_windows: int = Field(1, ge=0)
-    representativity_blocks: bool = False
-    # Poisoning guard, against the champion's training data: the share of feature columns that drift (demo: at most
-    # 0.5; every feature shifted far and categories replaced: 1.0) ...
-    max_drift_share: float | None = Field(0.75, ge=0, le=1)
-    # ... the change of the positive rate (classification; any two four-week periods of the demo: at most 0.20;
-    # flipped labels: 0.4 and more) ...
-    max_label_rate_change: float | None = Field(0.3, ge=0, le=1)
-    # ... the change of the target's mean, in the champion's target standard deviations (regression) ...
-    max_target_shift: float | None = Field(1.0, ge=0)
-    # ... and the champion's own score on the batch's labels: below this by more than 3 standard errors (the whole
-    # batch, or one slice of it) means they contradict what it learned (demo: at least 0.62; flipped labels: about
-    # 1 - that). AUC (classification) or Spearman rho (regression).
-    min_champion_auc: float | None = Field(0.5, ge=0, le=1)
-    min_champion_correlation: float | None = Field(0.0, ge=-1, le=1)
+    max_feature_auc: float | None = Field(
+        0.85, gt=0.5, le=1, description="Leakage (classification): a feature whose own AUC for the target (numbers "
+        "by rank, categories by out-of-fold target-rate encoding; either direction) exceeds this is a leak. The "
+        "demo's honest features: at most 0.75 in any week; dep_delay (known only after departure) 0.90, the target "
+        "with 1% noise 0.99.")
+    max_feature_correlation: float | None = Field(
+        0.9, gt=0, le=1, description="Leakage (regression): the same limit on |correlation| of a feature (or its "
+        "encoding) with the target, the larger of Spearman's rho and Pearson's r (ranks alone miss a leak of a "
+        "target that is mostly zeros).")
+    feature_leak_ratio: float | None = Field(
+        0.35, gt=0, le=1, description="A feature over max_feature_auc or max_feature_correlation blocks only when it "
+        "stands out: its error (1 - score) below this share of the next-best feature's, or a score of 0.99 and "
+        "more; otherwise it is a warning. Benchmark (benchmarks/README.md, \"Governance\"): honest strong "
+        "predictors 0.41 and 0.8, dep_delay in the flights 0.24, the label plus noise about 0. None: every such "
+        "feature blocks.")
+    max_overlap_fraction: float | None = Field(
+        0.05, ge=0, le=1, description="Evaluation rows (the trainer's time-later holdout; in a retraining also the "
+        "gate window) found among the training rows, features and target compared: the excess over what the "
+        "data's own repetition makes expected (e), as a share of the rows that repetition leaves distinct "
+        "((overlap - e) / (1 - e)), and beyond chance. Coded tables repeat naturally (30-55% of rows) and pass; "
+        "10% of the holdout copied into training is an excess of about 10%.")
+    max_late_fraction: float | None = Field(
+        0.0, ge=0, le=1, description="Share of training rows stamped later than the start of the evaluation period "
+        "(0: none may be).")
+    min_class_rows: int | None = Field(
+        30, ge=1, description="Classification: the rarer class blocks a batch when the training part has fewer rows "
+        "of it than this (too few to learn it).")
+    min_holdout_class_rows: int | None = Field(
+        10, ge=1, description="Classification: the rarer class blocks a batch when the holdout has fewer rows of it "
+        "than this (too few to evaluate the model on it).")
+    min_class_share: float | None = Field(
+        0.05, ge=0, lt=0.5, description="Classification: a rarer class below this share of the batch is a warning, "
+        "not a block (fraud, churn: 0.1-2% is normal).")
+    drift_rows: int = Field(
+        200, ge=20, description="The poisoning guard and representativity compare a sample of this many rows (fixed "
+        "seed) by the monitor's calibrated decision: at this size its thresholds flag only differences large enough "
+        "to question the data itself. Demo: at most 5 of 10 columns drift at 200 rows (up to 9 of 10 at 5,000, "
+        "where seasons alone look like an attack).")
+    representativity_windows: int = Field(
+        1, ge=0, description="Representativity: the batch is compared with the last this-many windows "
+        "(monitoring.window) of logged traffic; 0: off.")
+    representativity_blocks: bool = Field(
+        False, description="A batch unlike the logged traffic blocks; false: it is a warning (flow log and "
+        "result).")
+    max_drift_share: float | None = Field(
+        0.75, ge=0, le=1, description="Poisoning guard, against the champion's training data: the largest share of "
+        "feature columns that may drift (demo: at most 0.5; every feature shifted far and categories replaced: 1.0).")
+    max_label_rate_change: float | None = Field(
+        0.3, ge=0, le=1, description="Poisoning guard (classification): the largest change of the positive rate "
+        "(any two four-week periods of the demo: at most 0.20; flipped labels: 0.4 and more).")
+    max_target_shift: float | None = Field(
+        1.0, ge=0, description="Poisoning guard (regression): the largest change of the target's mean, in the "
+        "champion's target standard deviations.")
+    min_champion_auc: float | None = Field(
+        0.5, ge=0, le=1, description="Poisoning guard (classification): the champion's AUC on the batch's labels "
+        "below this by more than 3 standard errors (the whole batch, or one slice of it) means the labels "
+        "contradict what it learned (demo: at least 0.62; flipped labels: about 1 - that).")
+    min_champion_correlation: float | None = Field(
+        0.0, ge=-1, le=1, description="Poisoning guard (regression): the same test on the champion's Spearman rho "
+        "with the batch's target.")
 
 
 class MonitoringConfig(_Strict):
     """Drift monitor settings: windows, the calibrated drift decision, performance and the retraining policy."""
 
-    # A duration ("7D", "12h": windows by time) or a row count (5000: windows by rows).
-    window: str | int = "7D"
-    # "calibrated": per-column thresholds learned from the reference, false alarms held to
-    # false_alarm_rate per window; "evidently": Evidently's default tests and the drift_share rule.
-    decision: Literal["calibrated", "evidently"] = "calibrated"
-    false_alarm_rate: float = Field(0.01, gt=0, lt=0.5)
-    # Reference windows drawn to learn the thresholds (raised automatically to (2 x columns + 5) / rate).
-    calibration_draws: int = Field(8000, ge=100)
-    # Larger windows are checked on a sample of this many rows (at most half the reference).
-    max_window_rows: int = Field(5000, ge=50)
-    drift_share: float = Field(0.5, gt=0, le=1)
-    reference_max_rows: int = Field(20000, ge=100)
-    # The model's output column (P(positive) for classification) in the reference and the windows.
-    prediction_column: str = "prediction"
-    # Retrain when the policy metric is worse than the reference by more than this (its units)
-    # and the drop is beyond chance at performance_false_alarm_rate.
-    performance_margin: float = Field(0.02, ge=0)
-    performance_false_alarm_rate: float = Field(0.01, gt=0, lt=0.5)
-    # Fewer labelled rows than this: judge the estimated (CBPE) performance instead of the actual.
-    min_labelled_rows: int = Field(100, ge=1)
-    # Retrain on drift alone, without a performance drop (off: drift is reported, not acted on).
-    retrain_on_drift: bool = False
-    cooldown_windows: int = Field(2, ge=0)
+    window: str | int = Field(
+        "7D", description="A duration (\"7D\", \"12h\": windows by time, needs data.timestamp) or a row count "
+        "(5000, unquoted: windows by rows).")
+    decision: Literal["calibrated", "evidently"] = Field(
+        "calibrated", description="calibrated: per-column thresholds learned from the reference, false alarms held "
+        "to false_alarm_rate per window across all columns; evidently: Evidently's default tests and the "
+        "drift_share rule (known to over-alarm).")
+    false_alarm_rate: float = Field(0.01, gt=0, lt=0.5, description="The calibrated decision's false-alarm rate "
+                                    "per window (all columns together).")
+    calibration_draws: int = Field(
+        8000, ge=100, description="Reference windows drawn to learn the thresholds (raised automatically to "
+        "(2 x columns + 5) / false_alarm_rate).")
+    max_window_rows: int = Field(5000, ge=50, description="Larger windows are checked on a sample of this many "
+                                 "rows (at most half the reference).")
+    drift_share: float = Field(0.5, gt=0, le=1, description="With decision evidently: a window drifts when at "
+                               "least this share of columns drifted.")
+    reference_max_rows: int = Field(20000, ge=100, description="At most this many rows of the reference (the same "
+                                    "ones every time) are compared with the windows.")
+    prediction_column: str = Field(
+        "prediction", description="The model's output column (P(positive) for classification) in the reference and "
+        "the windows: output drift and performance.")
+    performance_margin: float = Field(
+        0.02, ge=0, description="Retrain when the policy metric is worse than the reference by more than this (in "
+        "its units) and the drop is beyond chance at performance_false_alarm_rate.")
+    performance_false_alarm_rate: float = Field(0.01, gt=0, lt=0.5, description="The chance a performance drop "
+                                                "judged beyond chance is not one.")
+    min_labelled_rows: int = Field(100, ge=1, description="With fewer labelled rows in a window, judge the "
+                                   "estimated (CBPE) performance instead of the actual.")
+    retrain_on_drift: bool = Field(False, description="Retrain on drift alone, without a performance drop; false: "
+                                   "drift is reported, not acted on.")
+    cooldown_windows: int = Field(2, ge=0, description="Windows after a retrain during which no other retrain is "
+                                  "recommended (one incident, one retrain).")
 
     @model_validator(mode="after")
     def _window_is_rows_or_duration(self) -> MonitoringConfig:
@@ -292,21 +345,26 @@ class MonitoringConfig(_Strict):
 class ServingConfig(_Strict):
     """HTTP model server settings."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
-    max_batch_rows: int = Field(10000, ge=1)
-    reload_interval_s: float = Field(2.0, gt=0)
-    # A category the model never saw: "unknown" scores it as the model's unknown bucket; "reject" answers 422.
-    unknown_category: Literal["unknown", "reject"] = "unknown"
-    # Shadow mode: the `challenger` alias scores the same traffic without answering; logged beside the champion.
-    shadow: bool = False
-    # Dynamic int8 quantization of the served model's linear layers, kept only if the gate metric on recent
-    # logged rows (or the holdout) stays within quantize_tolerance of the float model.
-    quantize: bool = False
-    quantize_tolerance: float = Field(0.005, ge=0)
-    # The admin endpoints' (reload, rollback) bearer token; None: state_dir/serving/admin.token, created on first
-    # start. The environment variable DRIFTLOOP_ADMIN_TOKEN overrides both.
-    admin_token_file: Path | None = None
+    host: str = Field("127.0.0.1", description="The model server's bind address. (`serve --host`)")
+    port: int = Field(8080, ge=0, le=65535, description="The model server's port; the stack's replicas take the "
+                      "next ones. (`serve --port`)")
+    max_batch_rows: int = Field(10000, ge=1, description="The most rows one request (/predict, /labels) may "
+                                "carry; more is 422.")
+    reload_interval_s: float = Field(2.0, gt=0, description="How often the server looks for a new champion (and "
+                                     "challenger) version to hot-swap in.")
+    unknown_category: Literal["unknown", "reject"] = Field(
+        "unknown", description="A category the model never saw: unknown scores it as the model's unknown bucket; "
+        "reject answers 422.")
+    shadow: bool = Field(False, description="Shadow mode: the `challenger` alias scores the same traffic without "
+                         "answering; its outputs are logged beside the champion's.")
+    quantize: bool = Field(
+        False, description="Serve the model with dynamic int8 quantization of its linear layers, kept only if the "
+        "gate metric on recent logged rows (or the holdout) stays within quantize_tolerance of the float model.")
+    quantize_tolerance: float = Field(0.005, ge=0, description="The largest loss of the gate metric quantization "
+                                      "may cost.")
+    admin_token_file: Path | None = Field(
+        None, description="The bearer token of the admin endpoints (/admin/reload, /admin/rollback); None: "
+        "state_dir/serving/admin.token, created on first start. DRIFTLOOP_ADMIN_TOKEN overrides both.")
     labels_token_file: Path | None = Field(
         None, description="The bearer token POST /labels needs (its own, not the admin one); None: "
         "state_dir/serving/labels.token, created (mode 0600) on first start. DRIFTLOOP_LABELS_TOKEN overrides both.")
@@ -369,26 +427,31 @@ class ServingConfig(_Strict):
 class RegistryConfig(_Strict):
     """MLflow settings; empty URIs mean SQLite and local files under state_dir."""
 
-    # A remote tracking server (http://mlflow.internal:5000, itself backed by PostgreSQL or MySQL) or a
-    # database URI (postgresql://user@host/db); None: SQLite under state_dir.
-    tracking_uri: str | None = None
-    # Where a new experiment keeps its artifacts (s3://bucket/driftloop); None: the server's default, or
-    # state_dir/artifacts with the local SQLite store.
-    artifact_location: str | None = None
-    experiment: str = "driftloop"
-    gate_metric: Literal["auc", "accuracy", "log_loss", "rmse"] | None = None
-    gate_margin: float = Field(0.0, ge=0)
-    # The gate also compares both versions on the challenger's holdout (the time-later share of its training
-    # data), not only on the most recent labelled window.
-    gate_on_holdout: bool = True
-    # Slices (each value of these categorical columns, e.g. carrier) on which the challenger may not be worse
-    # than the champion by more than slice_tolerance; slices with fewer than min_slice_rows rows are not judged.
-    gate_slices: list[str] = Field(default_factory=list)
-    slice_tolerance: float = Field(0.02, ge=0)
-    min_slice_rows: int = Field(200, ge=1)
-    # Live shadow evidence (serving.shadow): labelled requests the champion answered and the challenger scored; with
-    # at least this many, the gate also requires the challenger to win on them (see `driftloop gate`).
-    min_shadow_rows: int = Field(500, ge=1)
+    tracking_uri: str | None = Field(
+        None, description="MLflow's tracking store: a remote tracking server (http://mlflow.internal:5000, itself "
+        "backed by PostgreSQL or MySQL) or a database URI (postgresql://user@host/db); None: SQLite under "
+        "state_dir.")
+    artifact_location: str | None = Field(
+        None, description="Where a new experiment keeps its artifacts (s3://bucket/driftloop); None: the server's "
+        "default, or state_dir/artifacts with the local SQLite store.")
+    experiment: str = Field("driftloop", description="The MLflow experiment training runs are logged to.")
+    gate_metric: Literal["auc", "accuracy", "log_loss", "rmse"] | None = Field(
+        None, description="The metric the gate compares; None: auc for classification, rmse for regression.")
+    gate_margin: float = Field(0.0, ge=0, description="The challenger must beat the champion by more than this "
+                               "(gate-metric units) on the most recent labelled window.")
+    gate_on_holdout: bool = Field(
+        True, description="The gate also compares both versions on the challenger's holdout (the time-later share "
+        "of its training data), not only on the most recent labelled window.")
+    gate_slices: list[str] = Field(
+        default_factory=list, description="Categorical columns (e.g. carrier) on each of whose values the "
+        "challenger may not be worse than the champion by more than slice_tolerance.")
+    slice_tolerance: float = Field(0.02, ge=0, description="How much worse than the champion the challenger may be "
+                                   "on one slice (gate-metric units).")
+    min_slice_rows: int = Field(200, ge=1, description="Slices with fewer rows are not judged.")
+    min_shadow_rows: int = Field(
+        500, ge=1, description="Live shadow evidence (serving.shadow): with at least this many labelled requests "
+        "the champion answered and the challenger scored, the gate also requires the challenger to win on them "
+        "(see `driftloop gate`).")
     max_baseline_shortfall: float | None = Field(
         None, ge=0, description="Refuse a challenger that trails its own baseline (the HistGradientBoosting model "
         "fitted on the same rows, training.baseline) on its holdout by more than this: gate-metric points for AUC "
@@ -403,18 +466,20 @@ class RegistryConfig(_Strict):
 class OrchestrationConfig(_Strict):
     """Prefect: which API the flows report to, where deployments run, their schedules."""
 
-    # None: the local stack's Prefect server while `driftloop stack up` holds it, else a temporary local API.
-    # A URL (https://prefect.example.com/api) points every command and deployment at a remote server.
-    api_url: str | None = None
-    # None: `driftloop deploy` serves the deployments from its own process; a name: they are deployed to that
-    # work pool (its workers pull the code; see prefect.yaml).
-    work_pool: str | None = None
-    monitor_cron: str = "*/15 * * * *"
-    retrain_cron: str = "0 3 * * 1"
-    timezone: str = "UTC"
-    # Runs of a retraining deployment allowed at once; a run that would exceed it is cancelled or queued.
-    retrain_concurrency: int = Field(1, ge=1)
-    retrain_collision: Literal["CANCEL_NEW", "ENQUEUE"] = "CANCEL_NEW"
+    api_url: str | None = Field(
+        None, description="The Prefect API every command and deployment reports to: a URL "
+        "(https://prefect.example.com/api) for a remote server; None: the local stack's Prefect server while "
+        "`driftloop stack up` holds it, else a temporary local API. PREFECT_API_URL wins over both.")
+    work_pool: str | None = Field(
+        None, description="None: `driftloop deploy` serves the deployments from its own process; a name: they are "
+        "deployed to that work pool (its workers pull the code; see prefect.yaml).")
+    monitor_cron: str = Field("*/15 * * * *", description="Cron schedule of the `monitor` deployment.")
+    retrain_cron: str = Field("0 3 * * 1", description="Cron schedule of the `scheduled-retraining` deployment.")
+    timezone: str = Field("UTC", description="Time zone of both cron schedules.")
+    retrain_concurrency: int = Field(1, ge=1, description="Runs of a retraining deployment allowed at once.")
+    retrain_collision: Literal["CANCEL_NEW", "ENQUEUE"] = Field(
+        "CANCEL_NEW", description="A retraining run beyond retrain_concurrency is cancelled (CANCEL_NEW) or waits "
+        "(ENQUEUE).")
 
 
 class RetrainingConfig(_Strict):
@@ -449,22 +514,24 @@ class RetrainingConfig(_Strict):
 class StackConfig(_Strict):
     """The local stack of `driftloop stack up`: ports on one host; the model server uses serving.port."""
 
-    host: str = "127.0.0.1"
-    prefect_port: int = Field(4200, ge=1, le=65535)
-    prometheus_port: int = Field(9090, ge=1, le=65535)
-    alertmanager_port: int = Field(9093, ge=1, le=65535)
-    # The monitor's metrics endpoint and Alertmanager's webhook receiver (one process).
-    receiver_port: int = Field(9108, ge=1, le=65535)
-    # The MLflow tracking server and its UI (on registry.tracking_uri's store, SQLite under state_dir by default).
-    mlflow_port: int = Field(5000, ge=1, le=65535)
-    # Evidently's UI service on the monitor's workspace (state_dir/evidently).
-    evidently_port: int = Field(8000, ge=1, le=65535)
-    scrape_interval_s: float = Field(15.0, gt=0)
-    evaluation_interval_s: float = Field(15.0, gt=0)
-    start_timeout_s: float = Field(180.0, gt=0)
-    prometheus_bin: str = "prometheus"
-    # Debian's package names the binary prometheus-alertmanager; upstream tarballs name it alertmanager.
-    alertmanager_bin: str = "prometheus-alertmanager"
+    host: str = Field("127.0.0.1", description="The address every part of the stack listens on (the model "
+                      "server: serving.host).")
+    prefect_port: int = Field(4200, ge=1, le=65535, description="The Prefect server (API and UI).")
+    prometheus_port: int = Field(9090, ge=1, le=65535, description="Prometheus.")
+    alertmanager_port: int = Field(9093, ge=1, le=65535, description="Alertmanager.")
+    receiver_port: int = Field(9108, ge=1, le=65535, description="The monitor's metrics endpoint and "
+                               "Alertmanager's webhook receiver (one process, `driftloop receiver`).")
+    mlflow_port: int = Field(5000, ge=1, le=65535, description="The MLflow tracking server and its UI (on "
+                             "registry.tracking_uri's store, SQLite under state_dir by default).")
+    evidently_port: int = Field(8000, ge=1, le=65535, description="Evidently's UI service on the monitor's "
+                                "workspace (state_dir/evidently).")
+    scrape_interval_s: float = Field(15.0, gt=0, description="Prometheus's scrape interval.")
+    evaluation_interval_s: float = Field(15.0, gt=0, description="Prometheus's rule evaluation interval.")
+    start_timeout_s: float = Field(180.0, gt=0, description="How long `stack up` waits for each part to answer.")
+    prometheus_bin: str = Field("prometheus", description="The Prometheus binary (a name on PATH or a path).")
+    alertmanager_bin: str = Field(
+        "prometheus-alertmanager", description="The Alertmanager binary: Debian's package names it "
+        "prometheus-alertmanager, upstream tarballs alertmanager.")
     database: Literal["sqlite", "postgres"] = Field(
         "sqlite", description="What the stack's Prefect server, MLflow server and prediction log store in: sqlite "
         "(files under state_dir, one machine) or postgres (a private PostgreSQL cluster under "
@@ -492,27 +559,32 @@ class StackConfig(_Strict):
 class AlertsConfig(_Strict):
     """Alertmanager → driftloop: which alerts start a retraining, the shared token, one retrain per incident."""
 
-    retrain_alerts: list[str] = Field(default_factory=lambda: ["DriftloopRetrainRecommended"])
-    # The shared token; None: state_dir/stack/webhook.token, created by `driftloop stack up`. The environment
-    # variable DRIFTLOOP_WEBHOOK_TOKEN overrides both for the receiver.
-    token_file: Path | None = None
-    # An alert (by Alertmanager fingerprint) that started a retraining starts none again for this long.
-    cooldown_s: float = Field(3600.0, ge=0)
-    group_wait_s: float = Field(10.0, ge=0)
-    group_interval_s: float = Field(60.0, gt=0)
-    repeat_interval_s: float = Field(3600.0, gt=0)
+    retrain_alerts: list[str] = Field(
+        default_factory=lambda: ["DriftloopRetrainRecommended"], description="Alerts whose webhook starts the "
+        "`retrain-on-drift` deployment.")
+    token_file: Path | None = Field(
+        None, description="The webhook's shared bearer token; None: state_dir/stack/webhook.token, created by "
+        "`driftloop stack up`. DRIFTLOOP_WEBHOOK_TOKEN overrides both for the receiver.")
+    cooldown_s: float = Field(3600.0, ge=0, description="An alert (by Alertmanager fingerprint) that started a "
+                              "retraining starts none again for this long: one incident, one run.")
+    group_wait_s: float = Field(10.0, ge=0, description="Alertmanager's group_wait for the retrain alerts' route.")
+    group_interval_s: float = Field(60.0, gt=0, description="Alertmanager's group_interval for that route.")
+    repeat_interval_s: float = Field(3600.0, gt=0, description="Alertmanager's repeat_interval for that route.")
 
 
 class DemoConfig(_Strict):
     """How `driftloop demo` cuts the bundled data into training data and live traffic."""
 
-    dataset: Literal["nycflights13"] = "nycflights13"
-    train_until: str = "2013-04-01"
-    holdout_from: str = "2013-03-15"
-    replay_until: str = "2014-01-01"
-    max_windows: int | None = Field(None, ge=1)
-    sample_fraction: float = Field(1.0, gt=0, le=1)
-    request_rows: int = Field(500, ge=1)
+    dataset: Literal["nycflights13"] = Field("nycflights13", description="The bundled table the demo runs on.")
+    train_until: str = Field("2013-04-01", description="The first model trains on flights before this date.")
+    holdout_from: str = Field("2013-03-15", description="Not read: the first model's holdout is the time-later "
+                              "training.holdout_fraction of its training flights. Kept so configs that set it load.")
+    replay_until: str = Field("2014-01-01", description="Flights from train_until to this date are replayed as "
+                              "live traffic, window by window.")
+    max_windows: int | None = Field(None, ge=1, description="Replay at most this many windows; None: all of them.")
+    sample_fraction: float = Field(1.0, gt=0, le=1, description="Share of the flights the demo uses (a smaller, "
+                                   "quicker run).")
+    request_rows: int = Field(500, ge=1, description="Rows per /predict request while replaying.")
     compare: list[Literal["never", "every", "gbdt_every"]] = Field(
         default_factory=lambda: ["never"], description="Policies replayed in-process on the same weeks beside the "
         "loop, for the summary (flows/backtest.py): never (the first model for ever: scoring only, about a second), "
@@ -524,7 +596,9 @@ class DemoConfig(_Strict):
 class Config(_Strict):
     """The whole driftloop configuration."""
 
-    state_dir: Path = Path(".driftloop")
+    state_dir: Path = Field(
+        Path(".driftloop"), description="Where state lives: the MLflow SQLite store and artifacts, the prediction "
+        "log, reports, quarantine, tokens; relative to the working directory.")
     data: DataConfig
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
