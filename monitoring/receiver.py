@@ -303,15 +303,24 @@ def create_receiver_app(config: Config, start_retraining: RetrainingStarter, tok
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
+        """200 {"status": "ok"} while the receiver runs."""
         return {"status": "ok"}
 
     @app.get("/metrics")
     def scrape() -> Response:
+        """The receiver's own metrics and the monitor's and training's textfiles (state_dir/metrics), for
+        Prometheus."""
         own = generate_latest(metrics.registry).decode("utf-8")
         return Response(collect_textfiles(folder, own), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/alerts")
     async def alerts(request: Request) -> JSONResponse:
+        """Alertmanager's webhook (payload version 4): each firing alert of alerts.retrain_alerts starts the
+        retraining deployment once per incident; answers {"started": [...], "ignored": [...]}.
+
+        401 without the bearer token, 400 for a body that is not JSON, 422 for one that is not a notification,
+        502 when a retraining could not be started (Alertmanager retries; that incident was not recorded).
+        """
         if not _authorized(request, token):
             metrics.unauthorized.inc()
             logger.warning("webhook from %s refused: missing or wrong bearer token",

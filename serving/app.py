@@ -75,10 +75,20 @@ TORCH_THREADS = 1
 logger = logging.getLogger("driftloop.serving")
 
 
-# Documents the body of POST /predict, which the endpoint parses itself (see request_rows).
+# Documents the body of POST /predict, which the endpoint parses itself (see request_rows), and its answers.
 PREDICT_OPENAPI = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
     "type": "object", "required": ["rows"],
-    "properties": {"rows": {"type": "array", "items": {"type": "object"}}}}}}}}
+    "properties": {"rows": {"type": "array", "items": {"type": "object"}}}}}}},
+    "responses": {
+        "200": {"description": "One prediction per row (classification: the probability of the positive class)",
+                "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["predictions", "model_version", "prediction_ids"],
+                    "properties": {"predictions": {"type": "array", "items": {"type": "number"}},
+                                   "model_version": {"type": "string"},
+                                   "prediction_ids": {"type": "array", "items": {"type": "integer"}}}}}}},
+        "422": {"description": "Invalid rows: `detail` lists each row and field at fault"},
+        "503": {"description": "No model loaded yet, or the prediction log unavailable (nothing written)"},
+        "507": {"description": "The prediction log's disk is full (nothing written)"}}}
 
 
 def request_rows(body: bytes) -> list[Any]:
@@ -482,7 +492,7 @@ def create_app(config: Config, load_champion: ModelSource, champion_version: Ver
     @app.post("/predict", openapi_extra=PREDICT_OPENAPI)
     async def predict(request: Request) -> Response:
         """Score rows with the champion, log them, answer once the log's commit holding them is on disk.
-
+        \f
         Async on purpose: parsing, scoring and preparing the log rows run in the threadpool, and waiting for the
         group commit's fsync holds no thread at all. Scoring on the loop instead was measured with
         benchmarks/serve_bench.py: it wins at concurrency 1 but serialises all scoring on one thread and doubles p99
