@@ -7,7 +7,7 @@ import inspect
 
 from md_table import cell, code, generated_note, prose, table
 
-USAGE_WIDTH = 100  # fixed, so the page does not change with the terminal that builds it
+USAGE_WIDTH = 76  # fits the content column; fixed, so the page does not change with the terminal that builds it
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -119,8 +119,8 @@ def config_page(model: type[BaseModel]) -> str:
         generated_note("the pydantic models in `core/config.py` (each key's `Field(description=...)`)"),
         "driftloop reads one YAML file (`--config`), validated by these models: an unknown key, a wrong type or a "
         "value out of bounds is an error that names the key, before anything runs. Only `data:` is required; "
-        "the demo's config is `core/configs/flights.yaml`. A key's anchor is its dotted path, e.g. "
-        "[`training.stages`](#training.stages).",
+        "the demo's config is `core/configs/flights.yaml`. A description's None is YAML's `null`. A key's anchor is "
+        "its dotted path, e.g. [`training.stages`](#training.stages).",
         "## Editor support: the JSON Schema\n\n"
         f"[`{SCHEMA_FILE}`]({SCHEMA_FILE}) is the JSON Schema of the same models (generated with this page): "
         "with it an editor completes keys, shows these descriptions on hover and marks unknown keys and values "
