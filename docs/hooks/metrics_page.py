@@ -17,6 +17,14 @@ from prometheus_client.metrics import MetricWrapperBase
 # The name each type is exposed under, from the name the metric was created with (prometheus_client strips _total).
 EXPOSED_SUFFIX = {"counter": "_total"}
 SERIES_NOTE = {"histogram": " (series `_bucket`, `_sum`, `_count`)"}
+# Where Prometheus finds each factory's metrics (a factory missing here is listed without it).
+SCRAPED_FROM = {
+    "serving_metrics": "the model server's `/metrics` (each replica)",
+    "monitor_metrics": "the textfile `state_dir/metrics/monitor.prom`, served by the receiver's `/metrics`",
+    "training_metrics": "the textfile `state_dir/metrics/training.prom` (live while training), served by the "
+                        "receiver's `/metrics`",
+    "receiver_metrics": "the receiver's `/metrics`",
+}
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,8 @@ def metric_groups(module: ModuleType) -> list[MetricGroup]:
         bundle = factory()
         metrics = [metric_of(value) for value in (getattr(bundle, f.name) for f in dataclasses.fields(bundle))
                    if isinstance(value, MetricWrapperBase)]
-        groups.append(MetricGroup(name, inspect.cleandoc(type(bundle).__doc__ or ""), metrics))
+        doc = inspect.cleandoc(type(bundle).__doc__ or "").removesuffix(", bound to one registry.")
+        groups.append(MetricGroup(name, doc.rstrip(".") + "." if doc else "", metrics))
     return groups
 
 
@@ -117,7 +126,8 @@ def metrics_page(module: ModuleType, rules_file: Path, rules_source: str) -> str
     ]
     for group in groups:
         title = group.factory.removesuffix("_metrics").replace("_", " ").capitalize()
-        parts += [f"## {title} {{#{group.factory}}}\n\n{prose(group.doc)} Created by "
+        where = f" Scraped from {SCRAPED_FROM[group.factory]}." if group.factory in SCRAPED_FROM else ""
+        parts += [f"## {title} {{#{group.factory}}}\n\n{prose(group.doc)}{where} Created by "
                   f"{code('driftloop.metrics.' + group.factory + '()')}.", metrics_table(group)]
     unbound = [name for name in metric_names(module) if name not in listed]
     if unbound:
