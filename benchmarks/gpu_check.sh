@@ -4,7 +4,7 @@
 #   benchmarks/gpu_check.sh              # on the GPU machine
 #   DEVICE=cpu benchmarks/gpu_check.sh   # the same steps on the CPU: checks the script where there is no GPU
 #
-# Needs: this repository's .venv (`make setup`) with a CUDA build of torch ALREADY INSTALLED in it. This script
+# Needs: this repository's .venv (`make setup`) with a CUDA build of torch >= 2.13 ALREADY INSTALLED in it. This script
 # installs nothing: the set-up pins the CPU wheel (constraints/cpu.txt), and GPU machines are often offline.
 # Install yours first, for example:
 #   .venv/bin/pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128
@@ -55,6 +55,11 @@ if device == "cuda":
     if not torch.cuda.is_available():
         refuse("torch sees no CUDA device: check nvidia-smi and CUDA_VISIBLE_DEVICES")
     print(f"GPU 0: {torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} device(s) visible")
+from driftloop.training.pipeline import SINGLE_PROCESS_MIN_TORCH  # noqa: E402
+
+if torch.torch_version.TorchVersion(torch.__version__) < SINGLE_PROCESS_MIN_TORCH:
+    refuse(f"the one-process multi-stage mode needs torch >= {SINGLE_PROCESS_MIN_TORCH}, this is {torch.__version__} "
+           "(its schedules send between stages of one process and fail): install a newer CUDA build of torch")
 PY
 
 say ""

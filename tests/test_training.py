@@ -803,3 +803,13 @@ def test_early_stopping_on_every_schedule_matches_one_process(tmp_path: Path, sc
     assert piped.best_epoch == one.best_epoch and len(piped.validation_losses) == len(one.validation_losses)
     assert max(abs(a - b) for a, b in zip(piped.validation_losses, one.validation_losses, strict=True)) < TOLERANCE
     assert_reproduces(piped, one)
+
+
+def test_single_process_refuses_a_torch_whose_schedules_send_within_one_process() -> None:
+    """torch 2.11's multi-stage schedules fail in one process (measured on CUDA and CPU): a clear error first."""
+    from driftloop.training.pipeline import check_single_process_torch
+
+    with pytest.raises(TrainingError, match=r"torch >= 2\.13 \(this is torch 2\.11\.0\+cu130"):
+        check_single_process_torch("2.11.0+cu130")
+    check_single_process_torch("2.13.0+cpu")
+    check_single_process_torch("2.14.1")

@@ -189,9 +189,26 @@ def check_pipeline(settings: PipelineSettings) -> None:
     _check_microbatches(s)
 
 
+# Before torch 2.13 the multi-stage schedules send activations between two stages of the same rank through the
+# process group, which a world of one cannot do: measured on an H200 machine with torch 2.11.0+cu130, on CUDA and on
+# its CPU alike, gloo's "Pair is not connected" on the first send; torch 2.13.0 passes the exactness tests.
+SINGLE_PROCESS_MIN_TORCH = "2.13"
+
+
+def check_single_process_torch(version: str) -> None:
+    """Refuse training.launcher single_process with several stages on a torch that cannot run it."""
+    if torch.torch_version.TorchVersion(version) < SINGLE_PROCESS_MIN_TORCH:
+        raise TrainingError(f"training.launcher single_process with several stages needs torch >= "
+                            f"{SINGLE_PROCESS_MIN_TORCH} (this is torch {version}, whose schedules send between "
+                            "stages of one process through the process group): upgrade torch, or use "
+                            "training.stages 1 or training.launcher local")
+
+
 def _check_placement(s: PipelineSettings) -> None:
     """Stages per rank: a divisor of the stages, and what the schedule and the launcher allow."""
     one_process = s.launcher == "single_process"
+    if one_process:
+        check_single_process_torch(torch.__version__)
     if s.stages % s.stages_per_rank:
         raise TrainingError(f"training.stages ({s.stages}) is not a multiple of training.stages_per_rank "
                             f"({s.stages_per_rank}): every rank runs as many stages; change one of them")
