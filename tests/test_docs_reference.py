@@ -24,12 +24,15 @@ from driftloop.config import Config, demo_config_path
 from driftloop.monitoring.alerting import rules_path
 
 HOOKS = Path(__file__).resolve().parents[1] / "docs" / "hooks"
-sys.path.insert(0, str(HOOKS))  # the hook's modules import each other as mkdocs loads them: from their folder
-
-import cli_page  # noqa: E402
-import http_page  # noqa: E402
-import metrics_page  # noqa: E402
-import reference  # noqa: E402
+# The hook's modules import each other by name, as mkdocs loads them (from their folder, on sys.path meanwhile).
+sys.path.insert(0, str(HOOKS))
+try:
+    import cli_page
+    import http_page
+    import metrics_page
+    import reference
+finally:
+    sys.path.remove(str(HOOKS))
 
 
 def leaf_fields(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
