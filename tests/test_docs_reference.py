@@ -143,3 +143,5 @@ def test_http_page_lists_every_route_of_the_server_and_receiver(generated: dict[
     predict = page.split("{#post-predict}", 1)[1].split("\n### ", 1)[0]
     assert "prediction_ids" in predict and "`503`" in predict
     assert "Async on purpose" not in predict  # the handler's notes for developers stay out (FastAPI's \f)
+    assert json.loads(generated["reference/openapi-server.json"])["paths"].keys() == documents["server"]["paths"].keys()
+    assert "/alerts" in json.loads(generated["reference/openapi-receiver.json"])["paths"]

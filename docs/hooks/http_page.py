@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,11 @@ def openapi_documents(config_file: Path) -> dict[str, dict[str, Any]]:
             server.state.log.close()
         documents["receiver"] = create_receiver_app(config, lambda *args, **kwargs: None, "docs").openapi()
     return documents
+
+
+def openapi_files(documents: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Each app's OpenAPI document as a downloadable file: openapi-server.json, openapi-receiver.json."""
+    return {f"openapi-{app}.json": json.dumps(document, indent=2) + "\n" for app, document in documents.items()}
 
 
 def schema_text(schema: dict[str, Any], depth: int = 0) -> str:
@@ -153,9 +159,12 @@ def http_page(documents: dict[str, dict[str, Any]], guard_doc: str, scoring: Cal
     receiver_intro = ("`driftloop receiver` (part `receiver` of the stack, on `stack.receiver_port`) serves the "
                       "monitor's gauges and receives Alertmanager's webhook, with the bearer token of "
                       "[`alerts.token_file`](configuration.md#alerts.token_file).")
+    files = ", ".join(f"[`{name}`]({name})" for name in openapi_files(documents))
     parts = [
         "# HTTP API",
         generated_note("the OpenAPI documents of the FastAPI apps (`serving/app.py`, `monitoring/receiver.py`)"),
+        f"The OpenAPI documents themselves, for client generators and API tools: {files}. A running server also "
+        "serves its own at `/openapi.json`, and Swagger UI at `/docs` (which loads its scripts from a CDN).",
         app_section(documents["server"], "Model server", server_intro, server_note),
         schemas_section(documents["server"], "Model server"),
         app_section(documents["receiver"], "Webhook receiver", receiver_intro, lambda path: "", "receiver"),
