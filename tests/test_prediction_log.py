@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from driftloop.errors import DataError
 from driftloop.serving.app import create_app
 from driftloop.serving.labels import attach_label_file
 from driftloop.serving.log import is_postgres, log_name, open_log, open_log_at, prune_log, read_window
+from driftloop.serving.log.postgres import PostgresLog
 from driftloop.serving.prediction_log import (
     AlreadyLabelled,
     LogBase,
@@ -26,6 +28,7 @@ from driftloop.serving.prediction_log import (
     UnknownPredictionIds,
 )
 from tests.helpers import LOCAL, Shelf, make_config, rows_json
+from tests.postgres import fresh_database
 
 LABELS_TOKEN = "log-suite-labels-token"
 
@@ -105,6 +108,68 @@ def test_two_writers_on_one_log_share_one_id_sequence(log_uri: str, flights_jan:
         read = one.read()
     assert sorted(got["one"] + got["two"]) == read["prediction_id"].tolist() == list(range(1, 161))
     assert read.groupby("model_version").size().to_dict() == {"one": 80, "two": 80}
+
+
+@contextmanager
+def group_in_flight(log: LogBase, records: list[tuple]) -> Iterator[int]:
+    """One group written by `log`'s own write path and held uncommitted until the block ends (then committed)."""
+    if isinstance(log, PostgresLog):
+        with log._lock, log._live().transaction():  # the group's statement, inside a transaction left open
+            yield log._write_group(records)
+    else:
+        with log._lock, log._transaction():
+            yield log._insert_group(records)
+
+
+def test_a_reader_never_passes_a_row_that_commits_after_a_larger_id(log_uri: str, flights_jan: pd.DataFrame) -> None:
+    """Writer A draws id 1 and commits last; writer B draws id 2 and commits first (on PostgreSQL, where writers do
+    not wait for each other; SQLite's write lock makes B wait for A). A reader in between must never see id 2 without
+    id 1: the monitor's cursor would move past 1 and never read it. A naive reader (no wait) sees [2] here."""
+    rows = rows_of(flights_jan.head(1))
+    with open_log_at(log_uri) as one, open_log_at(log_uri) as two, open_log_at(log_uri) as reader:
+        drawn, release, seen = threading.Event(), threading.Event(), {}
+
+        def writer_a() -> None:
+            with group_in_flight(one, one.records(rows, [0.5], "a")) as first:
+                seen["a"] = first
+                drawn.set()
+                release.wait(30)
+
+        def read() -> None:
+            seen["last"] = reader.last_id()
+            seen["read"] = reader.read(1, seen["last"])["prediction_id"].tolist()
+
+        a = threading.Thread(target=writer_a)
+        a.start()
+        assert drawn.wait(30)
+        b = threading.Thread(target=lambda: seen.setdefault("b", two.append(rows, [0.5], "b")))
+        b.start()
+        b.join(timeout=5 if is_postgres(log_uri) else 0.3)
+        if is_postgres(log_uri):
+            assert seen["b"] == [2] and not b.is_alive()  # B committed while A still holds id 1 open
+        r = threading.Thread(target=read)
+        r.start()
+        r.join(timeout=0.5)
+        release.set()
+        for thread in (a, b, r):
+            thread.join(30)
+        assert seen["read"] == list(range(1, seen["last"] + 1))  # never id 2 without id 1
+        assert one.read().set_index("prediction_id")["model_version"].to_dict() == {1: "a", 2: "b"}
+
+
+@pytest.mark.slow
+def test_a_read_held_back_by_a_stuck_writer_fails_clearly(pg_cluster: object, flights_jan: pd.DataFrame) -> None:
+    """PostgreSQL: a transaction left open after drawing ids holds back reads (rows below it may still commit);
+    after read_wait_s the read says which transaction and how to find it, instead of waiting for ever."""
+    uri = fresh_database(pg_cluster)
+    with open_log_at(uri) as writer, open_log_at(uri) as reader:
+        reader.read_wait_s = 0.3
+        with group_in_flight(writer, writer.records(rows_of(flights_jan.head(2)), [0.5, 0.5], "1")):
+            began = time.monotonic()
+            with pytest.raises(LogUnavailable, match="still open after 0.3 s .*pg_stat_activity"):
+                reader.last_id()
+            assert time.monotonic() - began < 5
+        assert reader.last_id() == 2
 
 
 def test_first_label_wins_and_corrections_keep_the_history(log: LogBase, flights_jan: pd.DataFrame) -> None:

@@ -4,8 +4,11 @@ A backend (sqlite.py, postgres.py) supplies the connection, its SQL dialect (pla
 of rows gets its ids; everything a caller relies on is here, written once:
 
 - `append`/`submit` return (or resolve) only after the commit holding the rows: group commit shares one commit (one
-  fsync) among every append queued while the previous one was on its way to disk. Ids are consecutive within a call
-  and increase with commit order, so a reader that has seen id N has seen every id below it (the monitor's cursor).
+  fsync) among every append queued while the previous one was on its way to disk. Ids are consecutive within a call.
+- a reader that has seen id N has seen every id below it (the monitor's cursor reads `id > cursor` and must never pass
+  a row that commits later with a smaller id): every read stops at `_read_limit`, the highest id below which nothing
+  is still in flight (SQLite: no limit, its write lock commits ids in order; PostgreSQL: writers commit side by side
+  and readers wait for the transactions that may hold smaller ids, see postgres.py).
 - labels: append-only table, first label wins (AlreadyLabelled, 409 over HTTP), audited corrections.
 - reads by id range, whole or in chunks of bounded size (`read_chunks`, `read_index`): memory bounded by the chunk.
 - named state records (the monitor's cursor, the last retraining) in the log's own database, written in a
@@ -211,6 +214,17 @@ class LogBase:
         """Insert `records` (INSERT_COLUMNS order) in the open transaction; the first of their consecutive ids."""
         raise NotImplementedError
 
+    def _write_group(self, records: list[tuple]) -> int:
+        """Commit `records` (one group commit) and return the first of their consecutive ids (caller holds the
+        lock); by default in a write transaction (`_transaction`), which serialises the writers."""
+        with self._transaction():
+            return self._insert_group(records)
+
+    def _read_limit(self) -> int | None:
+        """The highest id a reader may read now: every row at or below it is committed or will never exist (caller
+        holds the lock); None: no limit (the writers' lock commits ids in increasing order)."""
+        return None
+
     def _unavailable(self, error: Exception) -> LogUnavailable | None:
         """The backend's error as LogUnavailable (507 for a full disk), or None when it is not a database error."""
         raise NotImplementedError
@@ -324,8 +338,8 @@ class LogBase:
         """Write every queued append of `group` in one transaction and hand each its ids (or the error)."""
         records = [record for batch, _ in group for record in batch]
         try:
-            with self._lock, self._transaction():
-                first = self._insert_group(records)
+            with self._lock:
+                first = self._write_group(records)
         except Exception as error:  # every caller of the group learns that its rows were not written
             failure = self._unavailable(error) or error
             for _, future in group:
@@ -485,7 +499,7 @@ class LogBase:
         read_chunks (bounded memory per chunk).
         """
         with self._lock:
-            fetched = self._execute(_range_query(RAW_COLUMNS, labelled_only), _bounds(first_id, last_id))
+            fetched = self._execute(_range_query(RAW_COLUMNS, labelled_only), self._readable(first_id, last_id))
         return _to_frame(fetched)
 
     def read_chunks(self, first_id: int | None = None, last_id: int | None = None, labelled_only: bool = False,
@@ -524,7 +538,8 @@ class LogBase:
     def _raw_chunks(self, columns: list[str], first_id: int | None, last_id: int | None, labelled_only: bool,
                     chunk_rows: int) -> Iterator[list[tuple]]:
         """Stored rows of the range, `chunk_rows` at a time (the first column must be prediction_id)."""
-        low, high = _bounds(first_id, last_id)
+        with self._lock:
+            low, high = self._readable(first_id, last_id)
         query = _range_query(columns, labelled_only) + f" LIMIT {int(chunk_rows)}"
         while True:
             with self._lock:
@@ -535,13 +550,24 @@ class LogBase:
             low = int(rows[-1][0]) + 1
 
     def last_id(self) -> int:
-        """The highest prediction id logged so far; 0 when the log is empty."""
+        """The highest prediction id logged so far (every smaller id committed or never to be); 0 when none is."""
         with self._lock:
-            return self._max_id()
+            return self._max_id(self._read_limit())
 
-    def _max_id(self) -> int:
-        ((value,),) = self._execute("SELECT COALESCE(MAX(prediction_id), 0) FROM predictions")
+    def _max_id(self, limit: int | None = None) -> int:
+        """The highest id in the table (at most `limit`); 0 when there is none (caller holds the lock)."""
+        if limit is None:
+            ((value,),) = self._execute("SELECT COALESCE(MAX(prediction_id), 0) FROM predictions")
+        else:
+            ((value,),) = self._execute("SELECT COALESCE(MAX(prediction_id), 0) FROM predictions"
+                                        " WHERE prediction_id <= ?", (limit,))
         return int(value)
+
+    def _readable(self, first_id: int | None, last_id: int | None) -> tuple[int, int]:
+        """`_bounds` of an id range, its upper end cut at `_read_limit` (caller holds the lock)."""
+        low, high = _bounds(first_id, last_id)
+        limit = self._read_limit()
+        return low, high if limit is None else min(high, limit)
 
     # --- state records -----------------------------------------------------------------------------------------
 
@@ -565,15 +591,18 @@ class LogBase:
         them, one chunk at a time: each chunk's files are written whole and fsynced before its rows are deleted in
         a short transaction, so a crash at any point loses nothing (a chunk archived but not yet deleted is archived
         again, to the same file names, by the next run). Rows are taken in id order and stop at the first row
-        logged at or after the cutoff."""
+        logged at or after the cutoff. Only ids up to the read limit at the start are taken: a row still in flight
+        is never deleted unarchived."""
         stamp = cutoff.astimezone(UTC).isoformat()
         files: list[Path] = []
         total, first_seen, last_seen = 0, None, None
+        with self._lock:
+            _, limit = self._readable(None, None)
         while True:
             with self._lock:
                 rows = self._execute(
-                    f"SELECT {', '.join(RAW_COLUMNS)} FROM predictions WHERE logged_at < ? ORDER BY prediction_id"
-                    f" LIMIT {int(chunk_rows)}", (stamp,))
+                    f"SELECT {', '.join(RAW_COLUMNS)} FROM predictions WHERE logged_at < ? AND prediction_id <= ?"
+                    f" ORDER BY prediction_id LIMIT {int(chunk_rows)}", (stamp, limit))
             if not rows:
                 break
             first, last = int(rows[0][0]), int(rows[-1][0])

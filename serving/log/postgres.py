@@ -3,11 +3,20 @@ retraining on other machines share one `predictions` table.
 
 The same guarantees as the SQLite file: a request is answered only after the commit holding its rows (the cluster
 runs with fsync and synchronous_commit on), group commit (one transaction per queued group), ids consecutive within
-a call. Every write transaction first takes one transaction-scoped advisory lock, so writers (all servers, label
-imports, retention) commit one at a time, as SQLite's write lock makes them: the ids of a group come from the
-sequence while the lock is held, so ids grow in commit order and a reader that saw id N saw every id below it (the
-monitor's cursor never skips a row that commits late). Group commit keeps that lock to one commit per group.
-Readers take no lock (MVCC).
+a call, and a reader that saw id N saw every id below it (the monitor's cursor never passes a row that commits late).
+
+Writers of predictions (every model server) commit side by side, so that two servers' commits share the WAL flushes
+instead of waiting for each other: one statement per group (the function `log_predictions`, one round trip, its own
+transaction) takes a transaction id first, then draws the group's block of ids under a session advisory lock held
+for the two sequence calls only (not through the commit), and inserts the rows. Ids are then drawn in one order and
+committed in another, so readers stop where nothing can still arrive (`_read_limit`): the sequence's last value,
+once every transaction id assigned before the reader's own (taken just after reading it) has ended. A transaction
+that drew an id at or below that value had its transaction id before drawing, so it is one of them; the wait lasts
+about one commit, and is bounded (`read_wait_s`, then LogUnavailable naming what to look at).
+
+Other writes (labels, state records, retention) take one transaction-scoped advisory lock and run one at a time,
+as SQLite's write lock makes them (their checks, e.g. "first label wins", read and write in one step); they draw no
+prediction ids, so predictions never wait for them. Readers take no lock (MVCC).
 
 The connection runs in autocommit mode (a read sees the latest commits); a lost connection is opened again on the
 next call. A full disk on the server (SQLSTATE 53100) is LogUnavailable with status 507, other failures 503.
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -27,9 +37,17 @@ from psycopg import errors as pg_errors
 from driftloop.pii import PiiPolicy
 from driftloop.serving.log.base import INSERT_COLUMNS, LogBase, LogUnavailable
 
-# The advisory lock every write transaction takes (an arbitrary 64-bit key: "driftlog" in ASCII).
+# The advisory lock the other write transactions take (labels, state, retention, the schema; an arbitrary 64-bit
+# key: "driftlog" in ASCII).
 WRITE_LOCK_KEY = 0x6472696674_6C6F67
+# The session advisory lock around drawing one group's block of ids ("driftids"): held for two sequence calls.
+ID_LOCK_KEY = 0x6472696674_696473
 CONNECT_TIMEOUT_S = 10
+# How long a read waits for the transactions in flight (normally one commit, a few ms) before LogUnavailable: a
+# transaction open that long is stuck (idle in transaction, or its client hung) and holds back every reader.
+READ_WAIT_S = 30.0
+# The read's polls for those transactions: the first pause, doubled up to the last.
+READ_POLL_S = (0.001, 0.05)
 
 SCHEMA = [
     "CREATE SEQUENCE IF NOT EXISTS predictions_id_seq",
@@ -64,16 +82,46 @@ SCHEMA = [
        FOR EACH ROW EXECUTE FUNCTION labels_append_only()""",
     "CREATE TABLE IF NOT EXISTS log_state (name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at TEXT)",
 ]
-# One statement for a whole group: a column of values per parameter, ids given explicitly (see _insert_group).
+# A group of rows as one column of values per parameter (INSERT_COLUMNS order).
 ARRAY_TYPES = {"logged_at": "text", "model_version": "text", "prediction": "float8", "event_time": "text",
                "features": "text", "shadow_version": "text", "shadow_prediction": "float8"}
-# The ids are drawn from the sequence row by row in the same statement (one round trip under the write lock, not
-# three): nobody else draws while the lock is held, so they are consecutive, in the order of the arrays.
-INSERT = (f"INSERT INTO predictions (prediction_id, {', '.join(INSERT_COLUMNS)}) "
-          f"SELECT nextval('predictions_id_seq'), {', '.join(INSERT_COLUMNS)} FROM unnest("
-          + ", ".join(f"%s::{ARRAY_TYPES[c]}[]" for c in INSERT_COLUMNS)
-          + f") WITH ORDINALITY AS rows({', '.join(INSERT_COLUMNS)}, position) ORDER BY position "
-          "RETURNING prediction_id")
+# One group commit in one statement (see the module docstring): the transaction id first (readers wait for it), the
+# block of ids under the id lock (released on any error, a cancel included: a session lock outlives the statement),
+# then the rows; returns the first id. Parameters are positional: their names would clash with the columns.
+PARAMETER_TYPES = ", ".join(f"{ARRAY_TYPES[c]}[]" for c in INSERT_COLUMNS)
+WRITE_FUNCTION = f"""CREATE OR REPLACE FUNCTION log_predictions({PARAMETER_TYPES})
+    RETURNS bigint LANGUAGE plpgsql AS $$
+    DECLARE
+        n bigint := cardinality($1);
+        first_id bigint;
+    BEGIN
+        PERFORM pg_current_xact_id();
+        PERFORM pg_advisory_lock({ID_LOCK_KEY});
+        BEGIN
+            first_id := nextval('predictions_id_seq');
+            IF n > 1 THEN
+                PERFORM setval('predictions_id_seq', first_id + n - 1);
+            END IF;
+        EXCEPTION WHEN OTHERS OR query_canceled THEN
+            PERFORM pg_advisory_unlock({ID_LOCK_KEY});
+            RAISE;
+        END;
+        PERFORM pg_advisory_unlock({ID_LOCK_KEY});
+        INSERT INTO predictions (prediction_id, {", ".join(INSERT_COLUMNS)})
+            SELECT first_id + r.position - 1, {", ".join(f"r.{c}" for c in INSERT_COLUMNS)}
+            FROM unnest({", ".join(f"${i + 1}" for i in range(len(INSERT_COLUMNS)))})
+                WITH ORDINALITY AS r({", ".join(INSERT_COLUMNS)}, position);
+        RETURN first_id;
+    END $$"""
+SCHEMA.append(WRITE_FUNCTION)
+WRITE_GROUP = ("SELECT log_predictions(" + ", ".join(f"%s::{ARRAY_TYPES[c]}[]" for c in INSERT_COLUMNS) + ")")
+# The highest id drawn so far (0: none); read first.
+DRAWN = "SELECT COALESCE(pg_sequence_last_value('predictions_id_seq'), 0)"
+# Then a transaction id of the reader's own (a transaction of its own, ended at once): every transaction id assigned
+# before it is smaller (as text: psycopg has no loader for xid8).
+OWN_XID = "SELECT pg_current_xact_id()::text"
+# The oldest transaction in flight now (a snapshot's xmin; when none is, the next one to be assigned).
+OLDEST = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"
 
 
 def redacted(uri: str) -> str:
@@ -82,7 +130,10 @@ def redacted(uri: str) -> str:
 
 
 class PostgresLog(LogBase):
-    """The prediction log in a PostgreSQL database (tables predictions, labels, log_state; made when missing)."""
+    """The prediction log in a PostgreSQL database (tables predictions, labels, log_state and the function
+    log_predictions; made when missing)."""
+
+    read_wait_s = READ_WAIT_S
 
     def __init__(self, uri: str, pii: Sequence[str] | PiiPolicy = ()) -> None:
         super().__init__(pii)
@@ -122,13 +173,29 @@ class PostgresLog(LogBase):
             db.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
             yield
 
-    def _insert_group(self, records: list[tuple]) -> int:
+    def _write_group(self, records: list[tuple]) -> int:
+        """One group commit: `log_predictions` in its own transaction (autocommit), without the write lock."""
         columns = [list(column) for column in zip(*records, strict=True)]
-        ids = [row[0] for row in self._execute(INSERT, columns)]
-        first = min(ids)
-        if sorted(ids) != list(range(first, first + len(records))):  # the write lock makes this impossible
-            raise RuntimeError(f"prediction ids {ids[:3]}... of one group are not consecutive")
+        ((first,),) = self._execute(WRITE_GROUP, columns)
         return int(first)
+
+    def _read_limit(self) -> int:
+        """The sequence's last value once every transaction in flight just after reading it has ended (see the
+        module docstring); LogUnavailable when one is still open after `read_wait_s`."""
+        ((drawn,),) = self._execute(DRAWN)
+        ((own,),) = self._execute(OWN_XID)
+        deadline = time.monotonic() + self.read_wait_s
+        pause, longest = READ_POLL_S
+        while int(oldest := self._execute(OLDEST)[0][0]) <= int(own):
+            if time.monotonic() > deadline:
+                raise LogUnavailable(
+                    f"prediction log {self.location}: transaction {oldest} still open after {self.read_wait_s:g} s "
+                    "holds back every read (ids drawn before it may still commit); find it with SELECT pid, state, "
+                    "xact_start FROM pg_stat_activity WHERE backend_xid IS NOT NULL, and end it "
+                    "(pg_terminate_backend) if it is stuck")
+            time.sleep(pause)
+            pause = min(2 * pause, longest)
+        return int(drawn)
 
     def _unavailable(self, error: Exception) -> LogUnavailable | None:
         if isinstance(error, LogUnavailable):
