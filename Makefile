@@ -7,6 +7,9 @@ LINKED := $(VENV)/.linked
 # The folders that install as the driftloop package (core/ is driftloop itself, each stage driftloop.<stage>).
 PACKAGES := core data_checks training registry serving monitoring flows stack dashboards
 EDITABLE := --config-settings editable_mode=strict
+# The docs site (mkdocs.yml; the reference pages are generated from the code): a broken link or anchor fails the build.
+# NO_MKDOCS_2_WARNING: Material's banner about MkDocs 2.0, not a warning about these docs.
+DOCS_BUILD := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 .PHONY: setup system-deps demo stack test test-quick lint clean
 
@@ -53,6 +56,7 @@ stack: $(LINKED) system-deps
 test: $(LINKED) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
+	$(DOCS_BUILD)
 	$(BIN)/pytest -q
 
 test-quick: $(LINKED)
@@ -61,6 +65,7 @@ test-quick: $(LINKED)
 lint: $(LINKED)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
+	$(DOCS_BUILD)
 
 clean:
 	rm -rf .driftloop
