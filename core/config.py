@@ -177,8 +177,8 @@ class TrainingConfig(_Strict):
     patience: int = Field(10, ge=1, description="Epochs without a validation improvement before the run stops.")
     min_delta: float = Field(1e-4, ge=0, description="The least decrease of the validation loss that counts as "
                              "an improvement.")
-    seed: int = Field(0, description="Random seed of the weights, the shuffling and the validation draw. "
-                      "(`train --seed`)")
+    seed: int = Field(0, description="Random seed of the initial weights, the row order of each epoch and the "
+                      "random validation draw. (`train --seed`)")
     holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Time-later share of the rows held out for the "
                                     "model's metrics and the gate.")
     threads_per_rank: int = Field(1, ge=1, description="CPU threads each training process (and the baseline) "
@@ -315,8 +315,9 @@ class MonitoringConfig(_Strict):
     performance_margin: float = Field(
         0.02, ge=0, description="Retrain when the policy metric is worse than the reference by more than this (in "
         "its units) and the drop is beyond chance at performance_false_alarm_rate.")
-    performance_false_alarm_rate: float = Field(0.01, gt=0, lt=0.5, description="The chance a performance drop "
-                                                "judged beyond chance is not one.")
+    performance_false_alarm_rate: float = Field(
+        0.01, gt=0, lt=0.5, description="The performance-drop test's false-alarm rate: the chance that a window "
+        "without a real drop is judged to have one.")
     min_labelled_rows: int = Field(100, ge=1, description="With fewer labelled rows in a window, judge the "
                                    "estimated (CBPE) performance instead of the actual.")
     retrain_on_drift: bool = Field(False, description="Retrain on drift alone, without a performance drop; false: "
@@ -567,9 +568,12 @@ class AlertsConfig(_Strict):
         "`driftloop stack up`. DRIFTLOOP_WEBHOOK_TOKEN overrides both for the receiver.")
     cooldown_s: float = Field(3600.0, ge=0, description="An alert (by Alertmanager fingerprint) that started a "
                               "retraining starts none again for this long: one incident, one run.")
-    group_wait_s: float = Field(10.0, ge=0, description="Alertmanager's group_wait for the retrain alerts' route.")
-    group_interval_s: float = Field(60.0, gt=0, description="Alertmanager's group_interval for that route.")
-    repeat_interval_s: float = Field(3600.0, gt=0, description="Alertmanager's repeat_interval for that route.")
+    group_wait_s: float = Field(10.0, ge=0, description="Alertmanager's group_wait (the stack's alertmanager.yml): "
+                                "how long a new group of alerts waits before its first notification.")
+    group_interval_s: float = Field(60.0, gt=0, description="Alertmanager's group_interval: the wait before "
+                                    "notifying a group again about alerts added to it.")
+    repeat_interval_s: float = Field(3600.0, gt=0, description="Alertmanager's repeat_interval: the wait before "
+                                     "notifying again about alerts still firing.")
 
 
 class DemoConfig(_Strict):
