@@ -14,6 +14,8 @@ from md_table import cell, code, generated_note, prose, table
 
 METHODS = ("get", "post", "put", "patch", "delete")
 MAX_DEPTH = 3  # nested schemas deeper than this print as their type alone
+# Braces as entities: a literal `{...}` after a code span is read by attr_list as attributes and vanishes.
+OPEN_BRACE, CLOSE_BRACE = "&#123;", "&#125;"
 
 
 def _no_model() -> Any:
@@ -51,7 +53,8 @@ def openapi_files(documents: dict[str, dict[str, Any]]) -> dict[str, str]:
 
 
 def schema_text(schema: dict[str, Any], depth: int = 0) -> str:
-    """A JSON Schema in one line: `{rows*: array of object}`, `string | null`, `RollbackRequest`."""
+    """A JSON Schema in one line: `{rows*: array of object}` (braces as entities), `string | null`, a link to a
+    named schema."""
     if "$ref" in schema:
         name = schema["$ref"].rsplit("/", 1)[-1]
         return f"[{name}](#schema-{name.lower()})"
@@ -65,7 +68,7 @@ def schema_text(schema: dict[str, Any], depth: int = 0) -> str:
         required = set(schema.get("required", []))
         fields = [f"{name}{'*' if name in required else ''}: {schema_text(sub, depth + 1)}"
                   for name, sub in schema["properties"].items()]
-        return "{" + ", ".join(fields) + "}"
+        return OPEN_BRACE + ", ".join(fields) + CLOSE_BRACE
     if kind == "object" and isinstance(schema.get("additionalProperties"), dict):
         return "object of " + schema_text(schema["additionalProperties"], depth + 1)
     if "enum" in schema:
