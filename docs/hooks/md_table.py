@@ -11,11 +11,13 @@ CODE_SPAN = re.compile(r"(`[^`]*`)")
 
 
 def prose(text: str) -> str:
-    """Plain text (a description, a help string) as Markdown: code spans kept, `<` and `*` outside them escaped
-    so that `<run key>` or `*/15` print as written."""
+    """Plain text (a description, a help string) as Markdown: code spans kept; outside them `<`, `*` and braces
+    escaped so that `<run key>`, `*/15` or `{"rows": ...}` print as written (attr_list reads `{...}` after a code
+    span as attributes)."""
     parts = CODE_SPAN.split(text)
     for index in range(0, len(parts), 2):
-        parts[index] = parts[index].replace("<", "&lt;").replace("*", "\\*")
+        parts[index] = parts[index].replace("<", "&lt;").replace("*", "\\*").replace("{", "&#123;") \
+            .replace("}", "&#125;")
     return "".join(parts)
 
 
