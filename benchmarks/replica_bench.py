@@ -16,6 +16,9 @@ answered 200 (warm-up included): a request is answered only after the commit tha
     nice -n 10 .venv/bin/python benchmarks/replica_bench.py                 # ~6 min on 2 cores
     nice -n 10 .venv/bin/python benchmarks/replica_bench.py --quick         # a smoke run
     nice -n 10 .venv/bin/python benchmarks/replica_bench.py --databases postgres
+
+Each run also reports the CPU time per request answered of the loaded replicas, of PostgreSQL (the postmaster and
+its children) and of the load generator (this process), read from /proc before and after the run.
 """
 
 from __future__ import annotations
@@ -59,6 +62,38 @@ class Cell:
     answered_rows: int = 0
     logged_rows: int = 0
     load_before: float = 0.0
+    # CPU time per request answered, in ms: the loaded replicas, PostgreSQL (all its processes), the load generator.
+    server_cpu_ms: float = 0.0
+    postgres_cpu_ms: float = 0.0
+    client_cpu_ms: float = 0.0
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by these processes (0 for one that is gone)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_pids(folder: Path) -> list[int]:
+    """The postmaster of the cluster under `folder` and its children (backends, WAL writer, checkpointer, ...)."""
+    found = list(folder.rglob("postmaster.pid"))
+    if not found:
+        return []
+    parent = int(found[0].read_text().split()[0])
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                children.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return [parent, *children]
 
 
 def write_config(folder: Path, database: str) -> tuple[Path, dict]:
@@ -135,26 +170,32 @@ async def _spread(openers: list, concurrency: int, warmup_s: float, seconds: flo
     return await sb._load(opener, concurrency, warmup_s, seconds)
 
 
-def timed(database: str, replicas: int, round_: int, ports: list[int], payloads: list[bytes], rows: int,
-          location: str, args: argparse.Namespace) -> Cell:
-    """One run against the first `replicas` replicas; the log must gain exactly the answered rows."""
+def timed(database: str, replicas: list[subprocess.Popen], round_: int, ports: list[int], payloads: list[bytes],
+          rows: int, location: str, folder: Path, args: argparse.Namespace) -> Cell:
+    """One run against the `replicas` (on the first of `ports`); the log must gain exactly the answered rows."""
     import uvloop
 
-    cell = Cell(database, replicas, round_, load_before=os.getloadavg()[0])
+    cell = Cell(database, len(replicas), round_, load_before=os.getloadavg()[0])
     before = count_rows(location)
-    openers = [sb.raw_opener(port, "/predict", payloads) for port in ports[:replicas]]
+    openers = [sb.raw_opener(port, "/predict", payloads) for port in ports[:len(replicas)]]
+    servers, postgres = [p.pid for p in replicas], postgres_pids(folder)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         began = time.perf_counter()
+        cpu = (cpu_seconds(servers), cpu_seconds(postgres), time.process_time())
         latencies, errors, answered = runner.run(_spread(openers, args.concurrency, args.warmup, args.seconds))
+        spent = (cpu_seconds(servers) - cpu[0], cpu_seconds(postgres) - cpu[1], time.process_time() - cpu[2])
         wall = time.perf_counter() - began - args.warmup
     run = sb.summarise(sb.Run(database, rows, args.concurrency, round_, "raw-asyncio"), latencies, errors, answered,
                        wall)
     cell.requests, cell.errors, cell.req_s = run.requests, run.errors, run.req_s
     cell.p50_ms, cell.p99_ms, cell.answered_rows = run.p50_ms, run.p99_ms, run.answered_rows
     cell.logged_rows = count_rows(location) - before
-    print(f"{database:8} {replicas} replica(s) round {round_}: {cell.req_s:7.1f} req/s  p99 {cell.p99_ms:6.1f} ms  "
-          f"answered rows {cell.answered_rows}  logged {cell.logged_rows}  errors {cell.errors}  "
-          f"load {cell.load_before:.1f}", flush=True)
+    requests = max(1, answered)  # 200 answers, warm-up included, as in the CPU times
+    cell.server_cpu_ms, cell.postgres_cpu_ms, cell.client_cpu_ms = (round(1000 * s / requests, 3) for s in spent)
+    print(f"{database:8} {len(replicas)} replica(s) round {round_}: {cell.req_s:7.1f} req/s  p99 {cell.p99_ms:6.1f} ms"
+          f"  answered rows {cell.answered_rows}  logged {cell.logged_rows}  errors {cell.errors}  "
+          f"load {cell.load_before:.1f}  CPU ms/request: servers {cell.server_cpu_ms:.2f}, PostgreSQL "
+          f"{cell.postgres_cpu_ms:.2f}, client {cell.client_cpu_ms:.2f}", flush=True)
     return cell
 
 
@@ -175,7 +216,8 @@ def bench_database(database: str, folder: Path, data: Path, rows_pool: list[dict
         payloads = sb.bodies(rows_pool, args.rows, "rows")
         for round_ in range(1, args.rounds + 1):
             for count in (1, 2):
-                cells.append(timed(database, count, round_, [port, port + 1], payloads, args.rows, location, args))
+                cells.append(timed(database, replicas[:count], round_, [port, port + 1], payloads, args.rows,
+                                   location, folder, args))
     finally:
         for process in replicas:
             sb.stop(process)
@@ -196,6 +238,9 @@ def medians(cells: list[Cell]) -> list[dict]:
             out.append({"database": database, "replicas": replicas, "req_s": round(req_s, 1),
                         "p99_ms": round(statistics.median(c.p99_ms for c in group), 1),
                         "speedup": round(req_s / base, 2) if base else None,
+                        "cpu_ms_per_request": {part: round(statistics.median(getattr(c, f"{part}_cpu_ms")
+                                                                             for c in group), 2)
+                                               for part in ("server", "postgres", "client")},
                         "answered_rows": sum(c.answered_rows for c in group),
                         "logged_rows": sum(c.logged_rows for c in group),
                         "errors": sum(c.errors for c in group)})
@@ -206,11 +251,14 @@ def markdown(summary: list[dict], args: argparse.Namespace) -> str:
     """The results table for benchmarks/README.md."""
     lines = [f"{args.rows} rows per request, {args.concurrency} connections, {args.seconds:g} s runs after "
              f"{args.warmup:g} s warm-up, median of {args.rounds} rounds; each replica pinned to one core.", "",
-             "| log | replicas | req/s | p99 ms | × one replica | rows answered | rows logged | errors |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| log | replicas | req/s | p99 ms | × one replica | rows answered | rows logged | errors "
+             "| CPU ms/request: servers, PostgreSQL, client |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in summary:
+        cpu = row["cpu_ms_per_request"]
         lines.append(f"| {row['database']} | {row['replicas']} | {row['req_s']} | {row['p99_ms']} | "
-                     f"{row['speedup']} | {row['answered_rows']} | {row['logged_rows']} | {row['errors']} |")
+                     f"{row['speedup']} | {row['answered_rows']} | {row['logged_rows']} | {row['errors']} | "
+                     f"{cpu['server']}, {cpu['postgres']}, {cpu['client']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -223,6 +271,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of 1 and 2 replicas")
     parser.add_argument("--quick", action="store_true", help="5 s runs, one round")
+    parser.add_argument("--name", default="replicas", help="results/NAME.json and results/NAME.md")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds = 5.0, 1
@@ -241,12 +290,12 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     summary = medians(cells)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k != "quick"}
-    (RESULTS / "replicas.json").write_text(json.dumps({"settings": settings, "cpus": os.cpu_count(),
+    settings = {k: v for k, v in vars(args).items() if k not in ("quick", "name")}
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({"settings": settings, "cpus": os.cpu_count(),
                                                        "summary": summary, "runs": [asdict(c) for c in cells]},
                                                       indent=2) + "\n")
     table = markdown(summary, args)
-    (RESULTS / "replicas.md").write_text(table)
+    (RESULTS / f"{args.name}.md").write_text(table)
     print(table)
     postgres = {row["replicas"]: row for row in summary if row["database"] == "postgres"}
     if 2 in postgres:
