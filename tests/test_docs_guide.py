@@ -5,7 +5,8 @@ The guide marks its steps with HTML comments (invisible on the site and on GitHu
 - `<!-- guide-test: file NAME -->`: the block is written to NAME (the config);
 - `<!-- guide-test: run -->`: the block runs in bash and must exit 0;
 - `<!-- guide-test: output -->`: every line of the block must be in what the previous `run` printed (stdout and
-  stderr), with numbers free to differ in their digits and `…` standing for anything;
+  stderr), with numbers free to differ in their digits and `…` standing for anything (an `exit N` line, printed by
+  the guide's `echo "exit $?"` after a command meant to fail, must match exactly);
 - `<!-- guide-test: serve -->`: the block starts the model server in the background; the test waits for /healthz.
 
 The guide's port 8080 is replaced by a free port. The stack step (`driftloop stack up`, eight servers, tested by
@@ -31,7 +32,10 @@ GUIDE = REPO / "docs" / "guide" / "own-data.md"
 GUIDE_PORT = "8080"
 MARKED_BLOCK = re.compile(r"<!-- guide-test: (\w+)(?: (\S+))? -->\n```[^\n]*\n(.*?)\n```", re.DOTALL)
 NUMBER = re.compile(r"\d[\d,.]*")
-STEP_TIMEOUT_S = 300
+EXIT_LINE = re.compile(r"exit \d+")
+# Generous: on two cores shared with other jobs a training has taken minutes; a hung step still fails the test.
+STEP_TIMEOUT_S = 600
+SERVER_START_TIMEOUT_S = 240
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,10 @@ def guide_steps(markdown: str) -> list[Step]:
 
 
 def line_pattern(expected: str) -> re.Pattern[str]:
-    """A printed line as the guide shows it: numbers may differ in their digits, `…` stands for anything."""
+    """A printed line as the guide shows it: numbers may differ in their digits, `…` stands for anything; an exit
+    code line (`exit 1`, as the guide's `echo "exit $?"` prints it) is matched as it is."""
+    if EXIT_LINE.fullmatch(expected.strip()):
+        return re.compile(rf"^{re.escape(expected.strip())}$", re.MULTILINE)
     parts = []
     for piece in re.split(r"(…)", expected.strip()):
         if piece == "…":
@@ -76,6 +83,7 @@ def test_line_pattern_lets_digits_differ_but_not_words() -> None:
     assert pattern.search("DRIFT: 4 of 8 columns drifted (share 0.50) in 1,203 rows: age")
     assert not pattern.search("no drift: 0 of 8 columns drifted (share 0.00) in 577 rows: -")
     assert line_pattern("report: …/reports/x-….html").search("report: /tmp/a/reports/x-2026T1.html")
+    assert line_pattern("exit 1").search("…\nexit 1\n") and not line_pattern("exit 1").search("exit 0\n")
 
 
 def test_the_guide_marks_every_step_the_test_needs() -> None:
@@ -107,7 +115,7 @@ def test_the_bring_your_own_data_guide_runs_as_written(tmp_path: Path) -> None:
             elif step.kind == "serve":
                 server = subprocess.Popen(["bash", "-c", f"exec {text}"], cwd=tmp_path, env=env,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                wait_for_server(server, f"http://127.0.0.1:{port}")
+                wait_for_server(server, f"http://127.0.0.1:{port}", timeout=SERVER_START_TIMEOUT_S)
     finally:
         if server is not None:
             server.send_signal(signal.SIGTERM)
