@@ -86,9 +86,16 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
     that the governance checks stop).
 
     With training.launcher torchrun it prints the torchrun command(s) to run instead."""
+    config = _training_flags(config, args)
+    if config.training.launcher != "torchrun":
+        # Prefect's temporary API and the ranks' fork server start now, beside the imports below (seconds each).
+        from driftloop.flows.prefect_api import start_early
+        from driftloop.training.fork_server import start_early as start_fork_server
+
+        start_fork_server(args.stages or config.training.stages, config.training.launcher)
+        start_early()
     from driftloop.flows.training import torchrun_plan, train_file
 
-    config = _training_flags(config, args)
     data = Path(args.data) if args.data else None
     overrides = {"stages": args.stages, "schedule": args.schedule, "microbatches": args.microbatches,
                  "seed": args.seed}
@@ -574,5 +581,34 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def exit_now(code: int) -> None:
+    """End the process with `code` as the interpreter's own exit does, minus its teardown: the same first steps
+    (threading's shutdown: its exit hooks, such as thread pools', then every non-daemon thread joined; then the exit
+    handlers: Prefect's server stop, log and MLflow flushes, temporary folders; then the streams flushed), then exit
+    without freeing every module and object one by one, which takes seconds of CPU after a command that loaded
+    torch, Prefect, MLflow and Great Expectations (benchmarks/README.md, `driftloop train`). Under a profiler or
+    tracer (cProfile, coverage, a debugger), or off the main thread, it exits as usual."""
+    import atexit
+    import os
+    import threading
+
+    if sys.getprofile() is not None or sys.gettrace() is not None or threading.current_thread() is not \
+            threading.main_thread():
+        sys.exit(code)
+    threading._shutdown()  # what the interpreter calls first at exit (private, but it is that very step)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            pass
+    os._exit(code)
+
+
+def run() -> None:
+    """The console script: main(), then exit_now (an error that escapes main ends the process as usual)."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from driftloop.config import Config
 from driftloop.env import stack_part_url
+from driftloop.monitoring.projects import existing_project_id
 from driftloop.registry.store import mlflow_client
 from driftloop.state import mlflow_tracking_uri
 
@@ -22,12 +23,15 @@ PREFECT_TAG = "links.prefect_flow_run"
 def evidently_snapshots_url(config: Config) -> str:
     """The model's Evidently project's snapshot list: on the stack's Evidently UI, else where `evidently ui
     --workspace state_dir/evidently` (monitoring.workspace.ui_command) serves it. The project is made here (with
-    its panels) when no window was checked yet, so the link is good from the first version on."""
-    from driftloop.monitoring.workspace import open_project
+    its panels) when no window was checked yet, so the link is good from the first version on; once it exists its id
+    is read from disk, without importing Evidently."""
+    project_id = existing_project_id(config)
+    if project_id is None:
+        from driftloop.monitoring.workspace import open_project
 
-    _, project = open_project(config)
+        project_id = str(open_project(config)[1].id)
     base = stack_part_url(Path(config.state_dir), "evidently") or f"http://127.0.0.1:{config.stack.evidently_port}"
-    return f"{base.rstrip('/')}/projects/{project.id}/reports"
+    return f"{base.rstrip('/')}/projects/{project_id}/reports"
 
 
 def prefect_run_url(flow_run_id: str | None) -> str | None:

@@ -20,7 +20,6 @@ from driftloop.monitoring.drift import DriftResult, check_drift
 from driftloop.monitoring.export import export_window, write_textfile
 from driftloop.monitoring.policy import PolicyState, decide
 from driftloop.monitoring.summary import markdown_summary
-from driftloop.monitoring.workspace import store_window
 from driftloop.registry.store import CHAMPION, alias_version, load_reference
 from driftloop.serving.prediction_log import read_window
 from driftloop.state import reports_dir, state_path
@@ -72,6 +71,8 @@ def snapshot_window(config: Config, reference: pd.DataFrame, window: pd.DataFram
                     label: str) -> str | None:
     """The window's snapshot in the model's Evidently project (what `evidently ui` shows), dated by the window's
     last event. A failure is logged, not raised: the verdict, gauges and event matter more than the page."""
+    from driftloop.monitoring.workspace import store_window  # Evidently: only where a snapshot is written
+
     column = config.data.timestamp
     when = pd.to_datetime(window[column], utc=True).max().to_pydatetime() if column and column in window else None
     try:

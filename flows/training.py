@@ -23,6 +23,7 @@ from driftloop.datasets import load_flights
 from driftloop.flows.governance import governance_gate
 from driftloop.flows.links import link_version
 from driftloop.flows.outcomes import Refusal, TrainedModel, TrainingOutcome
+from driftloop.flows.prefect_api import wait_until_ready
 from driftloop.registry.lineage import build_lineage
 from driftloop.registry.provenance import report_links
 from driftloop.registry.store import CHAMPION, Registered, alias_version, load_reference, load_version, register
@@ -59,6 +60,7 @@ def train_file(config: Config, data: Path | None, progress: bool = True,
                **overrides: int | str | None) -> TrainingOutcome:
     """`driftloop train`: check the input, then validate, train and register (the training pipeline)."""
     path = checked_training_data(config, data, overrides)
+    wait_until_ready()  # Prefect's temporary API, when `driftloop train` started it early
     return training_pipeline(config, str(path), progress=progress, **overrides)
 
 

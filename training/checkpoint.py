@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 from torch import nn
 
 from driftloop.errors import TrainingError
@@ -145,6 +144,8 @@ def rank_state(modules: Mapping[int, nn.Module], optimizer: torch.optim.Optimize
 def save(job: CheckpointJob, step: int, state: dict[str, torch.Tensor], *, rank: int, stages: int,
          distributed: bool) -> None:
     """Write one checkpoint of global step `step`; every rank of the group calls it (a collective)."""
+    import torch.distributed.checkpoint as dcp  # here: its import costs every rank a second, checkpoints or not
+
     partial = job.folder / f"step-{step}{PARTIAL}"
     with _quiet(distributed):
         dcp.save(state, checkpoint_id=str(partial), no_dist=not distributed)
@@ -163,6 +164,8 @@ def load(checkpoint: Checkpoint, modules: Mapping[int, nn.Module], optimizer: to
     """Load this rank's keys from `checkpoint` into its stages and optimizer, and into the tensors of `extra` (in
     place); returns the losses so far (empty unless `with_losses`). Every rank of the group calls it (a
     collective)."""
+    import torch.distributed.checkpoint as dcp
+
     named = _named_parameters(modules)
     state = {f"model.{name}": tensor for stage in sorted(modules)
              for name, tensor in modules[stage].state_dict().items()}

@@ -10,11 +10,9 @@ import queue
 import shlex
 import signal
 import socket
-import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from multiprocessing import connection
@@ -29,16 +27,14 @@ import yaml
 from driftloop.config import Config
 from driftloop.errors import TrainingError
 from driftloop.state import state_path
+from driftloop.training import fork_server
+from driftloop.training.fork_server import START_METHOD, without_main_reimport
 from driftloop.training.pipeline import check_settings
 
 # Entry point of a rank: fn(rank, world_size, payload, messages); `messages` is None when nobody listens.
 RankFn = Callable[[int, int, Any, Any], None]
 POLL_S = 0.1
 TERMINATE_GRACE_S = 5.0  # after SIGTERM, before SIGKILL
-# forkserver: one server process imports torch and the rank's module once, then forks each rank from it. With
-# spawn every rank re-imported torch (~2.5 s of CPU each here), at every launch. The server starts clean (it is
-# not a fork of this process), so threads, CUDA and process groups of the parent never leak into ranks.
-START_METHOD = "forkserver"
 
 
 @dataclass(frozen=True)
@@ -98,28 +94,6 @@ def _rank_main(rank: int, fn: RankFn, payload: Any, setup: RankSetup, messages: 
         raise
 
 
-@contextmanager
-def _without_main_reimport() -> Iterator[None]:
-    """Stop spawn and forkserver from re-running the parent's __main__ script in every rank.
-
-    The rank function lives in an importable module, so ranks need nothing from __main__; re-running it would
-    import whatever the calling script imports (the whole CLI, say) once more per rank, and a script without an
-    `if __name__ == "__main__"` guard would even start training again.
-    """
-    main = sys.modules.get("__main__")
-    if main is None:
-        yield
-        return
-    saved = {key: main.__dict__[key] for key in ("__file__", "__spec__") if key in main.__dict__}
-    main.__dict__.pop("__file__", None)
-    main.__dict__["__spec__"] = None
-    try:
-        yield
-    finally:
-        main.__dict__.pop("__spec__", None)
-        main.__dict__.update(saved)
-
-
 def _first_failure(folder: Path, world_size: int) -> dict[str, Any] | None:
     """The earliest error any rank recorded: the cause, where the others only report a lost peer."""
     records = []
@@ -154,10 +128,9 @@ def launch(fn: RankFn, payload: Any, setup: RankSetup, on_message: Callable[[Any
     rank killed from outside (SIGKILL, the OOM killer) is named as the cause, not a peer that then lost it.
     """
     context = mp.get_context(START_METHOD)
-    # Only takes effect when the server starts (the first launch in this process).
-    context.set_forkserver_preload([fn.__module__])
+    fork_server.start([fn.__module__])  # the first launch in this process starts it, unless started early
     messages = context.Queue() if on_message is not None else None
-    with _without_main_reimport():
+    with without_main_reimport():
         procs = mp.start_processes(_rank_main, args=(fn, payload, setup, messages), nprocs=setup.world_size,
                                    join=False, daemon=True, start_method=START_METHOD)
     try:
