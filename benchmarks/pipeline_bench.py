@@ -2,7 +2,7 @@
 
 Run:  .venv/bin/python benchmarks/pipeline_bench.py [--quick] [--out benchmarks/results/pipeline.json]
 
-What it measures (see ../shared/DESIGN.md, "Pipeline schedules" and "Pipelining buys memory, not speed"):
+What it measures (docs/concepts/pipeline.md, "When it pays"):
 
 - efficiency = ideal / measured step time, ideal = T1 x (m + p - 1) / (m * p), where T1 is the step time of ONE
   process on ONE thread training the whole model WITH THE SAME m MICROBATCHES (gradient accumulation), measured in
@@ -69,7 +69,7 @@ IDLE_GAP_S = 0.001
 
 
 class Layer(nn.Module):
-    """Linear, LayerNorm, ReLU (LayerNorm, not BatchNorm: see DESIGN.md)."""
+    """Linear, LayerNorm, ReLU (LayerNorm, not BatchNorm: batch statistics would differ per microbatch)."""
 
     def __init__(self, width: int) -> None:
         super().__init__()

@@ -60,7 +60,8 @@ class TrainedModel:
                    result.baseline.to_json() if result.baseline is not None else None, result.start)
 
     def to_json(self) -> dict:
-        """The `driftloop train --json` object (DESIGN.md's keys, then ranks and resume); `champion` is not in it."""
+        """The `driftloop train --json` object (the keys docs/concepts/loop.md lists, then ranks and resume);
+        `champion` is not in it."""
         return {"run_id": self.run_id, "model_version": self.model_version, "final_loss": self.final_loss,
                 "stages": self.stages, "schedule": self.schedule, "microbatches": self.microbatches,
                 "stages_per_rank": self.stages_per_rank, "ranks": self.ranks, "resumed_from": self.resumed_from,

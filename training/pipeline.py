@@ -1,7 +1,7 @@
 """Everything about torch.distributed.pipelining: the settings and rules of each schedule, which stages each rank
 runs, the timed stages and the schedule of one rank.
 
-Pitfalls this file guards against (see DESIGN.md, "Pipeline schedules"):
+Pitfalls this file guards against (docs/concepts/pipeline.md):
 - schedules are built with `scale_grads=False` and the loss is divided by the microbatch count here, because
   torch's own gradient scaling is wrong under gradient accumulation (torchtitan #1733);
 - stages are given static example shapes, so no stage runs shape inference on real data;
