@@ -161,12 +161,55 @@ def expected_auc(outputs: np.ndarray, calibrated: np.ndarray) -> float:
 
 
 def fit_probability_calibration(outputs: pd.Series, labels: pd.Series) -> Callable[[np.ndarray], np.ndarray]:
-    """Isotonic map from the model's output to the observed frequency of label 1 on the reference."""
-    from sklearn.isotonic import IsotonicRegression  # only with labelled outputs: scikit-learn's import is slow
+    """Isotonic map from the model's output to the observed frequency of label 1 on the reference: scikit-learn's
+    IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip") fitted and applied, in numpy (equal to 1e-12,
+    tests/test_scoring.py; scikit-learn's import cost `driftloop monitor` a second or more)."""
+    x = np.asarray(outputs, dtype="float64")
+    y = np.asarray(labels, dtype="float64")
+    order = np.lexsort((y, x))
+    knots, means, weights = _tied_means(x[order], y[order])
+    fitted = np.clip(_pool_adjacent_violators(means, weights), 0.0, 1.0)
+    # Linear between the fitted points, their end values beyond them (out_of_bounds clip).
+    return lambda values: np.interp(np.asarray(values, dtype="float64"), knots, fitted)
 
-    isotonic = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
-    isotonic.fit(np.asarray(outputs, dtype="float64"), np.asarray(labels, dtype="float64"))
-    return lambda values: isotonic.predict(np.asarray(values, dtype="float64"))
+
+def _tied_means(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted `x` made unique, with the mean of `y` and the count at each value. Values closer than float64's
+    resolution (1e-15) to their group's first value count as one, as scikit-learn's isotonic fit counts them."""
+    resolution = np.finfo(np.float64).resolution
+    if len(x) and bool((np.diff(np.unique(x)) >= resolution).all()):
+        knots, group, counts = np.unique(x, return_inverse=True, return_counts=True)
+        return knots, np.bincount(group, weights=y) / counts, counts.astype("float64")
+    knots_list, sums, counts_list = [], [], []
+    for value, label in zip(x.tolist(), y.tolist(), strict=True):
+        if knots_list and value - knots_list[-1] < resolution:
+            sums[-1] += label
+            counts_list[-1] += 1.0
+        else:
+            knots_list.append(value)
+            sums.append(label)
+            counts_list.append(1.0)
+    counts = np.asarray(counts_list)
+    return np.asarray(knots_list), np.asarray(sums) / counts, counts
+
+
+def _pool_adjacent_violators(means: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The non-decreasing sequence closest to `means` in weighted least squares (pool adjacent violators)."""
+    values: list[float] = []
+    totals: list[float] = []
+    sizes: list[int] = []
+    for mean, weight in zip(means.tolist(), weights.tolist(), strict=True):
+        values.append(mean)
+        totals.append(weight)
+        sizes.append(1)
+        while len(values) > 1 and values[-2] >= values[-1]:
+            weight_last, weight_before = totals.pop(), totals[-1]
+            value_last = values.pop()
+            values[-1] = (values[-1] * weight_before + value_last * weight_last) / (weight_before + weight_last)
+            totals[-1] = weight_before + weight_last
+            size_last = sizes.pop()
+            sizes[-1] += size_last
+    return np.repeat(np.asarray(values, dtype="float64"), sizes)
 
 
 def auc_error(auc: float, positives: float, negatives: float) -> float:
