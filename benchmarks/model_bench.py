@@ -48,11 +48,15 @@ RANDOM_HOLDOUT = 0.25
 MAX_NATIVE_LEVELS = 250  # below HistGB's 255 bins (one bin is kept for missing values)
 # Network variants: overrides of the config's defaults per section. "default" is the shipped configuration; "old"
 # the settings before early stopping (issue 13's starting point); the others each change one default.
+# "previous" is the default before the wide path, the refit and the small-table batch (December 4, 2026).
+PREVIOUS: dict[str, dict[str, Any]] = {"model": {"wide": False, "numerical_embedding": "none"},
+                                       "training": {"refit": False, "min_epoch_steps": 1, "wide_lr_factor": 1.0}}
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {},
-    "old": {"model": {"scaling": "standard", "embedding_rule": "fixed"},
-            "training": {"epochs": 3, "batch_size": 512, "lr_schedule": "constant", "validation_fraction": 0.0,
-                         "max_steps": None}},
+    "previous": PREVIOUS,
+    "old": {"model": {**PREVIOUS["model"], "scaling": "standard", "embedding_rule": "fixed"},
+            "training": {**PREVIOUS["training"], "epochs": 3, "batch_size": 512, "lr_schedule": "constant",
+                         "validation_fraction": 0.0, "max_steps": None}},
     "periodic": {"model": {"numerical_embedding": "periodic"}},
     "standard": {"model": {"scaling": "standard"}},
     "quantile": {"model": {"scaling": "quantile"}},
@@ -132,7 +136,7 @@ def fit_network(fit: pd.DataFrame, held: pd.DataFrame, data: dict[str, Any],
     config = parse_config(raw, "benchmark config")
     result = train(fit, config, holdout=held, progress=False)
     facts = {"epochs": len(result.validation_losses) or config.training.epochs, "best_epoch": result.best_epoch,
-             "steps": len(result.losses), "seconds": round(result.seconds, 2),
+             "steps": len(result.losses), "refit_steps": result.refit_steps, "seconds": round(result.seconds, 2),
              "validation_rows": result.validation_rows}
     return predict(result.model(), result.spec, held), facts
 
@@ -186,7 +190,8 @@ def markdown(results: dict[str, Any]) -> str:
     """The table of `show` in Markdown (benchmarks/results/model.md, pasted into benchmarks/README.md)."""
     variants = list(results["variants"])
     head = ["table", "rows", "num/cat", "metric", "HistGB", "linear", *[f"net: {v}" for v in variants],
-            "net: default vs HistGB", "goal", "default: epochs (best)", "default: seconds"]
+            "net: default vs HistGB", "goal", "default: epochs (best)", "default: seconds",
+            *(["previous: seconds"] if "previous" in variants else [])]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in results["tables"].items():
         methods = row["methods"]
@@ -196,7 +201,8 @@ def markdown(results: dict[str, Any]) -> str:
                  *[f"{methods[m]['score']:.4f}" for m in ("histgb", "linear")],
                  *[f"{methods[f'net:{v}']['score']:.4f}" for v in variants],
                  f"{gap:+.4f}" if row["metric"] == "auc" else f"x{gap:.3f}", "met" if met else "missed",
-                 f"{net['epochs']} ({net['best_epoch'] + 1})", f"{net['seconds']:.0f}"]
+                 f"{net['epochs']} ({net['best_epoch'] + 1})", f"{net['seconds']:.0f}",
+                 *([f"{methods['net:previous']['seconds']:.0f}"] if "previous" in variants else [])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -204,7 +210,7 @@ def markdown(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tables", default=",".join(LOADERS), help="comma-separated names from benchmarks/tables.py")
-    parser.add_argument("--variants", default="default,old", help=f"network variants: {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default="default,previous", help=f"network variants: {', '.join(VARIANTS)}")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "model.json"))
     args = parser.parse_args(argv)
     console = Console(stderr=True)

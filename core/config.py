@@ -111,6 +111,9 @@ class ModelConfig(_Strict):
     periodic_sigma: float = Field(0.1, gt=0, description="Standard deviation of the periodic embedding's initial "
                                   "frequencies.")
     periodic_dim: int = Field(8, ge=1, description="Output width per column of the periodic embedding.")
+    wide: bool = Field(True, description="Add a wide (linear) path beside the network: a weight per scaled "
+                       "number and a learned value per category level, summed into the output (wide and deep). It "
+                       "travels through the pipeline stages as one extra column of the activations.")
 
     def embedding_dims(self, cardinalities: list[int]) -> list[int]:
         """Each categorical column's embedding width (cardinalities count the unknown bucket)."""
@@ -158,6 +161,9 @@ class TrainingConfig(_Strict):
         "uniform", description="How blocks are cut into stages: evenly, by parameter count, or by forward+backward "
         "time measured once; the run reports each stage's cost and the imbalance. (`train --partition`)")
     batch_size: int = Field(256, ge=1, description="Rows per optimizer step (split into microbatches).")
+    min_epoch_steps: int = Field(8, ge=1, description="A small table's batch shrinks (in whole microbatches) "
+                                 "until an epoch has at least this many optimizer steps; batch_size stays the "
+                                 "largest.")
     epochs: int = Field(100, ge=1, description="The most epochs a run trains; early stopping may end it sooner.")
     max_steps: int | None = Field(4000, ge=1, description="The most optimizer steps a run takes (a large table "
                                   "stops here, inside an epoch); None: epochs alone decide.")
@@ -175,6 +181,12 @@ class TrainingConfig(_Strict):
         "every epoch, the run stops after `patience` epochs without improvement and the best epoch's weights are "
         "kept. 0: no validation split; every row trains for exactly `epochs` (or max_steps).")
     patience: int = Field(10, ge=1, description="Epochs without a validation improvement before the run stops.")
+    refit: bool = Field(True, description="After early stopping has chosen the epoch on the validation split, "
+                        "train afresh on every training row (the validation rows too: with data.timestamp the "
+                        "time-latest) for that many epochs, with the learning-rate schedule over that run. Costs "
+                        "the chosen epochs once more.")
+    wide_lr_factor: float = Field(30.0, gt=0, description="The wide path's (model.wide) learning rate as a multiple "
+                                  "of learning_rate: a linear model needs larger steps than the network.")
     min_delta: float = Field(1e-4, ge=0, description="The least decrease of the validation loss that counts as "
                              "an improvement.")
     seed: int = Field(0, description="Random seed of the initial weights, the row order of each epoch and the "

@@ -222,7 +222,8 @@ def _log_training(config: Config, result: TrainResult) -> None:
     params = {f"training.{k}": v for k, v in config.training.model_dump().items()}
     params.update({f"model.{k}": v for k, v in config.model.model_dump().items()})
     params.update({f"retraining.{k}": v for k, v in config.retraining.model_dump().items()})
-    params.update({"training.sample_weights": result.weighted, "training.start": result.start[:500]})
+    params.update({"training.sample_weights": result.weighted, "training.start": result.start[:500],
+                   "training.best_epoch": result.best_epoch, "training.refit_steps": result.refit_steps})
     if result.baseline is not None:
         params["baseline.model"] = result.baseline.model
     params.update({"training.stages": result.stages, "training.schedule": result.schedule,

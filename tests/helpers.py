@@ -46,7 +46,7 @@ def make_config(state_dir: Path, **overrides: dict) -> Config:
     raw = yaml.safe_load(demo_config_path().read_text())
     raw["state_dir"] = str(state_dir)
     # No validation split: tests count steps and rows of exactly `epochs` epochs; tests of early stopping set one.
-    raw["training"].update({"epochs": 1, "batch_size": 256, "validation_fraction": 0.0})
+    raw["training"].update({"epochs": 1, "batch_size": 256, "validation_fraction": 0.0, "min_epoch_steps": 1})
     # Suites built from each test's own reference, as its data expects; tests/test_checks_init.py tests the demo's
     # saved suite (validation.suite), which a test asks for with validation={"suite": demo_suite_path()}.
     raw["validation"].pop("suite", None)

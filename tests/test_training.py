@@ -683,12 +683,14 @@ def noise_rows(rows: int, seed: int = 0) -> pd.DataFrame:
 
 def noise_config(state_dir: Path, **training: object) -> Config:
     """A wide network, a constant learning rate (its trajectory does not depend on the epoch count) and a random
-    validation split of the noise rows."""
+    validation split of the noise rows; the weights early stopping kept, without a refit (tests/test_model_defaults.py
+    tests the refit), and batches of 64."""
     return Config(state_dir=state_dir, data=DataConfig(target="y", numerical=["a", "b"], categorical=["c"]),
                   model=ModelConfig(hidden=32, blocks=4),
                   training=TrainingConfig(**{"stages": 1, "batch_size": 64, "microbatches": 4, "epochs": 60,
                                              "learning_rate": 1e-2, "lr_schedule": "constant",
-                                             "validation_fraction": 0.25, "patience": 3, **training}))
+                                             "validation_fraction": 0.25, "patience": 3, "refit": False,
+                                             "min_epoch_steps": 1, **training}))
 
 
 def test_early_stopping_stops_on_a_plateau_and_keeps_the_best_epochs_weights(tmp_path: Path) -> None:
@@ -751,8 +753,8 @@ def test_scaling_and_embeddings_round_trip_through_save_and_load(flights_jan: pd
     records = json.loads(rows[spec.numerical + spec.categorical].to_json(orient="records"))
     np.testing.assert_allclose(loaded.predict_rows(records), expected, rtol=1e-5, atol=1e-6)
     # A model saved before these settings existed (no keys for them) loads as it was built: fixed widths, no
-    # periodic embedding.
-    legacy = ModelConfig(embedding_rule="fixed", numerical_embedding="none", hidden=16, blocks=2)
+    # periodic embedding, no wide path.
+    legacy = ModelConfig(embedding_rule="fixed", numerical_embedding="none", wide=False, hidden=16, blocks=2)
     folder = save_model(tmp_path / "legacy", build_model(spec, legacy, 0).state_dict(), spec, legacy)
     raw = json.loads((folder / MODEL).read_text())
     (folder / MODEL).write_text(json.dumps({k: v for k, v in raw.items() if k not in LEGACY_MODEL}))

@@ -31,9 +31,32 @@ class PeriodicEmbedding(nn.Module):
         return out.flatten(1)
 
 
+class WidePath(nn.Module):
+    """The linear part of a wide-and-deep model: a weight per scaled number and one learned value per category
+    level, summed into one logit (a logistic or linear regression beside the network), starting at zero."""
+
+    def __init__(self, numerical: int, cardinalities: Sequence[int]) -> None:
+        super().__init__()
+        self.numerical = numerical
+        self.numbers = nn.Linear(numerical, 1)
+        self.levels = nn.ModuleList(nn.Embedding(n, 1) for n in cardinalities)
+        with torch.no_grad():
+            self.numbers.weight.zero_()
+            self.numbers.bias.zero_()
+            for level in self.levels:
+                level.weight.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        codes = x[:, self.numerical:].long()
+        out = self.numbers(x[:, : self.numerical])
+        for i, level in enumerate(self.levels):
+            out = out + level(codes[:, i])
+        return out
+
+
 class InputLayer(nn.Module):
     """Embeds categories (and numbers, with model.numerical_embedding periodic), concatenates them and projects to
-    the hidden width."""
+    the hidden width; with model.wide, the wide path's logit rides along as one extra last column."""
 
     def __init__(self, spec: FeatureSpec, config: ModelConfig) -> None:
         super().__init__()
@@ -44,6 +67,7 @@ class InputLayer(nn.Module):
         self.periodic = PeriodicEmbedding(self.numerical, config) if periodic else None
         number_width = self.numerical * (config.periodic_dim if periodic else 1)
         self.project = nn.Linear(number_width + sum(dims), config.hidden)
+        self.wide = WidePath(self.numerical, spec.cardinalities) if config.wide else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         codes = x[:, self.numerical:].long()
@@ -51,33 +75,45 @@ class InputLayer(nn.Module):
         if self.periodic is not None:
             numbers = self.periodic(numbers)
         parts = [numbers] + [emb(codes[:, i]) for i, emb in enumerate(self.embeddings)]
-        return self.project(torch.cat(parts, dim=1))
+        hidden = self.project(torch.cat(parts, dim=1))
+        if self.wide is None:
+            return hidden
+        return torch.cat([hidden, self.wide(x)], dim=1)
 
 
 class ResidualBlock(nn.Module):
-    """Pre-norm MLP block; LayerNorm, not BatchNorm, which pipeline shape inference corrupts."""
+    """Pre-norm MLP block; LayerNorm, not BatchNorm, which pipeline shape inference corrupts. Columns past `width`
+    (the wide path's logit) pass through untouched."""
 
     def __init__(self, width: int, dropout: float) -> None:
         super().__init__()
+        self.width = width
         self.norm = nn.LayerNorm(width)
         self.fc1 = nn.Linear(width, 2 * width)
         self.fc2 = nn.Linear(2 * width, width)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.fc2(self.dropout(torch.relu(self.fc1(self.norm(x)))))
+        hidden, carried = x[:, : self.width], x[:, self.width:]
+        out = hidden + self.fc2(self.dropout(torch.relu(self.fc1(self.norm(hidden)))))
+        return torch.cat([out, carried], dim=1) if carried.shape[1] else out
 
 
 class OutputHead(nn.Module):
-    """Final norm and a single logit (or standardised value for regression)."""
+    """Final norm and a single logit (or standardised value for regression), plus the wide path's logit when the
+    activation carries one past `width`."""
 
     def __init__(self, width: int) -> None:
         super().__init__()
+        self.width = width
         self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.norm(x)).squeeze(-1)
+        out = self.out(self.norm(x[:, : self.width])).squeeze(-1)
+        if x.shape[1] > self.width:
+            out = out + x[:, self.width]
+        return out
 
 
 class TabularNet(nn.Module):
@@ -99,6 +135,11 @@ class TabularNet(nn.Module):
         if self.head is not None:
             x = self.head(x)
         return x
+
+
+def activation_width(config: ModelConfig) -> int:
+    """Columns of the activation between stages: the hidden width, plus the wide path's logit with model.wide."""
+    return config.hidden + (1 if config.wide else 0)
 
 
 def build_model(spec: FeatureSpec, config: ModelConfig, seed: int) -> TabularNet:

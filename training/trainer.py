@@ -33,7 +33,7 @@ from driftloop.training.baseline import BaselineResult, fit_baseline
 from driftloop.training.checkpoint import CheckpointJob
 from driftloop.training.features import FeatureSpec, encode, encode_target, fit_spec, numeric_column
 from driftloop.training.launcher import RankSetup, free_port, join_torchrun, launch, run_here
-from driftloop.training.model import TabularNet, build_model, build_stage
+from driftloop.training.model import TabularNet, activation_width, build_model, build_stage
 from driftloop.training.partition import Partition, plan_partition
 from driftloop.training.pipeline import PipelineSettings, ScaledLoss, build_schedule, check_settings, rank_device
 from driftloop.training.telemetry import StageClock, Telemetry, TrainingExporter, summarize
@@ -49,6 +49,7 @@ FAIL_RANK_ENV = "DRIFTLOOP_FAIL_RANK"
 # The rows' sample weights travel beside them through the splits in this column, then into the target tensor.
 WEIGHT_COLUMN = "__driftloop_sample_weight__"
 INITIAL_PREFIX = "init."  # initial weights (warm start) in the ranks' data file
+WIDE_PARAMETER = "input.wide."  # the wide path's parameter names start so (training.model.WidePath)
 
 StepFn = Callable[[torch.Tensor], float | None]
 Report = Callable[[int, int, float], None]
@@ -89,6 +90,7 @@ class TrainResult:
     weighted: bool = False  # whether sample weights (retraining.recency_half_life) weighed the training loss
     start: str = "scratch"  # where the weights started: "scratch", "warm start from ...", or why not warm
     baseline: BaselineResult | None = None  # HistGradientBoosting on the same rows and holdout (training.baseline)
+    refit_steps: int = 0  # optimizer steps of the refit on all training rows (training.refit; 0: none)
 
     def model(self) -> TabularNet:
         """The whole model with these weights, in eval mode."""
@@ -114,6 +116,7 @@ class LoopSettings:
     min_lr_fraction: float = 1.0
     patience: int = 1
     min_delta: float = 0.0
+    wide_lr_factor: float = 1.0
 
     def set_learning_rate(self, optimizer: torch.optim.Optimizer, step: int, total: int) -> None:
         """The schedule's learning rate for optimizer step `step` (from 0) of `total`: a function of the step alone,
@@ -121,7 +124,7 @@ class LoopSettings:
         lr = self.learning_rate * lr_factor(step, total, self.lr_schedule, self.warmup_fraction,
                                             self.min_lr_fraction)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_factor", 1.0)
 
 
 @dataclass(frozen=True)
@@ -178,8 +181,18 @@ def load_initial(modules: dict[int, nn.Module], initial: dict[str, torch.Tensor]
 
 
 def make_optimizer(module: nn.Module, loop: LoopSettings) -> torch.optim.Optimizer:
-    """AdamW over the parameters this process owns (elementwise, so splitting it over stages changes nothing)."""
-    return torch.optim.AdamW(module.parameters(), lr=loop.learning_rate, weight_decay=loop.weight_decay)
+    """AdamW over the parameters this process owns (elementwise, so splitting it over stages changes nothing); the
+    wide path's parameters in a group of their own, at loop.wide_lr_factor times the learning rate."""
+    named = list(module.named_parameters())
+    wide = [p for name, p in named if WIDE_PARAMETER in name]
+    deep = [p for name, p in named if WIDE_PARAMETER not in name]
+    groups = [{"params": deep, "lr_factor": 1.0}]
+    if wide:
+        groups.append({"params": wide, "lr_factor": loop.wide_lr_factor})
+    optimizer = torch.optim.AdamW(groups, lr=loop.learning_rate, weight_decay=loop.weight_decay)
+    for group in optimizer.param_groups:
+        group["lr"] = loop.learning_rate * group["lr_factor"]
+    return optimizer
 
 
 def epoch_order(rows: int, seed: int, epoch: int) -> torch.Tensor:
@@ -363,7 +376,7 @@ def pipeline_rank(rank: int, world_size: int, job: RankJob, messages: Any) -> No
     modules = {stage: module.to(device).train() for stage, module in modules.items()}
     clock = StageClock(local, device)
     schedule = build_schedule(modules, settings, loss_module(spec.task, is_weighted(y)), width=spec.width,
-                              hidden=job.model.hidden,
+                              hidden=activation_width(job.model),
                               device=device, clock=clock)
     optimizer = make_optimizer(nn.ModuleList(modules[s] for s in local), job.loop)
     first, last = 0 in modules, settings.stages - 1 in modules
@@ -402,7 +415,8 @@ def pipeline_rank(rank: int, world_size: int, job: RankJob, messages: Any) -> No
     def end_epoch(epoch: int, done: int) -> bool:
         assert xv is not None and yv is not None
         # Every rank gets the same loss (broadcast), so every rank takes the same decision.
-        loss = staged_loss(modules, owners, xv, yv, spec.task, job.loop.batch_size, job.model.hidden, device)
+        loss = staged_loss(modules, owners, xv, yv, spec.task, job.loop.batch_size, activation_width(job.model),
+                           device)
         return stopper.record(loss, modules)
 
     # `past` grows with this run's losses: a checkpoint holds every loss since the first step.
@@ -573,14 +587,16 @@ class _ProgressView:
             self.bar.update(self.task, completed=index, epoch=epoch + 1, loss=f"{loss:.4f}", rate=rate)
 
 
-def fitted_batch_size(batch_size: int, rows: int, microbatches: int) -> int:
-    """training.batch_size, shrunk to the largest multiple of the microbatches that fits a small dataset."""
-    if rows >= batch_size:
-        return batch_size
+def fitted_batch_size(batch_size: int, rows: int, microbatches: int, min_epoch_steps: int = 1) -> int:
+    """training.batch_size, shrunk for a small dataset to the largest multiple of the microbatches that gives an
+    epoch at least `min_epoch_steps` steps (training.min_epoch_steps), and never below one microbatch per row."""
     if rows < microbatches:
         raise TrainingError(f"training data has {rows} rows, fewer than training.microbatches ({microbatches}): "
                             "train on more rows")
-    return rows // microbatches * microbatches
+    fitting = max(rows // max(1, min_epoch_steps), microbatches)
+    if fitting >= batch_size:
+        return batch_size
+    return fitting // microbatches * microbatches
 
 
 def _partition(settings: PipelineSettings, spec: FeatureSpec, config: Config, x: torch.Tensor, y: torch.Tensor,
@@ -625,6 +641,68 @@ def checkpoint_job(config: Config, spec: FeatureSpec, loop: LoopSettings, x: tor
     return CheckpointJob(folder, config.training.checkpoint_every, checkpoint.prepare(folder, config.training.resume))
 
 
+def encoded(frame: pd.DataFrame, spec: FeatureSpec, weights: np.ndarray | None) -> tuple[torch.Tensor,
+                                                                                         torch.Tensor]:
+    """The rows' input and target tensors; with sample weights, the target's second column holds them."""
+    x, y = encode(frame, spec), encode_target(frame, spec)
+    if weights is not None:
+        y = torch.stack([y, torch.from_numpy(weights)], dim=1)
+    return x, y
+
+
+def refit_loop(loop: LoopSettings, best_epoch: int, fit_rows: int, all_rows: int) -> LoopSettings:
+    """The refit's loop (training.refit): the epochs the kept weights had trained, over all `all_rows` rows, with
+    the learning-rate schedule over that run. When training.max_steps ended the first run inside the kept epoch,
+    the refit stops at as many steps scaled by the rows."""
+    per_epoch = fit_rows // loop.batch_size
+    kept = min((best_epoch + 1) * per_epoch, total_steps(fit_rows, loop))
+    capped = kept < (best_epoch + 1) * per_epoch
+    return replace(loop, epochs=best_epoch + 1,
+                   max_steps=max(1, math.ceil(kept * all_rows / fit_rows)) if capped else None)
+
+
+@dataclass
+class _Run:
+    """One training pass on the launcher of the settings, with the run's progress bar and metrics file."""
+
+    config: Config
+    settings: PipelineSettings
+    partition: Partition
+    exporter: TrainingExporter
+    progress: bool
+    label: str
+
+    def fit(self, x: torch.Tensor, y: torch.Tensor, spec: FeatureSpec, loop: LoopSettings, saving: CheckpointJob,
+            validation: tuple[torch.Tensor, torch.Tensor] | None,
+            initial: dict[str, torch.Tensor] | None) -> tuple[dict[str, torch.Tensor], list[float],
+                                                              list[dict[str, Any]], list[float], Partition,
+                                                              CheckpointJob]:
+        """Train (x, y) with `loop`; (weights, losses, timings, validation losses, partition, checkpoint job)."""
+        config, settings, partition = self.config, self.settings, self.partition
+        t = config.training
+        with _ProgressView(self.progress, total_steps(len(x), loop), loop.epochs, self.label,
+                           loop.batch_size) as view:
+
+            def on_step(epoch: int, index: int, loss: float, seconds: float) -> None:
+                view.update(epoch, index, loss, seconds)
+                self.exporter.step(epoch, index, loss, seconds)
+
+            if settings.stages == 1:
+                xv, yv = validation if validation is not None else (None, None)
+                state, losses, timing, stopper = _single_process(x, y, spec, config.model, loop, t.threads_per_rank,
+                                                                 rank_device(settings, 0), on_step, saving, xv, yv,
+                                                                 initial)
+                return state, losses, [timing], stopper.losses, partition, saving
+            if settings.launcher == "torchrun":
+                state, losses, timings, partition, saving, validated = _torchrun(x, y, spec, config, settings,
+                                                                                 partition, loop, saving,
+                                                                                 validation, initial)
+                return state, losses, timings, validated, partition, saving
+            state, losses, timings, validated = _pipelined(x, y, spec, config, settings, partition, loop, on_step,
+                                                           saving, validation, initial)
+            return state, losses, timings, validated, partition, saving
+
+
 def train(frame: pd.DataFrame, config: Config, holdout: pd.DataFrame | None = None, *, stages: int | None = None,
           schedule: str | None = None, microbatches: int | None = None, seed: int | None = None,
           progress: bool = True, sample_weights: np.ndarray | None = None,
@@ -666,17 +744,16 @@ def train(frame: pd.DataFrame, config: Config, holdout: pd.DataFrame | None = No
     weights = frame.pop(WEIGHT_COLUMN).to_numpy(dtype="float32") if sample_weights is not None else None
     held = held.drop(columns=WEIGHT_COLUMN, errors="ignore")
     holdout = holdout.drop(columns=WEIGHT_COLUMN, errors="ignore")
-    batch_size = fitted_batch_size(t.batch_size, len(frame), settings.microbatches)
+    batch_size = fitted_batch_size(t.batch_size, len(frame), settings.microbatches, t.min_epoch_steps)
     settings = replace(settings, batch_size=batch_size)
     loop = LoopSettings(t.epochs, batch_size, settings.microbatches, seed, t.learning_rate, t.weight_decay,
                         max_steps=t.max_steps, lr_schedule=t.lr_schedule, warmup_fraction=t.warmup_fraction,
-                        min_lr_fraction=t.min_lr_fraction, patience=t.patience, min_delta=t.min_delta)
+                        min_lr_fraction=t.min_lr_fraction, patience=t.patience, min_delta=t.min_delta,
+                        wide_lr_factor=t.wide_lr_factor)
 
     begin = start_point(fit_spec(frame, config.data, config.model), warm_start, config.model)
     spec = begin.spec
-    x, y = encode(frame, spec), encode_target(frame, spec)
-    if weights is not None:
-        y = torch.stack([y, torch.from_numpy(weights)], dim=1)
+    x, y = encoded(frame, spec, weights)
     validation = (encode(held, spec), encode_target(held, spec)) if len(held) else None
     partition = _partition(settings, spec, config, x, y, loop)
     saving = checkpoint_job(config, spec, loop, x, y, begin.note)
@@ -686,41 +763,40 @@ def train(frame: pd.DataFrame, config: Config, holdout: pd.DataFrame | None = No
                             "raise training.epochs, or set training.resume never to start afresh")
     label = "training" if settings.stages == 1 else f"training ({settings.stages} stages, {settings.schedule})"
     exporter = _exporter(config, settings)
-    with _ProgressView(progress, steps, t.epochs, label, batch_size) as view:
-
-        def on_step(epoch: int, index: int, loss: float, seconds: float) -> None:
-            view.update(epoch, index, loss, seconds)
-            exporter.step(epoch, index, loss, seconds)
-
-        if settings.stages == 1:
-            xv, yv = validation if validation is not None else (None, None)
-            state, losses, timing, stopper = _single_process(x, y, spec, config.model, loop, t.threads_per_rank,
-                                                             rank_device(settings, 0), on_step, saving, xv, yv,
-                                                             begin.state)
-            timings, validated = [timing], stopper.losses
-        elif settings.launcher == "torchrun":
-            state, losses, timings, partition, saving, validated = _torchrun(x, y, spec, config, settings,
-                                                                             partition, loop, saving, validation,
-                                                                             begin.state)
-        else:
-            state, losses, timings, validated = _pipelined(x, y, spec, config, settings, partition, loop, on_step,
-                                                           saving, validation, begin.state)
-    shutil.rmtree(saving.folder, ignore_errors=True)  # finished: nothing left to resume
+    run = _Run(config, settings, partition, exporter, progress, label)
+    state, losses, timings, validated, partition, saving = run.fit(x, y, spec, loop, saving, validation, begin.state)
+    resumed_from = saving.resume.step if saving.resume else 0
+    best_epoch = EarlyStopping(loop.patience, loop.min_delta, validated).best_epoch
+    fitted, refit_steps, folders = frame, 0, [saving.folder]
+    if t.refit and validation is not None and best_epoch >= 0:
+        # The epoch is chosen; now every training row (the validation rows are the time-latest) trains that long.
+        fitted = baseline_rows.drop(columns=WEIGHT_COLUMN, errors="ignore")
+        refit_weights = baseline_rows[WEIGHT_COLUMN].to_numpy(dtype="float32") if weights is not None else None
+        begin = start_point(fit_spec(fitted, config.data, config.model), warm_start, config.model)
+        spec = begin.spec
+        x, y = encoded(fitted, spec, refit_weights)
+        loop = refit_loop(loop, best_epoch, len(frame), len(fitted))
+        saving = checkpoint_job(config, spec, loop, x, y, begin.note)
+        run.label = f"{label}: refit on all {len(fitted):,} rows"
+        state, losses, timings, _, partition, saving = run.fit(x, y, spec, loop, saving, None, begin.state)
+        refit_steps, resumed_from = len(losses), saving.resume.step if saving.resume else 0
+        folders.append(saving.folder)
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)  # finished: nothing left to resume
     telemetry = summarize(timings, settings.stages, batch_size)
     exporter.finish(telemetry, partition.costs, partition.unit, partition.imbalance)
 
-    per_epoch = len(frame) // batch_size
+    per_epoch = len(fitted) // batch_size
     last_epoch = losses[-per_epoch:]  # fewer when training.max_steps ended the run inside its first epoch
     final_loss = float(sum(last_epoch) / len(last_epoch)) if last_epoch else math.nan
     result = TrainResult(state=state, spec=spec, final_loss=final_loss, losses=losses, metrics={},
                          stages=settings.stages, schedule=settings.schedule, microbatches=settings.microbatches,
-                         train_rows=len(frame), holdout_rows=len(holdout), seconds=0.0, model_config=config.model,
+                         train_rows=len(fitted), holdout_rows=len(holdout), seconds=0.0, model_config=config.model,
                          stages_per_rank=settings.stages_per_rank, ranks=settings.ranks,
                          launcher=settings.launcher, device=settings.device, partition=partition,
-                         telemetry=telemetry, resumed_from=saving.resume.step if saving.resume else 0,
-                         validation_rows=len(held), validation_losses=validated,
-                         best_epoch=EarlyStopping(loop.patience, loop.min_delta, validated).best_epoch,
-                         weighted=weights is not None, start=begin.note)
+                         telemetry=telemetry, resumed_from=resumed_from,
+                         validation_rows=len(held), validation_losses=validated, best_epoch=best_epoch,
+                         weighted=weights is not None, start=begin.note, refit_steps=refit_steps)
     metrics = holdout_metrics(result.model(), spec, holdout)
     baseline = None
     if t.baseline:
