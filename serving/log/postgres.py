@@ -180,8 +180,9 @@ class PostgresLog(LogBase):
         return int(first)
 
     def _read_limit(self) -> int:
-        """The sequence's last value once every transaction in flight just after reading it has ended (see the
-        module docstring); LogUnavailable when one is still open after `read_wait_s`."""
+        """The sequence's last value, once every transaction id assigned before the reader's own (taken just after)
+        has ended (see the module docstring). That counts any writing transaction of the cluster, in any database:
+        LogUnavailable when one is still open after `read_wait_s`."""
         ((drawn,),) = self._execute(DRAWN)
         ((own,),) = self._execute(OWN_XID)
         deadline = time.monotonic() + self.read_wait_s
