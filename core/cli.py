@@ -81,6 +81,16 @@ def _print_torchrun(plan: TorchrunPlan, as_json: bool) -> None:
         sys.stdout.write(("" if len(lines) == 1 else f"# node {number}\n") + line + "\n")
 
 
+def _start_early(config: Config, stages: int) -> None:
+    """Prefect's temporary API and the training ranks' fork server start now, beside the command's imports (seconds
+    each); the command waits for the API before its first flow (flows/prefect_api.py, training/fork_server.py)."""
+    from driftloop.flows.prefect_api import start_early
+    from driftloop.training.fork_server import start_early as start_fork_server
+
+    start_fork_server(stages, config.training.launcher)
+    start_early()
+
+
 def cmd_train(args: argparse.Namespace, config: Config) -> int:
     """Validate, train pipeline-parallel and register: 0 ok, 2 bad input (including data that fails validation or
     that the governance checks stop).
@@ -88,12 +98,7 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
     With training.launcher torchrun it prints the torchrun command(s) to run instead."""
     config = _training_flags(config, args)
     if config.training.launcher != "torchrun":
-        # Prefect's temporary API and the ranks' fork server start now, beside the imports below (seconds each).
-        from driftloop.flows.prefect_api import start_early
-        from driftloop.training.fork_server import start_early as start_fork_server
-
-        start_fork_server(args.stages or config.training.stages, config.training.launcher)
-        start_early()
+        _start_early(config, args.stages or config.training.stages)
     from driftloop.flows.training import torchrun_plan, train_file
 
     data = Path(args.data) if args.data else None
@@ -102,7 +107,13 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
     if config.training.launcher == "torchrun":
         _print_torchrun(torchrun_plan(config, data, **overrides), args.json)
         return EXIT_OK
-    outcome = train_file(config, data, progress=not args.json, **overrides)
+    try:
+        outcome = train_file(config, data, progress=not args.json, **overrides)
+    except BaseException:
+        from driftloop.flows.prefect_api import cancel
+
+        cancel()  # bad input found before the flow: no waiting for Prefect's server to finish starting
+        raise
     if outcome.refusal is not None:
         for line in outcome.refusal.lines():
             _err(line)
@@ -408,8 +419,11 @@ def cmd_log_prune(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     """The whole loop on the bundled data."""
+    _start_early(config, config.training.stages)
     from driftloop.flows.demo import run_demo
+    from driftloop.flows.prefect_api import wait_until_ready
 
+    wait_until_ready()
     run_demo(config)
     return EXIT_OK
 

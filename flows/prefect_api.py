@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import contextvars
 import threading
+from typing import Any
 
 _started: list[threading.Thread] = []
+_servers: list[Any] = []  # the server the thread started (prefect.server.api.server.SubprocessASGIServer)
+_lock = threading.Lock()
+_cancelled = threading.Event()
 
 
 def _start_temporary_server() -> None:
@@ -25,10 +29,14 @@ def _start_temporary_server() -> None:
         return
     from prefect.server.api.server import SubprocessASGIServer
 
-    server = SubprocessASGIServer()
+    with _lock:
+        if _cancelled.is_set():
+            return
+        server = SubprocessASGIServer()
+        _servers.append(server)
     try:
         server.start()
-    except Exception:  # noqa: BLE001 - Prefect starts it again at the first flow and says what went wrong
+    except Exception:  # noqa: BLE001 - cancelled, or else Prefect starts it again at the first flow and says why
         server.stop()
 
 
@@ -51,3 +59,15 @@ def wait_until_ready() -> None:
     answering."""
     for thread in _started:
         thread.join()
+
+
+def cancel() -> None:
+    """For a command that ends before its first flow (bad input): stop the early start instead of waiting for a
+    server nobody will use. The server process is stopped (Prefect's own stop) if it was started; the thread then
+    ends at once."""
+    with _lock:
+        _cancelled.set()
+        servers = list(_servers)
+    for server in servers:
+        server.stop()
+    wait_until_ready()

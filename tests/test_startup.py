@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,33 @@ def test_exit_now_runs_threads_and_exit_handlers_then_exits_with_the_code(tmp_pa
     assert result.stdout.splitlines() == ["pool", "bufferedthread", "handler"]
     assert result.stderr == "err"
     assert (tmp_path / "written.txt").read_text() == "flushed"
+
+
+@pytest.mark.slow
+def test_bad_input_stops_the_early_server_and_leaves_no_process(tmp_path: Path) -> None:
+    from tests.helpers import assert_one_clean_error, run_cli
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    config = Path(__file__).resolve().parents[1] / "core" / "configs" / "flights.yaml"
+    result = run_cli("train", "--config", str(config), "--data", str(bad), cwd=tmp_path)
+    assert result.returncode == 2
+    assert_one_clean_error(result, "bad.csv")
+    home = f"PREFECT_HOME={(tmp_path / '.driftloop' / 'prefect').resolve()}".encode()
+    deadline = time.monotonic() + 10  # the fork server ends once it sees the command gone
+    while time.monotonic() < deadline and processes_with(home):
+        time.sleep(0.2)
+    assert not processes_with(home), "a process of the command outlived it (Prefect's server or the fork server)"
+
+
+def processes_with(variable: bytes) -> list[int]:
+    """Live (not zombie) processes whose environment holds `variable` (NAME=value)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and variable in (proc / "environ").read_bytes().split(b"\0") \
+                    and " Z " not in (proc / "stat").read_text():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
