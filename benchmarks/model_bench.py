@@ -49,7 +49,7 @@ MAX_NATIVE_LEVELS = 250  # below HistGB's 255 bins (one bin is kept for missing 
 # Network variants: overrides of the config's defaults per section. "default" is the shipped configuration; "old"
 # the settings before early stopping (issue 13's starting point); the others each change one default.
 # "previous" is the default before the wide path, the refit and the small-table batch (December 4, 2026).
-PREVIOUS: dict[str, dict[str, Any]] = {"model": {"wide": False, "numerical_embedding": "none"},
+PREVIOUS: dict[str, dict[str, Any]] = {"model": {"wide": False, "numerical_embedding": "none", "periodic_sigma": 0.1},
                                        "training": {"refit": False, "min_epoch_steps": 1, "wide_lr_factor": 1.0}}
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {},
@@ -58,6 +58,7 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
             "training": {**PREVIOUS["training"], "epochs": 3, "batch_size": 512, "lr_schedule": "constant",
                          "validation_fraction": 0.0, "max_steps": None}},
     "periodic": {"model": {"numerical_embedding": "periodic"}},
+    "no_periodic": {"model": {"numerical_embedding": "none"}},
     "standard": {"model": {"scaling": "standard"}},
     "quantile": {"model": {"scaling": "quantile"}},
     "robust": {"model": {"scaling": "robust"}},

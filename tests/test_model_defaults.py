@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from driftloop.config import Config, DataConfig, ModelConfig, TrainingConfig
+from driftloop.training import trainer
 from driftloop.training.features import encode, fit_spec
 from driftloop.training.model import activation_width, build_model, build_stage
 from driftloop.training.trainer import LoopSettings, TrainResult, fitted_batch_size, refit_loop, train
@@ -98,11 +99,15 @@ def test_the_refit_runs_as_many_epochs_over_every_row() -> None:
     loop = LoopSettings(epochs=100, batch_size=64, microbatches=4, seed=0, learning_rate=1e-3, weight_decay=0.0,
                         max_steps=4000)
     refit = refit_loop(loop, best_epoch=4, fit_rows=640, all_rows=800)
-    assert (refit.epochs, refit.max_steps) == (5, None)  # 5 epochs of 800 rows: 60 steps, not 50
+    assert (refit.epochs, refit.max_steps) == (5, 4000)  # 5 epochs of 800 rows: 60 steps, not 50
+    assert trainer.total_steps(800, refit) == 60
     # training.max_steps ended the first run in its third epoch (25 of 10 x 3 steps): the refit ends as far in.
     capped = refit_loop(LoopSettings(100, 64, 4, 0, 1e-3, 0.0, max_steps=25), best_epoch=2, fit_rows=640,
                         all_rows=800)
-    assert (capped.epochs, capped.max_steps) == (3, 32)
+    assert (capped.epochs, capped.max_steps) == (3, 25)  # 32 scaled, but never past training.max_steps
+    # The kept epoch was whole but its epochs over all rows would pass training.max_steps: the refit stops there.
+    assert trainer.total_steps(800, refit_loop(LoopSettings(100, 64, 4, 0, 1e-3, 0.0, max_steps=55), 4, 640,
+                                               800)) == 55
 
 
 def test_refit_trains_every_training_row_for_the_epochs_early_stopping_chose(tmp_path: Path) -> None:

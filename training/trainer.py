@@ -652,13 +652,15 @@ def encoded(frame: pd.DataFrame, spec: FeatureSpec, weights: np.ndarray | None) 
 
 def refit_loop(loop: LoopSettings, best_epoch: int, fit_rows: int, all_rows: int) -> LoopSettings:
     """The refit's loop (training.refit): the epochs the kept weights had trained, over all `all_rows` rows, with
-    the learning-rate schedule over that run. When training.max_steps ended the first run inside the kept epoch,
-    the refit stops at as many steps scaled by the rows."""
+    the learning-rate schedule over that run, and never more than training.max_steps. When max_steps ended the
+    first run inside the kept epoch, the refit stops at as many steps scaled by the rows."""
     per_epoch = fit_rows // loop.batch_size
     kept = min((best_epoch + 1) * per_epoch, total_steps(fit_rows, loop))
-    capped = kept < (best_epoch + 1) * per_epoch
-    return replace(loop, epochs=best_epoch + 1,
-                   max_steps=max(1, math.ceil(kept * all_rows / fit_rows)) if capped else None)
+    cap = loop.max_steps
+    if kept < (best_epoch + 1) * per_epoch:
+        scaled = max(1, math.ceil(kept * all_rows / fit_rows))
+        cap = scaled if cap is None else min(cap, scaled)
+    return replace(loop, epochs=best_epoch + 1, max_steps=cap)
 
 
 @dataclass
