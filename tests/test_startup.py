@@ -24,16 +24,17 @@ def run_python(code: str, cwd: Path, timeout: float = 300) -> subprocess.Complet
 
 
 @pytest.mark.slow
-def test_the_training_flow_does_not_import_evidently_nor_dcp(tmp_path: Path) -> None:
+def test_the_training_flow_imports_neither_evidently_nor_dcp_nor_pipelining(tmp_path: Path) -> None:
     result = run_python("""
         import json, sys
         import driftloop.flows.training, driftloop.flows.monitoring, driftloop.flows.governance
-        heavy = ["evidently", "torch.distributed.checkpoint", "prefect.server.api.server"]
+        heavy = ["evidently", "torch.distributed.checkpoint", "prefect.server.api.server",
+                 "torch.distributed.pipelining"]
         print(json.dumps({name: name in sys.modules for name in heavy}))
     """, tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"evidently": False, "torch.distributed.checkpoint": False,
-                                         "prefect.server.api.server": False}
+                                         "prefect.server.api.server": False, "torch.distributed.pipelining": False}
 
 
 @pytest.mark.slow
@@ -128,7 +129,7 @@ def test_the_fork_server_starts_early_only_when_ranks_will_fork(tmp_path: Path) 
     found = json.loads(result.stdout)
     assert found["one_stage"] is None and found["one_process"] is None
     assert isinstance(found["two_ranks"], int)
-    assert found["preload"] == ["driftloop.training.trainer"]
+    assert found["preload"] == ["driftloop.training.trainer", "torch.distributed.pipelining"]
     assert not found["torch_here"]  # the server imports torch, not this process
 
 

@@ -18,8 +18,10 @@ from contextlib import contextmanager
 # spawn every rank re-imported torch (~2.5 s of CPU each here), at every launch. The server starts clean (it is
 # not a fork of this process), so threads, CUDA and process groups of the parent never leak into ranks.
 START_METHOD = "forkserver"
-# Where the training ranks' entry point lives (trainer.pipeline_rank): what the server imports before forking.
+# Where the training ranks' entry point lives (trainer.pipeline_rank), and what every pipeline rank imports besides
+# (training.pipeline.PIPELINING, which the parent never imports): what the server imports before forking.
 TRAINING_RANK_MODULE = "driftloop.training.trainer"
+RANK_PRELOAD = ("torch.distributed.pipelining",)
 
 
 @contextmanager
@@ -56,4 +58,4 @@ def start_early(stages: int, launcher: str) -> None:
     """Start the training ranks' fork server now when this training will fork ranks (launcher local, more than one
     stage); with one stage, or launcher single_process or torchrun, nothing is forked and nothing starts."""
     if launcher == "local" and stages > 1:
-        start([TRAINING_RANK_MODULE])
+        start([TRAINING_RANK_MODULE, *RANK_PRELOAD])

@@ -128,7 +128,7 @@ def launch(fn: RankFn, payload: Any, setup: RankSetup, on_message: Callable[[Any
     rank killed from outside (SIGKILL, the OOM killer) is named as the cause, not a peer that then lost it.
     """
     context = mp.get_context(START_METHOD)
-    fork_server.start([fn.__module__])  # the first launch in this process starts it, unless started early
+    fork_server.start([fn.__module__, *fork_server.RANK_PRELOAD])  # the first launch starts it, unless started early
     messages = context.Queue() if on_message is not None else None
     with without_main_reimport():
         procs = mp.start_processes(_rank_main, args=(fn, payload, setup, messages), nprocs=setup.world_size,

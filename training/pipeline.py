@@ -19,39 +19,46 @@ weight-grad step.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.distributed.pipelining import (
-    PipelineStage,
-    Schedule1F1B,
-    ScheduleDualPipeV,
-    ScheduleGPipe,
-    ScheduleInterleaved1F1B,
-    ScheduleInterleavedZeroBubble,
-    ScheduleLoopedBFS,
-    ScheduleZBVZeroBubble,
-)
-from torch.distributed.pipelining.schedules import _PipelineSchedule
 
 from driftloop.config import SCHEDULES, Config
 from driftloop.errors import TrainingError
 from driftloop.training.telemetry import StageClock
 
-SCHEDULE_CLASSES: dict[str, type[_PipelineSchedule]] = {
-    "GPipe": ScheduleGPipe,
-    "1F1B": Schedule1F1B,
-    "Interleaved1F1B": ScheduleInterleaved1F1B,
-    "LoopedBFS": ScheduleLoopedBFS,
-    "InterleavedZeroBubble": ScheduleInterleavedZeroBubble,
-    "ZBVZeroBubble": ScheduleZBVZeroBubble,
-    "DualPipeV": ScheduleDualPipeV,
-}
+if TYPE_CHECKING:
+    from torch.distributed.pipelining.schedules import _PipelineSchedule
+
+# torch.distributed.pipelining (with DTensor and sympy: a second of CPU) is imported only where a schedule is built,
+# in the ranks (the fork server preloads it: training/fork_server.py), never by the parent that checks settings.
+PIPELINING = "torch.distributed.pipelining"
+
+
+@functools.cache
+def schedule_classes() -> dict[str, type[_PipelineSchedule]]:
+    """torch's schedule class of each schedule name."""
+    from torch.distributed import pipelining
+
+    return {"GPipe": pipelining.ScheduleGPipe, "1F1B": pipelining.Schedule1F1B,
+            "Interleaved1F1B": pipelining.ScheduleInterleaved1F1B, "LoopedBFS": pipelining.ScheduleLoopedBFS,
+            "InterleavedZeroBubble": pipelining.ScheduleInterleavedZeroBubble,
+            "ZBVZeroBubble": pipelining.ScheduleZBVZeroBubble, "DualPipeV": pipelining.ScheduleDualPipeV}
+
+
+def __getattr__(name: str) -> Any:
+    """SCHEDULE_CLASSES and TimedStage, made on first use (see PIPELINING)."""
+    if name == "SCHEDULE_CLASSES":
+        return schedule_classes()
+    if name == "TimedStage":
+        return timed_stage_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 # torch's PipelineScheduleSingle: exactly one stage per rank.
 SINGLE_STAGE = frozenset({"GPipe", "1F1B"})
 # Exactly two stages per rank, placed in a V: rank r runs stages r and 2 * ranks - 1 - r.
@@ -307,44 +314,54 @@ def example_shapes(settings: PipelineSettings, stage: int, width: int, hidden: i
     return inputs, outputs
 
 
-class TimedStage(PipelineStage):
-    """A PipelineStage that reports the time of each forward, backward and weight-grad call to a StageClock.
+@functools.cache
+def timed_stage_class() -> type:
+    """TimedStage: torch's PipelineStage with its calls timed (a class made on first use: see PIPELINING)."""
+    from torch.distributed.pipelining import PipelineStage
 
-    The spans cover the stage's compute only: the schedule waits for activations and gradients outside these
-    calls, so a rank's idle share of a step (its bubble) is what the spans leave uncovered.
-    """
+    class TimedStage(PipelineStage):
+        """A PipelineStage that reports the time of each forward, backward and weight-grad call to a StageClock.
 
-    def __init__(self, *args: Any, clock: StageClock, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.clock = clock
+        The spans cover the stage's compute only: the schedule waits for activations and gradients outside these
+        calls, so a rank's idle share of a step (its bubble) is what the spans leave uncovered.
+        """
 
-    @contextmanager
-    def _span(self, kind: str) -> Iterator[None]:
-        with self.clock.span(self.stage_index, kind):
-            yield
+        def __init__(self, *args: Any, clock: StageClock, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.clock = clock
 
-    def forward_one_chunk(self, *args: Any, **kwargs: Any) -> Any:
-        with self._span("forward"):
-            return super().forward_one_chunk(*args, **kwargs)
+        @contextmanager
+        def _span(self, kind: str) -> Iterator[None]:
+            with self.clock.span(self.stage_index, kind):
+                yield
 
-    def backward_one_chunk(self, *args: Any, **kwargs: Any) -> None:
-        with self._span("backward"):
-            super().backward_one_chunk(*args, **kwargs)
+        def forward_one_chunk(self, *args: Any, **kwargs: Any) -> Any:
+            with self._span("forward"):
+                return super().forward_one_chunk(*args, **kwargs)
 
-    def backward_weight_one_chunk(self, *args: Any, **kwargs: Any) -> None:
-        with self._span("backward"):
-            super().backward_weight_one_chunk(*args, **kwargs)
+        def backward_one_chunk(self, *args: Any, **kwargs: Any) -> None:
+            with self._span("backward"):
+                super().backward_one_chunk(*args, **kwargs)
+
+        def backward_weight_one_chunk(self, *args: Any, **kwargs: Any) -> None:
+            with self._span("backward"):
+                super().backward_weight_one_chunk(*args, **kwargs)
+
+    TimedStage.__module__ = __name__
+    TimedStage.__qualname__ = "TimedStage"
+    return TimedStage
 
 
 def build_schedule(modules: Mapping[int, nn.Module], settings: PipelineSettings, loss: nn.Module, *, width: int,
                    hidden: int, device: torch.device, clock: StageClock) -> _PipelineSchedule:
     """The schedule that runs this rank's stages (`modules`: stage index -> module); needs a process group."""
     stages = []
+    timed_stage = timed_stage_class()
     for index in sorted(modules):
         inputs, outputs = example_shapes(settings, index, width, hidden)
-        stages.append(TimedStage(modules[index], index, settings.stages, device, input_args=inputs,
-                                 output_args=outputs, clock=clock))
-    cls = SCHEDULE_CLASSES[settings.schedule]
+        stages.append(timed_stage(modules[index], index, settings.stages, device, input_args=inputs,
+                                  output_args=outputs, clock=clock))
+    cls = schedule_classes()[settings.schedule]
     loss_fn = ScaledLoss(loss, settings.microbatches)
     if settings.schedule in SINGLE_STAGE:
         return cls(stages[0], n_microbatches=settings.microbatches, loss_fn=loss_fn, scale_grads=False)
