@@ -73,7 +73,7 @@ def test_wheel_holds_the_installed_package_with_a_valid_record(tmp_path: Path) -
                     if line.startswith("Requires-Dist: ")]
         assert requires == distribution("driftloop").metadata.get_all("Requires-Dist")
         assert f"Build: {build}" in archive.read(f"{info}/WHEEL").decode()
-        assert "driftloop = driftloop.cli:main" in archive.read(f"{info}/entry_points.txt").decode()
+        assert "driftloop = driftloop.cli:run" in archive.read(f"{info}/entry_points.txt").decode()
 
 
 def test_requirements_pin_what_the_pyfunc_imports(tmp_path: Path) -> None:
