@@ -107,7 +107,7 @@ class ModelConfig(_Strict):
     numerical_embedding: Literal["none", "periodic"] = Field(
         "periodic", description="none: each scaled number enters the network as it is; periodic: sin/cos of learned "
         "frequencies, then a linear map and ReLU per column (PLR, Gorishniy et al. 2022). Periodic is the default "
-        "(benchmarks/README.md, \"Model\"); it costs up to 1.5x the training time of none.")
+        "(benchmarks/README.md, \"Model\"); it costs about 1.4-1.7x the training time of none.")
     periodic_frequencies: int = Field(16, ge=1, description="Frequencies per column of the periodic embedding.")
     periodic_sigma: float = Field(3.0, gt=0, description="Standard deviation of the periodic embedding's initial "
                                   "frequencies: larger ones resolve finer differences between values.")
