@@ -97,22 +97,25 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
 
     With training.launcher torchrun it prints the torchrun command(s) to run instead."""
     config = _training_flags(config, args)
-    if config.training.launcher != "torchrun":
-        _start_early(config, args.stages or config.training.stages)
-    from driftloop.flows.training import torchrun_plan, train_file
-
-    data = Path(args.data) if args.data else None
-    overrides = {"stages": args.stages, "schedule": args.schedule, "microbatches": args.microbatches,
-                 "seed": args.seed}
     if config.training.launcher == "torchrun":
-        _print_torchrun(torchrun_plan(config, data, **overrides), args.json)
+        from driftloop.flows.training import torchrun_plan
+
+        data = Path(args.data) if args.data else None
+        _print_torchrun(torchrun_plan(config, data, stages=args.stages, schedule=args.schedule,
+                                      microbatches=args.microbatches, seed=args.seed), args.json)
         return EXIT_OK
+    if args.early_start:
+        _start_early(config, args.stages or config.training.stages)
     try:
-        outcome = train_file(config, data, progress=not args.json, **overrides)
+        from driftloop.flows.training import train_file
+
+        outcome = train_file(config, Path(args.data) if args.data else None, progress=not args.json,
+                             stages=args.stages, schedule=args.schedule, microbatches=args.microbatches,
+                             seed=args.seed)
     except BaseException:
         from driftloop.flows.prefect_api import cancel
 
-        cancel()  # bad input found before the flow: no waiting for Prefect's server to finish starting
+        cancel()  # bad input (or Ctrl-C) before the flow: no waiting for Prefect's server to finish starting
         raise
     if outcome.refusal is not None:
         for line in outcome.refusal.lines():
@@ -419,7 +422,8 @@ def cmd_log_prune(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     """The whole loop on the bundled data."""
-    _start_early(config, config.training.stages)
+    if args.early_start:
+        _start_early(config, config.training.stages)
     from driftloop.flows.demo import run_demo
     from driftloop.flows.prefect_api import wait_until_ready
 
@@ -580,9 +584,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; user errors are one line on stderr and exit code 2."""
+def main(argv: list[str] | None = None, early_start: bool = False) -> int:
+    """The command line; user errors are one line on stderr and exit code 2. `early_start` (the console script):
+    train and demo start Prefect's temporary API and the ranks' fork server beside their imports (processes a
+    caller running main in its own process may not want)."""
     args = build_parser().parse_args(argv)
+    args.early_start = early_start
     try:
         config = load_config(args.config or demo_config_path())
         prepare_environment(config.state_dir, config.orchestration.api_url)
@@ -620,8 +627,9 @@ def exit_now(code: int) -> None:
 
 
 def run() -> None:
-    """The console script: main(), then exit_now (an error that escapes main ends the process as usual)."""
-    exit_now(main())
+    """The console script: main() with the early starts, then exit_now (an error that escapes main ends the process
+    as usual)."""
+    exit_now(main(early_start=True))
 
 
 if __name__ == "__main__":
