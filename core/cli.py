@@ -1,4 +1,4 @@
-"""The `driftloop` command: a thin layer over the stages and flows, with the exit codes DESIGN.md fixes."""
+"""The `driftloop` command: a thin layer over the stages and flows, with fixed exit codes (docs/concepts/loop.md)."""
 
 from __future__ import annotations
 

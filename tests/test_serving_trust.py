@@ -1,7 +1,7 @@
 """Attacks on the model server's trust boundaries (issue 15), each through a real HTTP server (uvicorn on a socket in
 this process): who may label, what time means, how much a request may carry. Every attack is refused with its
 status, nothing it sent is kept, and the server answers normal requests during and after it. The table of these
-rows is in README.md, "Security and trust boundaries"."""
+rows is in docs/operations/security.md."""
 
 from __future__ import annotations
 

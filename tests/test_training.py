@@ -594,7 +594,7 @@ def test_torchrun_trains_the_same_model_as_the_local_launcher(tiny_rows: pd.Data
 def test_the_ideal_step_is_the_bubble_of_p_stages_and_m_microbatches() -> None:
     from driftloop.training.sweep import ideal_seconds, parse_grid
 
-    assert ideal_seconds(260, 2, 8) == pytest.approx(146.25)  # DESIGN.md's measured example: 260 x 9 / 16
+    assert ideal_seconds(260, 2, 8) == pytest.approx(146.25)  # a measured example: 260 x 9 / 16
     assert ideal_seconds(1.0, 1, 4) == 1.0
     assert parse_grid("1, 2,4", (2,), int, "--stages") == [1, 2, 4] and parse_grid(None, (2,), int, "-") == [2]
     with pytest.raises(TrainingError, match="--microbatches"):
