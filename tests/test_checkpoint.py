@@ -153,18 +153,20 @@ def test_a_save_interrupted_before_its_rename_is_not_resumed_from(rows: pd.DataF
                                                                   tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The run dies after DCP wrote every file of step 8 but before rank 0 renamed it: step 4 is the resume point."""
+    import torch.distributed.checkpoint as dcp  # imported where checkpoints are written, so patched at its source
+
     config = resume_config(tmp_path)
-    original = checkpoint.dcp.save
+    original = dcp.save
 
     def write_then_die(state: dict, checkpoint_id: str, **kwargs: object) -> None:
         original(state, checkpoint_id=checkpoint_id, **kwargs)
         if Path(checkpoint_id).name.startswith("step-8"):
             raise RuntimeError("died while saving step 8")
 
-    monkeypatch.setattr(checkpoint.dcp, "save", write_then_die)
+    monkeypatch.setattr(dcp, "save", write_then_die)
     with pytest.raises(RuntimeError, match="died while saving"):
         train(rows, config, stages=1, seed=3, progress=False)
-    monkeypatch.setattr(checkpoint.dcp, "save", original)
+    monkeypatch.setattr(dcp, "save", original)
     folder = run_folder(config)
     assert (folder / f"step-8{PARTIAL}" / ".metadata").is_file()  # every byte written, yet not complete
     resumed = train(rows, config, stages=1, seed=3, progress=False)
