@@ -14,7 +14,7 @@ checkouts (old, new, old, new, ...) so that both see the same load on a shared m
   waiting for the early start, if it is not done yet).
 
     git worktree add /tmp/old <commit>     # the code before
-    nice -n 10 .venv/bin/python benchmarks/train_bench.py --old /tmp/old --runs 3
+    .venv/bin/python benchmarks/train_bench.py --old /tmp/old --runs 2     # not niced: the command as a user runs it
 
 Writes benchmarks/results/train.json and prints a table. Goal (issue 13): ≤ 20 s wall on 2 cores.
 """
