@@ -14,6 +14,7 @@ from driftloop.config import Config
 from driftloop.data import split_by_fraction
 from driftloop.data_checks.findings import Finding
 from driftloop.data_checks.leakage import rank_correlation
+from driftloop.scoring import roc_auc
 
 # The champion's score in one slice of the batch (a feature's half or frequent value) must fall below the limit by
 # this many standard errors, and by the Bonferroni bar for SLICE_FALSE_ALARM over all slices searched, to block.
@@ -170,8 +171,7 @@ def signed_score(y: np.ndarray, predicted: np.ndarray, task: str) -> tuple[float
     n1, n2 = int(positives.sum()), int((~positives).sum())
     if n1 == 0 or n2 == 0:
         return None
-    ranks = pd.Series(predicted).rank(method="average").to_numpy()
-    auc = float((ranks[positives].sum() - n1 * (n1 + 1) / 2) / (n1 * n2))
+    auc = roc_auc(positives, predicted)
     q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
     variance = (auc * (1 - auc) + (n1 - 1) * (q1 - auc**2) + (n2 - 1) * (q2 - auc**2)) / (n1 * n2)
     return auc, float(np.sqrt(max(variance, 1e-12)))
