@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LINKED := $(VENV)/.linked
+TEMPLATES := $(VENV)/.state-templates
 # The folders that install as the driftloop package (core/ is driftloop itself, each stage driftloop.<stage>).
 PACKAGES := core data_checks training registry serving monitoring flows stack dashboards
 EDITABLE := --config-settings editable_mode=strict
@@ -27,7 +28,13 @@ $(LINKED): $(STAMP) $(addsuffix /.,$(PACKAGES)) $(filter-out %/__pycache__/,$(wi
 	$(BIN)/pip install --quiet --no-deps -e . $(EDITABLE)
 	touch $(LINKED)
 
-setup: $(LINKED)
+# Empty, already migrated MLflow and Prefect databases that a new state dir starts from (core/state_templates.py):
+# under the venv, per library version; without them a state dir migrates its own (seconds), as before.
+$(TEMPLATES): $(LINKED)
+	$(BIN)/python -m driftloop.state_templates
+	touch $(TEMPLATES)
+
+setup: $(LINKED) $(TEMPLATES)
 
 # Prometheus and Alertmanager (Debian packages) for `driftloop stack up`, the alert-rule and integration tests.
 # Chromium and its driver: the browser tests open every page of the stack (tests/test_closed_loop.py).
@@ -46,14 +53,14 @@ system-deps:
 	    exit 1; \
 	  fi; }
 
-demo: $(LINKED)
+demo: $(LINKED) $(TEMPLATES)
 	$(BIN)/driftloop demo
 
 # The local stack (Prefect server, Prometheus, Alertmanager, model server, receiver, deployments) on 127.0.0.1.
 stack: $(LINKED) system-deps
 	$(BIN)/driftloop stack up
 
-test: $(LINKED) system-deps
+test: $(LINKED) $(TEMPLATES) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
 	$(DOCS_BUILD)

@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+from driftloop.state_templates import seed_database
+
 # The libraries' usage reporting: the network may be closed, and nothing may wait on a connection that never opens.
 TELEMETRY_OFF = {
     "GX_ANALYTICS_ENABLED": "false",
@@ -22,6 +24,10 @@ DEFAULTS = {
     # A first start migrates a new SQLite database; on 2 busy cores that can exceed Prefect's 20 s default.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
 }
+
+
+# Settings that move the Prefect server's database out of PREFECT_HOME/prefect.db (then no template is copied there).
+PREFECT_DATABASE_URL = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
 
 
 def switch_off_telemetry() -> None:
@@ -54,7 +60,8 @@ def stack_part_url(state_dir: Path, name: str) -> str | None:
 
 
 def prepare_environment(state_dir: Path | None = None, api_url: str | None = None) -> None:
-    """Switch telemetry off, choose the Prefect API and, without one, keep Prefect's home under the state dir.
+    """Switch telemetry off, choose the Prefect API and, without one, keep Prefect's home under the state dir (a new
+    home gets the install's already migrated database: driftloop.state_templates).
 
     The Prefect API is, in this order: PREFECT_API_URL from the environment, `api_url` (orchestration.api_url),
     the local stack's server while it runs, else Prefect's temporary local API. Must run before Prefect, MLflow
@@ -72,3 +79,5 @@ def prepare_environment(state_dir: Path | None = None, api_url: str | None = Non
         home = Path(state_dir).resolve() / "prefect"
         home.mkdir(parents=True, exist_ok=True)  # Prefect does not create it and then cannot open its database
         os.environ["PREFECT_HOME"] = str(home)
+        if not any(os.environ.get(name) for name in PREFECT_DATABASE_URL):
+            seed_database(home / "prefect.db", "prefect")  # the temporary server's database, already migrated

@@ -20,7 +20,8 @@ from driftloop.data import reference_frame
 from driftloop.errors import RegistryError
 from driftloop.registry.digests import model_digests, recorded_digests, verify
 from driftloop.registry.packaging import build_wheel, model_requirements
-from driftloop.state import mlflow_artifact_root, mlflow_tracking_uri, state_path
+from driftloop.state import mlflow_artifact_root, mlflow_store_uri, mlflow_tracking_uri, state_path
+from driftloop.state_templates import seed_database
 from driftloop.training.artifacts import WEIGHTS, LoadedModel, load_model, predict, save_model
 
 if TYPE_CHECKING:
@@ -63,10 +64,13 @@ class Registered:
 
 
 def mlflow_client(config: Config) -> MlflowClient:
-    """A client on the config's tracking store (SQLite under state_dir by default)."""
+    """A client on the config's tracking store (SQLite under state_dir by default; a new one starts from the
+    install's migrated template, driftloop.state_templates)."""
     import mlflow
 
     uri = mlflow_tracking_uri(config)
+    if not config.registry.tracking_uri and uri == mlflow_store_uri(config):  # not the stack's server, not a URI
+        seed_database(state_path(config, "mlflow.db"), "mlflow")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
