@@ -10,7 +10,7 @@ from pathlib import Path
 
 from driftloop.config import Config
 from driftloop.env import stack_part_url
-from driftloop.monitoring.projects import existing_project_id
+from driftloop.monitoring.projects import link_project_id
 from driftloop.registry.store import mlflow_client
 from driftloop.state import mlflow_tracking_uri
 
@@ -22,10 +22,11 @@ PREFECT_TAG = "links.prefect_flow_run"
 
 def evidently_snapshots_url(config: Config) -> str:
     """The model's Evidently project's snapshot list: on the stack's Evidently UI, else where `evidently ui
-    --workspace state_dir/evidently` (monitoring.workspace.ui_command) serves it. The project is made here (with
-    its panels) when no window was checked yet, so the link is good from the first version on; once it exists its id
-    is read from disk, without importing Evidently."""
-    project_id = existing_project_id(config)
+    --workspace state_dir/evidently` (monitoring.workspace.ui_command) serves it. The project's id is read from
+    disk, without importing Evidently (seconds of CPU); before the first window is checked the project does not
+    exist yet, and the id is reserved: the monitor creates the project with it (with its panels) when it stores its
+    first window, and the page shows from then on. Evidently decides only when several projects have the name."""
+    project_id = link_project_id(config)
     if project_id is None:
         from driftloop.monitoring.workspace import open_project
 

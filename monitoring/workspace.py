@@ -3,24 +3,22 @@ once labels arrived, performance), and the project's dashboard panels defined he
 
 from __future__ import annotations
 
-import fcntl
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
-from pathlib import Path
+from uuid import UUID
 
 import pandas as pd
 from evidently import BinaryClassification, DataDefinition, Dataset, Regression, Report
 from evidently.core.report import Snapshot
 from evidently.metrics import MAE, RMSE, Accuracy, RocAuc
 from evidently.presets import DataDriftPreset, DataSummaryPreset
-from evidently.sdk.models import DashboardPanelPlot, PanelMetric
+from evidently.sdk.models import DashboardPanelPlot, PanelMetric, ProjectModel
 from evidently.sdk.panels import counter_panel, line_plot_panel
 from evidently.ui.workspace import Project, Workspace
 
 from driftloop.config import Config
 from driftloop.monitoring.drift import DriftResult, _sample_reference, _sample_window, feature_kinds, typed_columns
+from driftloop.monitoring.projects import locked, reserved_project_id
 from driftloop.state import evidently_workspace
 
 # Tabs of the project's dashboard, and the panels' metric names as Evidently stores them in a snapshot.
@@ -57,25 +55,16 @@ def dashboard_panels(config: Config) -> list[tuple[str, DashboardPanelPlot]]:
     ]
 
 
-@contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """One writer at a time sets up a project (two monitor runs must not create it twice)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".driftloop.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def model_project(workspace: Workspace, config: Config) -> Project:
-    """The model's project (named after it), created with its dashboard panels on first use."""
+    """The model's project (named after it), created with its dashboard panels on first use, with the id its
+    versions' links name when one was reserved (monitoring.projects.link_project_id)."""
     found = workspace.search_project(config.model.name)
     if found:
         return found[0]
-    project = workspace.create_project(config.model.name, description=f"driftloop monitor of {config.model.name}: "
-                                       "one snapshot per checked window")
+    reserved = reserved_project_id(config)
+    chosen = {"id": UUID(reserved)} if reserved is not None and workspace.get_project(reserved) is None else {}
+    project = workspace.add_project(ProjectModel(**chosen, name=config.model.name, description=(
+        f"driftloop monitor of {config.model.name}: one snapshot per checked window")))
     for tab, panel in dashboard_panels(config):
         project.dashboard.add_panel(panel, tab=tab)
     return project
@@ -84,7 +73,7 @@ def model_project(workspace: Workspace, config: Config) -> Project:
 def open_project(config: Config) -> tuple[Workspace, Project]:
     """The workspace under state_dir and the model's project in it."""
     folder = evidently_workspace(config)
-    with _locked(folder):
+    with locked(folder):
         workspace = Workspace(str(folder))
         return workspace, model_project(workspace, config)
 

@@ -1,6 +1,7 @@
 """What `driftloop train` pays before and after its work (issue 13, ≤ 20 s on 5,000 rows): the training flow's imports
-leave Evidently out, the Evidently project's id is read from disk once it exists, Prefect's temporary API and the
-ranks' fork server start early, and the console script skips the interpreter's teardown but not the exit handlers."""
+leave Evidently out, the Evidently project's id is read from disk (reserved before the project exists), Prefect's
+temporary API and the ranks' fork server start early, and the console script skips the interpreter's teardown but not
+the exit handlers. (A new state dir's databases: tests/test_state_templates.py.)"""
 
 from __future__ import annotations
 
@@ -41,15 +42,18 @@ def test_the_training_flow_imports_neither_evidently_nor_dcp_nor_pipelining(tmp_
 def test_the_project_id_read_from_disk_is_evidentlys_own(config: Config) -> None:
     from driftloop.flows.links import evidently_snapshots_url
     from driftloop.monitoring.projects import existing_project_id, project_ids
-    from driftloop.monitoring.workspace import open_project
+    from driftloop.monitoring.workspace import dashboard_panels, open_project
     from driftloop.state import evidently_workspace
 
-    assert existing_project_id(config) is None  # no workspace yet: Evidently creates the project
-    url = evidently_snapshots_url(config)
-    workspace, project = open_project(config)
+    assert existing_project_id(config) is None  # no workspace yet
+    url = evidently_snapshots_url(config)  # the id is reserved; the project is not made yet
+    assert existing_project_id(config) is None and evidently_snapshots_url(config) == url
+    workspace, project = open_project(config)  # the monitor's first window: Evidently creates it with that id
     assert existing_project_id(config) == str(project.id)
     assert url.endswith(f"/projects/{project.id}/reports")
-    assert evidently_snapshots_url(config) == url  # the second time from disk, the same link
+    assert [panel.title for panel in workspace.get_dashboard(project.id).panels] == \
+        [panel.title for _, panel in dashboard_panels(config)]
+    assert evidently_snapshots_url(config) == url  # from the project on disk now, the same link
     # Another model's project, and a folder that is not a project, are not this model's.
     other = workspace.create_project("another-model")
     (evidently_workspace(config) / "junk").mkdir()
@@ -61,6 +65,32 @@ def test_the_project_id_read_from_disk_is_evidentlys_own(config: Config) -> None
     workspace.create_project(config.model.name)
     assert existing_project_id(config) is None
     assert evidently_snapshots_url(config).endswith(f"/projects/{open_project(config)[1].id}/reports")
+
+
+@pytest.mark.slow
+def test_a_first_versions_evidently_link_imports_no_evidently_and_names_the_monitors_project(
+        tmp_path: Path, config: Config) -> None:
+    import yaml
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    result = run_python("""
+        import json, sys
+        from driftloop.config import load_config
+        from driftloop.flows.links import evidently_snapshots_url
+        config = load_config("config.yaml")
+        first, again = evidently_snapshots_url(config), evidently_snapshots_url(config)
+        imported = "evidently" in sys.modules
+        from driftloop.monitoring.workspace import open_project
+        workspace, project = open_project(config)
+        print(json.dumps({"links": [first, again], "evidently": imported, "project": str(project.id),
+                          "projects": [str(p.id) for p in workspace.list_projects()]}))
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not found["evidently"]
+    assert found["links"][0] == found["links"][1]
+    assert found["links"][0].endswith(f"/projects/{found['project']}/reports")
+    assert found["projects"] == [found["project"]]
 
 
 @pytest.mark.slow
