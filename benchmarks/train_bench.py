@@ -1,8 +1,9 @@
 """`driftloop train` on 5,000 rows: wall time, CPU and where the time goes, this checkout against an older one.
 
 Each run is the real command, `driftloop train --config core/configs/flights.yaml --data <first N flights> --json`,
-in a child process: the first training in a fresh state dir ("first": it creates the MLflow and Prefect databases
-and the Evidently project), then a second one in the same state dir ("again"). Runs alternate between the two
+in a child process: the first training in a fresh state dir ("first": it creates the MLflow and Prefect databases,
+copies of the install's migrated templates where the checkout has them (`make setup`, core/state_templates.py), and
+links the Evidently project), then a second one in the same state dir ("again"). Runs alternate between the two
 checkouts (old, new, old, new, ...) so that both see the same load on a shared machine.
 
 - wall: the command's elapsed time. CPU: user + system time of the command and of every process it started (Prefect's
@@ -217,6 +218,14 @@ def environment(tree: Path | None) -> dict[str, str]:
     return env
 
 
+def templates_present(python: str) -> list[str]:
+    """The migrated database templates a new state dir of this checkout starts from (none: it migrates its own)."""
+    code = ("from driftloop.state_templates import KINDS, template_path, usable\n"
+            "print('\\n'.join(str(p) for p in map(template_path, KINDS) if p and p.is_file() and usable(p)))")
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    return done.stdout.split() if done.returncode == 0 else []
+
+
 def summary(runs: list[dict]) -> dict:
     """Median and range of wall and CPU over successful runs, and the median of each phase."""
     ok = [r for r in runs if r["exit"] == 0]
@@ -289,6 +298,7 @@ def main() -> int:
         "rows": args.rows, "old": str(args.old) if args.old else None,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "goal_wall_s": GOAL_WALL_S,
+        "state_templates": templates_present(python),
         "summary": {v: {case: summary(runs[v][case]) for case in ("first", "again")} for v in variants},
         "runs": runs,
     }
