@@ -77,7 +77,7 @@ def seed_database(database: Path, kind: str, folder: Path | None = None) -> bool
     try:
         shutil.copyfile(template, partial)
         os.link(partial, database)  # never replaces a database another process made meanwhile
-    except FileExistsError:
+    except OSError:  # made meanwhile, or a full disk, or no hard links here: the library makes its own
         return False
     finally:
         partial.unlink(missing_ok=True)
