@@ -66,6 +66,11 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "lr_low": {"training": {"learning_rate": 5e-4}},
     "batch_64": {"training": {"batch_size": 64}},
     "dropout": {"model": {"dropout": 0.2}},
+    "wide_levels_1000": {"model": {"wide_max_levels": 1000}},
+    "wide_levels_256": {"model": {"wide_max_levels": 256}},
+    "wide_levels_64": {"model": {"wide_max_levels": 64}},
+    "wide_levels_32": {"model": {"wide_max_levels": 32}},
+    "wide_levels_16": {"model": {"wide_max_levels": 16}},
 }
 
 

@@ -115,6 +115,11 @@ class ModelConfig(_Strict):
     wide: bool = Field(True, description="Add a wide (linear) path beside the network: a weight per scaled "
                        "number and a learned value per category level, summed into the output (wide and deep). It "
                        "travels through the pipeline stages as one extra column of the activations.")
+    wide_max_levels: int | None = Field(
+        32, ge=1, description="The wide path learns a value per level only for categorical columns with at most "
+        "this many levels in the training rows; a column with more (an id: a tail number, a customer; an airport "
+        "of a hundred) enters through its embedding only, where a value per level memorises the few rows of each "
+        "(benchmarks/README.md, \"Model\"). None: every column.")
 
     def embedding_dims(self, cardinalities: list[int]) -> list[int]:
         """Each categorical column's embedding width (cardinalities count the unknown bucket)."""

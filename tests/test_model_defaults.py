@@ -3,6 +3,7 @@ once early stopping has chosen the epoch, and the batch a small table gets."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,41 @@ def test_without_the_wide_path_the_network_is_unchanged() -> None:
     assert not any(".wide." in name for name in plain)
     assert {name for name in wide if ".wide." in name} == set(wide) - set(plain)
     assert all(torch.equal(plain[name], wide[name]) for name in plain if name.startswith("input.project"))
+
+
+def test_a_column_with_more_levels_than_wide_max_levels_enters_through_its_embedding_only(tmp_path: Path) -> None:
+    """model.wide_max_levels counts the levels seen in training: at the count the column has a wide term, one
+    below it none (its embedding stays); a wide model saved before the setting existed loads with every column."""
+    from driftloop.training.artifacts import MODEL, load_model, save_model
+
+    frame = signal_rows(300)
+    frame["d"] = [f"id{i % 40}" for i in range(300)]  # an id-like column of 40 levels beside c's 10
+    data = DataConfig(target="y", numerical=["a", "b"], categorical=["c", "d"])
+    spec = fit_spec(frame, data)
+    assert spec.cardinalities == [11, 41]  # the unknown bucket counts in a cardinality, not in the setting
+
+    def wide_levels(max_levels: int | None) -> list[int]:
+        net = build_model(spec, ModelConfig(hidden=16, blocks=2, wide=True, wide_max_levels=max_levels), seed=0)
+        assert len(net.input.embeddings) == 2  # the deep path always embeds both
+        return [level.num_embeddings for level in net.input.wide.levels]
+
+    assert wide_levels(40) == wide_levels(None) == [11, 41]
+    assert wide_levels(39) == wide_levels(10) == [11]
+    assert wide_levels(9) == []
+    x = encode(frame, spec)
+    net = build_model(spec, ModelConfig(hidden=16, blocks=2, wide=True, wide_max_levels=10), seed=0).eval()
+    with torch.no_grad():
+        for parameter in net.input.wide.parameters():
+            parameter.normal_()
+        changed = x.clone()
+        changed[:, 3] = (changed[:, 3] % 40) + 1  # other ids: the wide logit must not move
+        assert torch.equal(net.input.wide(x), net.input.wide(changed))
+    every = ModelConfig(hidden=16, blocks=2, wide=True, wide_max_levels=None)
+    folder = save_model(tmp_path / "before", build_model(spec, every, 0).state_dict(), spec, every)
+    raw = json.loads((folder / MODEL).read_text())
+    (folder / MODEL).write_text(json.dumps({k: v for k, v in raw.items() if k != "wide_max_levels"}))
+    assert ModelConfig().wide_max_levels is not None and ModelConfig().wide_max_levels < 40
+    assert load_model(folder).predict(frame).shape == (300,)
 
 
 def test_each_stage_of_a_wide_model_holds_the_whole_models_weights() -> None:

@@ -41,7 +41,8 @@ PICKLED_FLAVOR_KEYS = ("python_model", "pickled_model", "pickle_module_name", "c
 # How far above the weights folder an MLflow model's root (its MLmodel file) may be: <root>/artifacts/model/.
 ROOT_SEARCH_DEPTH = 3
 # The architecture settings added after models were first saved, with the values those models were built with.
-LEGACY_MODEL: dict[str, Any] = {"embedding_rule": "fixed", "numerical_embedding": "none", "wide": False}
+LEGACY_MODEL: dict[str, Any] = {"embedding_rule": "fixed", "numerical_embedding": "none", "wide": False,
+                                "wide_max_levels": None}
 
 
 class PickledArtifactError(RegistryError):

@@ -35,11 +35,14 @@ class WidePath(nn.Module):
     """The linear part of a wide-and-deep model: a weight per scaled number and one learned value per category
     level, summed into one logit (a logistic or linear regression beside the network), starting at zero."""
 
-    def __init__(self, numerical: int, cardinalities: Sequence[int]) -> None:
+    def __init__(self, numerical: int, cardinalities: Sequence[int], max_levels: int | None = None) -> None:
         super().__init__()
         self.numerical = numerical
         self.numbers = nn.Linear(numerical, 1)
-        self.levels = nn.ModuleList(nn.Embedding(n, 1) for n in cardinalities)
+        # Columns with too many levels (model.wide_max_levels) get no wide term: their positions among the codes.
+        # A cardinality counts the unknown bucket; the setting counts the levels seen in training.
+        self.columns = [i for i, n in enumerate(cardinalities) if max_levels is None or n - 1 <= max_levels]
+        self.levels = nn.ModuleList(nn.Embedding(cardinalities[i], 1) for i in self.columns)
         with torch.no_grad():
             self.numbers.weight.zero_()
             self.numbers.bias.zero_()
@@ -49,7 +52,7 @@ class WidePath(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         codes = x[:, self.numerical:].long()
         out = self.numbers(x[:, : self.numerical])
-        for i, level in enumerate(self.levels):
+        for i, level in zip(self.columns, self.levels, strict=True):
             out = out + level(codes[:, i])
         return out
 
@@ -67,7 +70,7 @@ class InputLayer(nn.Module):
         self.periodic = PeriodicEmbedding(self.numerical, config) if periodic else None
         number_width = self.numerical * (config.periodic_dim if periodic else 1)
         self.project = nn.Linear(number_width + sum(dims), config.hidden)
-        self.wide = WidePath(self.numerical, spec.cardinalities) if config.wide else None
+        self.wide = WidePath(self.numerical, spec.cardinalities, config.wide_max_levels) if config.wide else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         codes = x[:, self.numerical:].long()
