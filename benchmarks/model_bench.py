@@ -71,6 +71,8 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "wide_levels_64": {"model": {"wide_max_levels": 64}},
     "wide_levels_32": {"model": {"wide_max_levels": 32}},
     "wide_levels_16": {"model": {"wide_max_levels": 16}},
+    "steps_16": {"training": {"min_epoch_steps": 16}},
+    "steps_32": {"training": {"min_epoch_steps": 32}},
 }
 
 
