@@ -71,13 +71,15 @@ class PolicyRun:
     retrains: list[int] = field(default_factory=list)  # windows whose labels started a retraining
     promotions: list[int] = field(default_factory=list)  # ... and whose retraining then served
     train_seconds: float = 0.0
+    reasons: list[str] = field(default_factory=list)  # `policy`: the monitor's decision (and gate) after each window
 
     def summary(self) -> dict:
         """The policy's entry in `--json`."""
         known = [value for value in self.per_window if value is not None]
         return {"per_window": self.per_window, "mean": float(np.mean(known)) if known else None,
                 "min": float(np.min(known)) if known else None, "retrains": len(self.retrains),
-                "promotions": len(self.promotions), "train_seconds": round(self.train_seconds, 2)}
+                "promotions": len(self.promotions), "train_seconds": round(self.train_seconds, 2),
+                **({"reasons": self.reasons} if self.reasons else {})}
 
 
 @dataclass(frozen=True)
@@ -256,13 +258,12 @@ class Deployed(Policy):
         super().__init__(name, model)
         self.state = new_champion(PolicyState(), model.metrics)
         self.reference = champion_reference(config, model)
-        self.decisions: list[str] = []
 
     def learn(self, config: Config, window: Window, predictions: np.ndarray, labelled: Labelled) -> None:
         current = window.frame.assign(**{config.monitoring.prediction_column: predictions})
         decision = decide(self.state, check_drift(self.reference, current, config), config)
         self.state = decision.state
-        self.decisions.append(decision.reason)
+        self.run.reasons.append(decision.reason)
         if not decision.retrain:
             return
         # As deployed: train on the labelled rows before the window, judge on the window itself.
@@ -274,7 +275,7 @@ class Deployed(Policy):
         holdout = challenger.holdout if config.registry.gate_on_holdout else None
         gate = evaluate(config, "challenger", "champion", window.frame, holdout, challenger.predict,
                         self.model.predict, "exact", baseline=baseline_gate(config, challenger))
-        self.decisions[-1] += f"; gate: {gate.reason}"
+        self.run.reasons[-1] += f"; gate: {gate.reason}"
         if gate.promoted:
             self.model = challenger
             self.reference = champion_reference(config, challenger)

@@ -55,7 +55,8 @@ def test_backtest_json_has_all_four_policies_over_the_same_windows_and_a_page(ta
     assert windows == len(load_replay(config, table, TRAIN_UNTIL)[1]) >= 3
     assert list(payload["policies"]) == list(POLICIES)
     for name, figures in payload["policies"].items():
-        assert set(figures) == {"per_window", "mean", "min", "retrains", "promotions", "train_seconds"}
+        reasons = {"reasons"} if name == "policy" else set()  # the deployed policy says why, window by window
+        assert set(figures) == {"per_window", "mean", "min", "retrains", "promotions", "train_seconds", *reasons}
         assert len(figures["per_window"]) == windows, name
         known = [v for v in figures["per_window"] if v is not None]
         assert figures["mean"] == pytest.approx(sum(known) / len(known))
@@ -63,6 +64,10 @@ def test_backtest_json_has_all_four_policies_over_the_same_windows_and_a_page(ta
         assert 0 <= figures["promotions"] <= figures["retrains"] <= windows - 1
         assert figures["train_seconds"] > 0
     policies = payload["policies"]
+    reasons = policies["policy"]["reasons"]
+    # One decision after each window but the last (whose labels would teach a model that scores nothing).
+    assert len(reasons) == windows - 1 and all("drift" in reason for reason in reasons)
+    assert sum("; gate: " in reason for reason in reasons) == policies["policy"]["retrains"]
     assert policies["never"]["retrains"] == 0
     # Retrained after every window but the last (a model trained on the last would score nothing).
     assert policies["every"]["retrains"] == policies["gbdt_every"]["retrains"] == windows - 1
