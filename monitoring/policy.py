@@ -57,7 +57,7 @@ class Judgement:
 
     def describe(self) -> str:
         """One phrase for the reason."""
-        direction = "down" if self.drop > 0 else "up"
+        direction = "down" if self.value < self.baseline else "up"  # of the value: for RMSE, down is better
         verdict = "a drop" if self.degraded else "no significant drop"
         return (f"{self.source} {self.metric} {self.value:.3f} vs {self.baseline:.3f} "
                 f"({direction} {abs(self.drop):.3f} ± {self.error:.3f}: {verdict})")

@@ -48,7 +48,7 @@ from driftloop.monitoring.cli_monitor import monitor_files
 from driftloop.monitoring.drift import ColumnDrift, DriftResult, check_drift, typed_columns
 from driftloop.monitoring.export import export_drift, export_performance, export_window, write_textfile
 from driftloop.monitoring.performance import Figures, Performance, estimated_figures, measure_performance
-from driftloop.monitoring.policy import PolicyState, decide, new_champion
+from driftloop.monitoring.policy import Judgement, PolicyState, decide, new_champion
 from driftloop.monitoring.statistics import NumericReference, score_columns
 from driftloop.monitoring.summary import markdown_summary
 from driftloop.monitoring.windows import cut_windows, reference_frame
@@ -791,3 +791,12 @@ def test_large_window_is_checked_in_seconds(tmp_path: Path):
     assert time.perf_counter() - started < 10
     assert result.rows == 100_000 and result.rows_checked == 5000
     assert [name for name, column in result.columns.items() if column.drifted] == ["x3"]
+
+
+def test_a_judgement_says_which_way_the_metric_moved_whatever_its_direction() -> None:
+    """RMSE falling is no drop, and the reason says it went down; AUC falling is a drop and says down too."""
+    better_rmse = Judgement("actual", "rmse", 20.6, 35.8, drop=-15.2, error=0.6, degraded=False)
+    worse_auc = Judgement("actual", "auc", 0.62, 0.70, drop=0.08, error=0.01, degraded=True)
+    assert "rmse 20.600 vs 35.800 (down 15.200" in better_rmse.describe()
+    assert "no significant drop" in better_rmse.describe()
+    assert "auc 0.620 vs 0.700 (down 0.080" in worse_auc.describe() and ": a drop" in worse_auc.describe()
