@@ -66,6 +66,7 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "lr_low": {"training": {"learning_rate": 5e-4}},
     "batch_64": {"training": {"batch_size": 64}},
     "dropout": {"model": {"dropout": 0.2}},
+    "quantile_dropout": {"model": {"scaling": "quantile", "dropout": 0.2}},
     "wide_levels_1000": {"model": {"wide_max_levels": 1000}},
     "wide_levels_256": {"model": {"wide_max_levels": 256}},
     "wide_levels_64": {"model": {"wide_max_levels": 64}},

@@ -127,6 +127,20 @@ def load_grants() -> Table:
                    "categorical": categorical}
 
 
+def load_hotel_rates() -> Table:
+    """modeldata's hotel_rates (one Lisbon hotel's bookings, July 2016 to August 2017): 15,402 stays, the average
+    price per night (a regression) from 15 numbers and 10 categories (country, travel agent and company of up to
+    167 levels); a timestamp (the arrival date) and strong seasons: a drifting regression."""
+    frame = rdataset("modeldata", "hotel_rates").drop(columns=["arrival_date_num"])  # the date again, as a number
+    frame["arrival_date"] = pd.to_datetime(frame["arrival_date"], utc=True)
+    frame = frame.sort_values("arrival_date", kind="stable").reset_index(drop=True)
+    categorical = ["meal", "country", "market_segment", "distribution_channel", "is_repeated_guest",
+                   "reserved_room_type", "assigned_room_type", "agent", "company", "customer_type"]
+    numerical = [c for c in frame.columns if c not in (*categorical, "avg_price_per_room", "arrival_date")]
+    return frame, {"target": "avg_price_per_room", "task": "regression", "timestamp": "arrival_date",
+                   "numerical": numerical, "categorical": categorical}
+
+
 LOADERS: dict[str, Callable[[], Table]] = {
     "flights": load_flights,
     "breast_cancer": load_breast_cancer,
@@ -138,4 +152,5 @@ LOADERS: dict[str, Callable[[], Table]] = {
     "flights_ids": load_flights_ids,
     "males": load_males,
     "grants": load_grants,
+    "hotel_rates": load_hotel_rates,
 }
